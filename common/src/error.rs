@@ -1,0 +1,76 @@
+//! Error kinds a user can act on, shared by the wire protocol and the CLI.
+//!
+//! The server sends an [`ErrorKind`] with a message; the peer library maps
+//! its own failures onto the same kinds; the CLI prints them as the `kind` of
+//! its `error` event (see `CLI.md`). The text form ([`ErrorKind::as_str`]) is
+//! part of the command-line contract: do not rename.
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, in words a script can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The name belongs to another key.
+    NameTaken,
+    /// No one ever registered the name.
+    NotFound,
+    /// The name exists but nobody is listening under it now.
+    Offline,
+    /// The callee refused the call.
+    Rejected,
+    /// No path to the callee authenticated in time.
+    Unreachable,
+    /// The server's (or a peer's) key is not the one we pinned.
+    BadFingerprint,
+    /// A known contact presents a different key than last time.
+    KeyChanged,
+    /// The name breaks the name rules.
+    InvalidName,
+    /// The other side speaks another protocol version.
+    VersionMismatch,
+    /// Too many requests from this source; slow down.
+    RateLimited,
+    /// The rendezvous server cannot be reached.
+    ServerUnreachable,
+    /// The other side sent something the protocol does not allow.
+    Protocol,
+    /// A request that needs a registered name came before registering.
+    NotRegistered,
+    /// A newer `listen` for the same name took over.
+    Replaced,
+    /// The server is at a limit (connections, calls) and refuses new work.
+    Busy,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable snake_case name used in `error` events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NameTaken => "name_taken",
+            Self::NotFound => "not_found",
+            Self::Offline => "offline",
+            Self::Rejected => "rejected",
+            Self::Unreachable => "unreachable",
+            Self::BadFingerprint => "bad_fingerprint",
+            Self::KeyChanged => "key_changed",
+            Self::InvalidName => "invalid_name",
+            Self::VersionMismatch => "version_mismatch",
+            Self::RateLimited => "rate_limited",
+            Self::ServerUnreachable => "server_unreachable",
+            Self::Protocol => "protocol",
+            Self::NotRegistered => "not_registered",
+            Self::Replaced => "replaced",
+            Self::Busy => "busy",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,33 @@
+//! What the rendezvous server and the peers share: wire messages, framing,
+//! identities, fingerprints, TLS verifiers, name and candidate rules, and the
+//! error kinds users see.
+//!
+//! This is a leaf crate: no runtime, no sockets, no tasks. The only async
+//! code is [`framing::read_frame`]/[`framing::write_frame`], generic over any
+//! tokio byte stream.
+//!
+//! # Layout
+//!
+//! - [`names`]: the name rules.
+//! - [`fingerprint`]: SHA-256 of a key's SPKI and its one text form.
+//! - [`identity`]: the Ed25519 key file and the self-signed certificate.
+//! - [`tls`]: TLS 1.3 configs and the fingerprint-pinning verifiers.
+//! - [`messages`]: the rendezvous and peer protocol messages, with the flows.
+//! - [`framing`]: length-prefixed postcard frames with a size limit.
+//! - [`candidates`]: which addresses a peer may be told to send to.
+//! - [`error`]: the error kinds of the command-line contract.
+
+pub mod candidates;
+pub mod error;
+pub mod fingerprint;
+pub mod framing;
+pub mod identity;
+pub mod messages;
+pub mod names;
+pub mod tls;
+
+pub use error::ErrorKind;
+pub use fingerprint::Fingerprint;
+pub use identity::{Identity, IdentityError};
+pub use messages::{Message, PeerMessage};
+pub use names::{validate_name, InvalidName};

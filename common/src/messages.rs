@@ -1,0 +1,190 @@
+//! Wire messages (serde + postcard), one enum per protocol.
+//!
+//! # Rendezvous protocol ([`Message`], ALPN [`crate::tls::SERVER_ALPN`])
+//!
+//! Every exchange is one QUIC bidirectional stream carrying length-prefixed
+//! frames ([`crate::framing`]). The peer opens a stream per request:
+//!
+//! ```text
+//! peer                          server
+//!  | Register{name,presence} ---> |   claim name for this key (durable), maybe presence
+//!  | <--- Registered{..} / Error  |
+//!  | Lookup{name} --------------> |
+//!  | <--- LookupResult / Error    |   online + fingerprint, never an address
+//!  | Call{to,candidates} -------> |   (see below)
+//!  | <--- CallAccepted / Error    |
+//! ```
+//!
+//! A call, with the callee's `listen` session (server-opened stream):
+//!
+//! ```text
+//! caller A                 server S                     callee B
+//!  | Call{to:B,cands} ----> |                             |
+//!  |                        | IncomingCall{from:A,fp} --> |  no addresses yet
+//!  |                        | <-- Accept{cands} / Reject  |  B decides by policy
+//!  | <-- CallAccepted{fp,   |                             |
+//!  |     B observed+cands}  | Dial{A observed+cands} ---> |  at the same moment
+//!  | QUIC dial to B's candidates ===> <=== punch datagrams from B
+//! ```
+//!
+//! Candidates the server forwards are vetted by [`crate::candidates`]: the
+//! observed address first, then at most a few private/link-local/ULA ones.
+//!
+//! # Peer protocol ([`PeerMessage`], ALPN [`crate::tls::PEER_ALPN`])
+//!
+//! The caller opens a stream and says what it is for with its first frame:
+//! `Pipe` (raw bytes follow both ways), `Ping` (then `Ping`/`Pong` frames),
+//! or `SendFile` (file bytes follow; the receiver answers `SendResult`).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorKind, Fingerprint};
+
+/// A message of the rendezvous protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Peer → server: claim `name` for this connection's key.
+    Register {
+        /// The name to claim.
+        name: String,
+        /// True for a `listen` session: this connection becomes the name's
+        /// presence (callable), replacing an older one.
+        presence: bool,
+    },
+    /// Server → peer: the name is yours.
+    Registered {
+        /// The name.
+        name: String,
+        /// The key it is bound to (the one that asked).
+        fingerprint: Fingerprint,
+        /// The address the server sees this connection come from.
+        observed_addr: SocketAddr,
+    },
+    /// Peer → server: is `name` online, and with which key?
+    Lookup {
+        /// The name.
+        name: String,
+    },
+    /// Server → peer: answer to [`Message::Lookup`]. Never carries an address.
+    LookupResult {
+        /// The name.
+        name: String,
+        /// Whether a `listen` session holds it now.
+        online: bool,
+        /// The key it is bound to.
+        fingerprint: Fingerprint,
+    },
+    /// Caller → server: call `to`.
+    Call {
+        /// Callee name.
+        to: String,
+        /// The caller's local addresses (the server keeps only private ones).
+        candidates: Vec<SocketAddr>,
+    },
+    /// Server → callee: someone calls you. No addresses yet.
+    IncomingCall {
+        /// Identifies this call on this server.
+        call_id: u64,
+        /// The caller's registered name.
+        from: String,
+        /// The caller's key.
+        fingerprint: Fingerprint,
+    },
+    /// Callee → server: accepted; here are my local addresses.
+    Accept {
+        /// The callee's local addresses (the server keeps only private ones).
+        candidates: Vec<SocketAddr>,
+    },
+    /// Callee → server: refused.
+    Reject {
+        /// Why, for the caller.
+        reason: String,
+    },
+    /// Server → caller: the callee accepted; dial these.
+    CallAccepted {
+        /// Identifies this call on this server.
+        call_id: u64,
+        /// The callee's key, to pin.
+        fingerprint: Fingerprint,
+        /// The callee's observed address, then its vetted local ones.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Server → callee: open your NAT toward these; the caller dials now.
+    Dial {
+        /// Identifies this call on this server.
+        call_id: u64,
+        /// The caller's observed address, then its vetted local ones.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Either way: the request failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// Details for a person.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The variant's name, for logs and "unexpected message" errors.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "Register",
+            Self::Registered { .. } => "Registered",
+            Self::Lookup { .. } => "Lookup",
+            Self::LookupResult { .. } => "LookupResult",
+            Self::Call { .. } => "Call",
+            Self::IncomingCall { .. } => "IncomingCall",
+            Self::Accept { .. } => "Accept",
+            Self::Reject { .. } => "Reject",
+            Self::CallAccepted { .. } => "CallAccepted",
+            Self::Dial { .. } => "Dial",
+            Self::Error { .. } => "Error",
+        }
+    }
+
+    /// An error message.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A message of the peer ↔ peer protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PeerMessage {
+    /// First frame of a stream: raw bytes follow in both directions.
+    Pipe,
+    /// First frame of a ping stream, and each ping after it.
+    Ping {
+        /// Sequence number, echoed in the pong.
+        seq: u64,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// The ping's sequence number.
+        seq: u64,
+    },
+    /// First frame of a file transfer: `size` bytes of file follow.
+    SendFile {
+        /// The sender's file name, a hint only: never used as a path as is.
+        name: String,
+        /// Exact length of the file in bytes.
+        size: u64,
+        /// SHA-256 of the whole file.
+        sha256: [u8; 32],
+    },
+    /// Receiver → sender: the outcome of a transfer.
+    SendResult {
+        /// Whether the file was stored (hash matched).
+        ok: bool,
+        /// Where it was stored, or why not.
+        message: String,
+    },
+}
