@@ -74,3 +74,17 @@ impl std::fmt::Display for ErrorKind {
         f.write_str(self.as_str())
     }
 }
+
+/// QUIC application close codes used on rendezvous and peer connections.
+pub mod close {
+    /// Normal end (a call finished, a one-shot command is done).
+    pub const DONE: u32 = 0;
+    /// The other side broke the protocol (malformed or unexpected frame).
+    pub const PROTOCOL: u32 = 1;
+    /// A newer `listen` session for the same name took over.
+    pub const REPLACED: u32 = 2;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+    /// The server is at a limit.
+    pub const BUSY: u32 = 4;
+}

@@ -1,0 +1,100 @@
+//! The server's limits and timings, as one documented struct with defaults.
+//!
+//! Everything a flood or a slow peer could exhaust has a number here; the
+//! drivers read it, nothing else hard-codes a limit. See the README's
+//! "Limits" section for how to tune them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where the key and the name bindings live.
+    pub data_dir: PathBuf,
+    /// Limits and timings.
+    pub limits: Limits,
+}
+
+/// Limits and timings (see each field for its default and why).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most peer connections at once (default 200,000). New ones past it are refused.
+    pub max_connections: usize,
+    /// Most connections from one source IP (default 64): a household or a
+    /// small office shares one address, a flood should not take all slots.
+    pub max_connections_per_ip: usize,
+    /// Largest frame body accepted, in bytes (default 64 KiB; real messages are < 1 KiB).
+    pub max_frame: usize,
+    /// Most concurrent request streams one connection may have open (default 8).
+    pub max_streams_per_connection: u32,
+    /// Registrations per source IP: burst and refill per second (default 20, 5/s).
+    pub register_rate: Rate,
+    /// Lookups per source IP (default 200, 100/s).
+    pub lookup_rate: Rate,
+    /// Calls per source IP (default 50, 10/s).
+    pub call_rate: Rate,
+    /// Time a peer has to send a whole request once its stream is open (default 10 s).
+    pub request_timeout: Duration,
+    /// Time a callee has to answer an incoming call (default 15 s).
+    pub answer_timeout: Duration,
+    /// Time a TLS handshake may take (default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection silent this long is dead (default 30 s). Peers send
+    /// keep-alives every 10 s or less, so three can be lost.
+    pub idle_timeout: Duration,
+    /// Least time between two stateless resets (default 100 µs): a restarted
+    /// server must be able to tell thousands of old peers quickly.
+    pub min_reset_interval: Duration,
+}
+
+/// A token bucket: `burst` requests at once, then `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Bucket size.
+    pub burst: u32,
+    /// Refill per second.
+    pub per_second: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 200_000,
+            max_connections_per_ip: 64,
+            max_frame: common::framing::MAX_FRAME,
+            max_streams_per_connection: 8,
+            register_rate: Rate {
+                burst: 20,
+                per_second: 5.0,
+            },
+            lookup_rate: Rate {
+                burst: 200,
+                per_second: 100.0,
+            },
+            call_rate: Rate {
+                burst: 50,
+                per_second: 10.0,
+            },
+            request_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            min_reset_interval: Duration::from_micros(100),
+        }
+    }
+}
+
+impl Config {
+    /// A config with default limits.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            limits: Limits::default(),
+        }
+    }
+}

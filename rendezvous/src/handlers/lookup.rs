@@ -1,0 +1,51 @@
+//! `Lookup`: is a name online, and with which key?
+//!
+//! ```text
+//! peer → server   Lookup { name: "alice" }
+//! server → peer   LookupResult { name, online, fingerprint }
+//!             or  Error { kind: not_found | invalid_name | rate_limited, .. }
+//! ```
+//!
+//! Never an address: addresses go only to the two parties of a call the
+//! callee accepted (see [`super::call`]).
+
+use common::{ErrorKind, Message};
+use tracing::warn;
+
+use crate::registry::SessionId;
+use crate::server::{lock, State};
+
+pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
+    if let Err(reply) = super::check_name(&name) {
+        return reply;
+    }
+    let ip = lock(&state.registry).session(id).map(|s| s.observed.ip());
+    if let Some(ip) = ip {
+        if !state.allow(ip, |r| &mut r.lookup) {
+            return super::rate_limited("lookups");
+        }
+    }
+    let fingerprint = match state.store.owner(&name) {
+        Ok(Some(fp)) => fp,
+        Ok(None) => {
+            return Message::error(
+                ErrorKind::NotFound,
+                format!("no one has registered {name:?}"),
+            )
+        }
+        Err(e) => {
+            warn!("name store failed: {e}");
+            return Message::error(
+                ErrorKind::Internal,
+                "the server could not read its names; try again",
+            );
+        }
+    };
+    let online = lock(&state.registry).present(&name).is_some();
+    state.metrics.lookups.inc();
+    Message::LookupResult {
+        name,
+        online,
+        fingerprint,
+    }
+}

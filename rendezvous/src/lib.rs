@@ -1,0 +1,40 @@
+//! The rendezvous server: peers register a name, look each other up, and ask
+//! to be introduced; the server brokers consent-first calls and steps aside.
+//!
+//! It never carries call data (the relay, later, will carry only end-to-end
+//! encrypted packets) and it never gives out an address before the callee
+//! accepted a call.
+//!
+//! # Layout
+//!
+//! - [`config`]: every limit and timing, with defaults.
+//! - [`server`]: the QUIC driver (accept, authenticate, dispatch streams).
+//! - `handlers/`: one file per request (`register`, `lookup`, `call`).
+//! - [`registry`]: sessions and presence (pure, unit-tested).
+//! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
+//! - [`ratelimit`]: per-source token buckets (pure).
+//! - [`metrics`]: counters and their Prometheus text.
+//! - [`http`]: the tiny `/metrics` endpoint.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use rendezvous::{Config, Server};
+//! let server = Server::bind(Config::new("0.0.0.0:7700".parse()?, "/var/lib/rendezvous".into()))?;
+//! println!("fingerprint: {}", server.fingerprint());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod handlers;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use config::{Config, Limits, Rate};
+pub use server::{load_identity, MetricsHandle, Server, ServerError};

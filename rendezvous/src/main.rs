@@ -1,0 +1,145 @@
+//! The `rendezvous` command: run a server, or print its fingerprint.
+//!
+//! See `CLI.md` for the contract; this file only parses flags, prints the
+//! start-up event and waits for SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rendezvous::{Config, Server};
+
+/// Rendezvous server: peers register names, find each other and get introduced
+/// for direct, end-to-end authenticated QUIC calls.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7700", env = "RENDEZVOUS_LISTEN")]
+    listen: SocketAddr,
+    /// Folder for the server key and the name bindings (created if missing).
+    /// Default: $STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/rendezvous, else ~/.local/share/rendezvous.
+    #[arg(long, global = true, env = "RENDEZVOUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print status as JSON lines on stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "RENDEZVOUS_METRICS")]
+    metrics: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the server fingerprint (creating the key if needed), to hand to peers.
+    Fingerprint,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may list several; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("rendezvous")
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let message = format!("{e:#}");
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "error", "kind": "internal", "message": message})
+                );
+            } else {
+                eprintln!("rendezvous: {message}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    if let Some(Command::Fingerprint) = cli.command {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("data dir {}", data_dir.display()))?;
+        let identity = rendezvous::load_identity(&data_dir)?;
+        println!("{}", identity.fingerprint());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(cli, data_dir))
+}
+
+async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
+    let server = Server::bind(Config::new(cli.listen, data_dir))?;
+    let addr = server.local_addr()?;
+    let fingerprint = server.fingerprint();
+    if let Some(metrics_addr) = cli.metrics {
+        let listener = rendezvous::http::bind(metrics_addr)
+            .await
+            .with_context(|| format!("metrics listener on {metrics_addr}"))?;
+        tokio::spawn(rendezvous::http::serve(listener, server.metrics_handle()));
+    }
+    if cli.json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()})
+        );
+    } else {
+        eprintln!("rendezvous listening on {addr} (UDP)");
+        eprintln!("fingerprint: {fingerprint}");
+        eprintln!(
+            "peers use: peer --server HOST:{} --server-fingerprint {fingerprint} ...",
+            addr.port()
+        );
+    }
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,237 @@
+//! Who is connected and who is callable: sessions and presence, in memory.
+//!
+//! Plain data, no sockets and no clock: the server's drivers call it under a
+//! lock and act on what it returns. It is generic over `H`, the handle the
+//! driver needs to reach a session (a `quinn::Connection` in the server, `()`
+//! in tests).
+//!
+//! Rules:
+//! - A session is one connection, identified by the key it authenticated with.
+//! - A session may register one name, after the [`crate::store`] confirmed
+//!   that its key owns it. One key may hold several sessions (a `listen` and a
+//!   `call` from the same machine).
+//! - Presence belongs to a `listen` session (`presence: true`). A newer
+//!   `listen` for the same name replaces the older one, which the driver then
+//!   closes with a reason (a laptop that changed networks).
+//! - Closing a session drops its presence, unless it was already replaced.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::Fingerprint;
+use thiserror::Error;
+
+/// Identifies a connection on this server.
+pub type SessionId = u64;
+
+/// One connected peer.
+#[derive(Debug, Clone)]
+pub struct Session<H> {
+    /// The key from the TLS handshake.
+    pub fingerprint: Fingerprint,
+    /// Where the server sees the connection come from.
+    pub observed: SocketAddr,
+    /// The name it registered, if any.
+    pub name: Option<String>,
+    /// How the driver reaches this session.
+    pub handle: H,
+}
+
+/// A registry rule was broken.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The session is unknown (already closed).
+    #[error("session is closed")]
+    NoSession,
+    /// The session already registered another name.
+    #[error("this connection is already registered as {current:?}")]
+    OtherName {
+        /// The name it holds.
+        current: String,
+    },
+    /// The request needs a registered name.
+    #[error("register a name on this connection first")]
+    NotRegistered,
+}
+
+/// What a registration changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered<H> {
+    /// An older `listen` session this one replaced, to be closed.
+    pub replaced: Option<(SessionId, H)>,
+}
+
+/// Sessions and presence.
+#[derive(Debug)]
+pub struct Registry<H> {
+    sessions: HashMap<SessionId, Session<H>>,
+    presence: HashMap<String, SessionId>,
+    next_id: SessionId,
+}
+
+impl<H> Default for Registry<H> {
+    fn default() -> Self {
+        Self {
+            sessions: HashMap::new(),
+            presence: HashMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+impl<H: Clone> Registry<H> {
+    /// Adds a freshly authenticated connection.
+    pub fn open(&mut self, fingerprint: Fingerprint, observed: SocketAddr, handle: H) -> SessionId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let session = Session {
+            fingerprint,
+            observed,
+            name: None,
+            handle,
+        };
+        self.sessions.insert(id, session);
+        id
+    }
+
+    /// Removes a connection; returns the name that went offline, if it was present.
+    pub fn close(&mut self, id: SessionId) -> Option<String> {
+        let session = self.sessions.remove(&id)?;
+        let name = session.name?;
+        if self.presence.get(&name) == Some(&id) {
+            self.presence.remove(&name);
+            return Some(name);
+        }
+        None
+    }
+
+    /// Registers `name` on session `id`, whose key the store confirmed owns it.
+    pub fn register(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        presence: bool,
+    ) -> Result<Registered<H>, RegistryError> {
+        let session = self.sessions.get_mut(&id).ok_or(RegistryError::NoSession)?;
+        match &session.name {
+            Some(current) if current != name => {
+                return Err(RegistryError::OtherName {
+                    current: current.clone(),
+                });
+            }
+            _ => session.name = Some(name.to_owned()),
+        }
+        if !presence {
+            return Ok(Registered { replaced: None });
+        }
+        let old = self.presence.insert(name.to_owned(), id);
+        let replaced = old
+            .filter(|old| *old != id)
+            .and_then(|old| self.sessions.get(&old).map(|s| (old, s.handle.clone())));
+        Ok(Registered { replaced })
+    }
+
+    /// The `listen` session that holds `name`, if it is online.
+    pub fn present(&self, name: &str) -> Option<(SessionId, &Session<H>)> {
+        let id = *self.presence.get(name)?;
+        self.sessions.get(&id).map(|s| (id, s))
+    }
+
+    /// A session, if open.
+    pub fn session(&self, id: SessionId) -> Option<&Session<H>> {
+        self.sessions.get(&id)
+    }
+
+    /// The registered name of session `id`, for requests that need one.
+    pub fn name_of(&self, id: SessionId) -> Result<&str, RegistryError> {
+        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
+        session.name.as_deref().ok_or(RegistryError::NotRegistered)
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Names online.
+    pub fn online(&self) -> usize {
+        self.presence.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, 1], port))
+    }
+
+    #[test]
+    fn presence_follows_the_listen_session() {
+        let mut r = Registry::<u8>::default();
+        let key = Fingerprint([1; 32]);
+        let call = r.open(key, addr(1), 1);
+        let listen = r.open(key, addr(2), 2);
+        assert!(r.present("alice").is_none());
+        r.register(call, "alice", false).expect("call session");
+        assert!(
+            r.present("alice").is_none(),
+            "a call session is not presence"
+        );
+        assert_eq!(
+            r.register(listen, "alice", true).expect("listen").replaced,
+            None
+        );
+        assert_eq!(r.present("alice").map(|(id, _)| id), Some(listen));
+        assert_eq!(
+            r.close(call),
+            None,
+            "closing the call session changes nothing"
+        );
+        assert_eq!(r.present("alice").map(|(id, _)| id), Some(listen));
+        assert_eq!(r.close(listen), Some("alice".to_owned()));
+        assert!(r.present("alice").is_none());
+    }
+
+    #[test]
+    fn newer_listen_replaces_older() {
+        let mut r = Registry::<u8>::default();
+        let key = Fingerprint([1; 32]);
+        let old = r.open(key, addr(1), 10);
+        let new = r.open(key, addr(2), 20);
+        r.register(old, "alice", true).expect("old");
+        let reg = r.register(new, "alice", true).expect("new");
+        assert_eq!(reg.replaced, Some((old, 10)));
+        assert_eq!(r.present("alice").map(|(_, s)| s.observed), Some(addr(2)));
+        assert_eq!(
+            r.close(old),
+            None,
+            "the replaced session no longer holds presence"
+        );
+        assert_eq!(r.present("alice").map(|(id, _)| id), Some(new));
+        assert_eq!(
+            r.register(new, "alice", true).expect("again").replaced,
+            None
+        );
+    }
+
+    #[test]
+    fn one_name_per_session_and_registration_required() {
+        let mut r = Registry::<()>::default();
+        let id = r.open(Fingerprint([1; 32]), addr(1), ());
+        assert_eq!(r.name_of(id), Err(RegistryError::NotRegistered));
+        r.register(id, "alice", false).expect("alice");
+        assert_eq!(r.name_of(id), Ok("alice"));
+        assert_eq!(
+            r.register(id, "bob", false),
+            Err(RegistryError::OtherName {
+                current: "alice".into()
+            })
+        );
+        r.close(id);
+        assert_eq!(r.register(id, "alice", true), Err(RegistryError::NoSession));
+        assert_eq!(r.sessions(), 0);
+    }
+}

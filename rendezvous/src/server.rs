@@ -1,0 +1,404 @@
+//! The QUIC driver: accepts connections, authenticates them, and hands each
+//! request stream to its handler in [`crate::handlers`].
+//!
+//! One task per connection (waits for request streams) and one per stream
+//! (parse → apply → reply). Everything the drivers decide lives in
+//! [`crate::registry`], [`crate::store`] and [`crate::ratelimit`]; this file
+//! only moves bytes and enforces timeouts. A peer that sends something
+//! malformed gets an error frame and its connection closed; nobody else notices.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::error::close;
+use common::framing::{read_frame, write_frame, FrameError};
+use common::tls::{self, ClientKeyPolicy};
+use common::{ErrorKind, Fingerprint, Identity, Message};
+use quinn::crypto::rustls::QuicServerConfig;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Limits};
+use crate::handlers;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::registry::{Registry, SessionId};
+use crate::store::{NameStore, RedbStore, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] common::IdentityError),
+    /// The name store could not be opened.
+    #[error("cannot open the name store in the data dir: {0}")]
+    Store(#[from] StoreError),
+    /// The data dir could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TLS or QUIC configuration failed.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Per-source limiters and connection counts.
+pub(crate) struct Rates {
+    pub(crate) register: RateLimiter,
+    pub(crate) lookup: RateLimiter,
+    pub(crate) call: RateLimiter,
+    connections: HashMap<IpAddr, usize>,
+}
+
+/// What every task of the server shares.
+pub(crate) struct State {
+    pub(crate) limits: Limits,
+    pub(crate) store: Arc<dyn NameStore>,
+    pub(crate) registry: Mutex<Registry<quinn::Connection>>,
+    pub(crate) rates: Mutex<Rates>,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_call_id: AtomicU64,
+}
+
+/// Locks a mutex, recovering from a panicked holder (the data stays consistent:
+/// every critical section is a few map operations).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl State {
+    /// Takes a token for `ip` from the limiter `pick` chooses.
+    pub(crate) fn allow(
+        &self,
+        ip: IpAddr,
+        pick: impl FnOnce(&mut Rates) -> &mut RateLimiter,
+    ) -> bool {
+        let ok = pick(&mut lock(&self.rates)).check(ip, Instant::now());
+        if !ok {
+            self.metrics.rate_limited.inc();
+        }
+        ok
+    }
+}
+
+/// A running rendezvous server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    fingerprint: Fingerprint,
+}
+
+/// The server's key file inside its data dir.
+pub fn key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("server.key")
+}
+
+/// Loads (or creates) the server identity kept in `data_dir`.
+pub fn load_identity(data_dir: &std::path::Path) -> Result<Identity, ServerError> {
+    Ok(Identity::load_or_create(&key_path(data_dir))?)
+}
+
+impl Server {
+    /// Opens the data dir (key + name store) and binds the UDP socket.
+    pub fn bind(config: Config) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(RedbStore::open(&config.data_dir.join("names.redb"))?);
+        Self::with_store(config, store)
+    }
+
+    /// Like [`Server::bind`], with another name store.
+    pub fn with_store(config: Config, store: Arc<dyn NameStore>) -> Result<Self, ServerError> {
+        let identity = load_identity(&config.data_dir)?;
+        let limits = config.limits.clone();
+        let endpoint = make_endpoint(&identity, &config)?;
+        let rates = Rates {
+            register: RateLimiter::new(limits.register_rate),
+            lookup: RateLimiter::new(limits.lookup_rate),
+            call: RateLimiter::new(limits.call_rate),
+            connections: HashMap::new(),
+        };
+        let state = Arc::new(State {
+            limits,
+            store,
+            registry: Mutex::new(Registry::default()),
+            rates: Mutex::new(rates),
+            metrics: Metrics::default(),
+            next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
+        });
+        Ok(Self {
+            endpoint,
+            state,
+            fingerprint: identity.fingerprint(),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The server's fingerprint, for `--server-fingerprint`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Prometheus text of the server's counters.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render(&lock(&self.state.registry))
+    }
+
+    /// A cheap handle that renders the metrics while the server runs.
+    pub fn metrics_handle(&self) -> MetricsHandle {
+        MetricsHandle(self.state.clone())
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => self.admit(incoming),
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        sweeper.abort();
+        info!("shutting down");
+        self.endpoint
+            .close(close::SHUTDOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    fn admit(&self, incoming: quinn::Incoming) {
+        let ip = common::candidates::canonical(incoming.remote_address()).ip();
+        let state = &self.state;
+        let admitted = {
+            let open = lock(&state.registry).sessions();
+            let mut rates = lock(&state.rates);
+            let from_ip = rates.connections.entry(ip).or_default();
+            let ok = open < state.limits.max_connections
+                && *from_ip < state.limits.max_connections_per_ip;
+            if ok {
+                *from_ip += 1;
+            }
+            ok
+        };
+        if !admitted {
+            state.metrics.connections_refused.inc();
+            debug!(%ip, "refusing connection: at a connection limit");
+            incoming.refuse();
+            return;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            serve_connection(&state, incoming).await;
+            let mut rates = lock(&state.rates);
+            if let Some(n) = rates.connections.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    rates.connections.remove(&ip);
+                }
+            }
+        });
+    }
+}
+
+/// Renders the server's metrics (see [`Server::metrics_handle`]).
+#[derive(Clone)]
+pub struct MetricsHandle(Arc<State>);
+
+impl MetricsHandle {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.0.metrics.render(&lock(&self.0.registry))
+    }
+}
+
+fn make_endpoint(identity: &Identity, config: &Config) -> Result<quinn::Endpoint, ServerError> {
+    let limits = &config.limits;
+    let cfg_err = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
+    let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
+        .map_err(|e| cfg_err(&e))?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| cfg_err(&e))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None)
+        .max_idle_timeout(Some(
+            limits.idle_timeout.try_into().map_err(|e| cfg_err(&e))?,
+        ));
+    server_config.transport_config(Arc::new(transport));
+    // The stateless-reset key comes from the server's identity, so a restarted
+    // server resets its predecessor's connections at once and peers notice
+    // within a round trip instead of an idle timeout.
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &identity.derive_secret("rendezvous stateless reset"),
+    );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.min_reset_interval(limits.min_reset_interval);
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })
+}
+
+async fn sweep_rates(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut rates = lock(&state.rates);
+        rates.register.sweep(now);
+        rates.lookup.sweep(now);
+        rates.call.sweep(now);
+    }
+}
+
+/// Handshake, then one task per request stream until the connection ends.
+async fn serve_connection(state: &Arc<State>, incoming: quinn::Incoming) {
+    let remote = common::candidates::canonical(incoming.remote_address());
+    let conn = match tokio::time::timeout(state.limits.handshake_timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            if is_version_mismatch(&e) {
+                warn!(%remote, "refused a peer speaking another protocol version ({e})");
+            } else {
+                debug!(%remote, "handshake failed: {e}");
+            }
+            state.metrics.handshakes_failed.inc();
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "handshake timed out");
+            state.metrics.handshakes_failed.inc();
+            return;
+        }
+    };
+    let Some(fingerprint) = peer_fingerprint(&conn) else {
+        conn.close(close::PROTOCOL.into(), b"no client certificate");
+        return;
+    };
+    let id = lock(&state.registry).open(fingerprint, remote, conn.clone());
+    state.metrics.connections_total.inc();
+    debug!(%remote, peer = %fingerprint.short(), id, "peer connected");
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (state, conn) = (state.clone(), conn.clone());
+        tokio::spawn(async move { serve_stream(&state, id, &conn, send, recv).await });
+    }
+    if let Some(name) = lock(&state.registry).close(id) {
+        debug!(%name, "went offline");
+    }
+    debug!(%remote, id, "peer disconnected: {:?}", conn.close_reason());
+}
+
+fn is_version_mismatch(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(t) if u64::from(t.code) == tls::NO_APPLICATION_PROTOCOL)
+        || matches!(e, quinn::ConnectionError::ConnectionClosed(c) if u64::from(c.error_code) == tls::NO_APPLICATION_PROTOCOL)
+}
+
+/// The fingerprint of the key the handshake authenticated.
+pub(crate) fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::peer_fingerprint(&certs)
+}
+
+/// One request: parse → apply → reply. Bad input closes the connection.
+async fn serve_stream(
+    state: &Arc<State>,
+    id: SessionId,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = state.limits.max_frame;
+    let request = match tokio::time::timeout(
+        state.limits.request_timeout,
+        read_frame::<Message, _>(&mut recv, max),
+    )
+    .await
+    {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(e)) => return refuse(state, conn, &mut send, &format!("bad request: {e}")).await,
+        Err(_) => return refuse(state, conn, &mut send, "request not received in time").await,
+    };
+    debug!(id, request = request.kind_name(), "request");
+    let reply = match request {
+        Message::Register { name, presence } => {
+            handlers::register::handle(state, id, name, presence).await
+        }
+        Message::Lookup { name } => handlers::lookup::handle(state, id, name),
+        Message::Call { to, candidates } => handlers::call::handle(state, id, to, candidates).await,
+        other => {
+            let reason = format!("unexpected message {} as a request", other.kind_name());
+            return refuse(state, conn, &mut send, &reason).await;
+        }
+    };
+    if let Message::Error { kind, .. } = &reply {
+        state.metrics.error(*kind);
+    }
+    let _ = write_frame(&mut send, &reply, max).await;
+    let _ = send.finish();
+}
+
+/// Tells the peer what it did wrong, then closes its connection.
+async fn refuse(
+    state: &State,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: &str,
+) {
+    warn!(remote = %conn.remote_address(), "closing connection: {reason}");
+    state.metrics.frames_refused.inc();
+    state.metrics.error(ErrorKind::Protocol);
+    let msg = Message::error(ErrorKind::Protocol, reason);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        write_frame(send, &msg, state.limits.max_frame),
+    )
+    .await;
+    let _ = send.finish();
+    // Let the error frame arrive before the connection goes (close discards unsent data).
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    conn.close(close::PROTOCOL.into(), reason.as_bytes());
+}
