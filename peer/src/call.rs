@@ -1,0 +1,137 @@
+//! An established, authenticated peer connection and its streams.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::{Fingerprint, PeerMessage};
+
+use crate::error::{Error, Result};
+
+/// How a call's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Straight between the two peers.
+    Direct,
+    /// Through a relay (end-to-end encrypted all the same).
+    Relay,
+}
+
+impl Path {
+    /// `direct` or `relay`, as in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+/// A live call: a QUIC connection whose other end proved it holds the key
+/// the server vouched for.
+#[derive(Debug)]
+pub struct Call {
+    /// The connection (open more streams on it, or use the helpers).
+    pub connection: quinn::Connection,
+    /// The other side's name.
+    pub peer: String,
+    /// The other side's key.
+    pub fingerprint: Fingerprint,
+    /// How packets travel.
+    pub path: Path,
+    /// From the call request (caller) or the offer (callee) to the authenticated connection.
+    pub setup: Duration,
+    /// Time spent first reaching the server (caller only; zero when already connected).
+    pub server_time: Duration,
+    first_stream: Mutex<Option<(quinn::SendStream, quinn::RecvStream)>>,
+}
+
+impl Call {
+    pub(crate) fn new(
+        connection: quinn::Connection,
+        peer: String,
+        fingerprint: Fingerprint,
+        setup: Duration,
+    ) -> Self {
+        Self {
+            connection,
+            peer,
+            fingerprint,
+            path: Path::Direct,
+            setup,
+            server_time: Duration::ZERO,
+            first_stream: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn with_first_stream(self, stream: (quinn::SendStream, quinn::RecvStream)) -> Self {
+        *self.first_stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+        self
+    }
+
+    /// The address the connection uses now.
+    pub fn remote_addr(&self) -> SocketAddr {
+        common::candidates::canonical(self.connection.remote_address())
+    }
+
+    /// The `connected` event for this call.
+    pub fn connected_event(&self) -> crate::Event {
+        crate::Event::Connected {
+            peer: self.peer.clone(),
+            fingerprint: self.fingerprint.to_string(),
+            path: self.path.as_str().to_owned(),
+            remote_addr: self.remote_addr().to_string(),
+            setup_ms: self.setup.as_secs_f64() * 1000.0,
+            server_ms: self.server_time.as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Opens a stream for `purpose` (its first frame).
+    pub async fn open(
+        &self,
+        purpose: &PeerMessage,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| Error::Protocol(format!("opening a stream: {e}")))?;
+        write_frame(&mut send, purpose, MAX_FRAME)
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok((send, recv))
+    }
+
+    /// The next stream the other side opened, with its purpose; `None` when
+    /// the connection ended.
+    pub async fn accept(
+        &self,
+    ) -> Option<Result<(PeerMessage, quinn::SendStream, quinn::RecvStream)>> {
+        let first = self
+            .first_stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (send, mut recv) = match first {
+            Some(s) => s,
+            None => self.connection.accept_bi().await.ok()?,
+        };
+        let header = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME),
+        )
+        .await;
+        Some(match header {
+            Ok(Ok(msg)) => Ok((msg, send, recv)),
+            Ok(Err(e)) => Err(Error::Protocol(format!("bad stream header: {e}"))),
+            Err(_) => Err(Error::Protocol("stream header not received in time".into())),
+        })
+    }
+
+    /// Closes the call (the other side sees a normal end).
+    pub fn close(&self) {
+        self.connection
+            .close(common::error::close::DONE.into(), b"call ended");
+    }
+}

@@ -1,0 +1,329 @@
+//! The caller's side of a call as a state machine without I/O.
+//!
+//! ```text
+//! Requesting --answer--> Dialing --attempt ok--> Connected
+//!      |                    |  \--all attempts failed / deadline--> Err(Unreachable)
+//!      \--error answer / key changed--> Err(..)
+//! ```
+//!
+//! Each transition consumes the state and returns the next one, so an old
+//! state cannot be used by mistake. The driver in [`crate::peer`] feeds it the
+//! server's answer and each dial attempt's outcome.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{ErrorKind, Fingerprint, Message};
+
+use crate::error::Error;
+use crate::known_peers::Check;
+
+/// Why one candidate did not work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// The address answered with another key (a stranger at that address).
+    WrongKey,
+    /// No answer in time.
+    Timeout,
+    /// Anything else, in words.
+    Other(String),
+}
+
+/// A call in progress.
+#[derive(Debug)]
+pub enum CallState {
+    /// Waiting for the server's answer.
+    Requesting {
+        /// Callee.
+        to: String,
+        /// When the request was sent.
+        sent_at: Instant,
+    },
+    /// Dialing the callee's candidates.
+    Dialing {
+        /// Callee.
+        to: String,
+        /// When the request was sent.
+        sent_at: Instant,
+        /// The key to pin.
+        fingerprint: Fingerprint,
+        /// Candidates still being tried.
+        pending: Vec<SocketAddr>,
+        /// What failed so far.
+        failed: Vec<(SocketAddr, AttemptFailure)>,
+    },
+    /// An authenticated connection is up.
+    Connected {
+        /// Callee.
+        to: String,
+        /// Its key.
+        fingerprint: Fingerprint,
+        /// The winning address.
+        remote: SocketAddr,
+        /// From request to authenticated connection.
+        setup: Duration,
+    },
+}
+
+impl CallState {
+    /// A request just sent at `now`.
+    pub fn start(to: &str, now: Instant) -> Self {
+        Self::Requesting {
+            to: to.to_owned(),
+            sent_at: now,
+        }
+    }
+
+    /// The server answered. `known` is what known_peers says about the
+    /// callee's key; `accept_new_key` overrides a change.
+    pub fn on_answer(
+        self,
+        answer: Message,
+        known: impl FnOnce(&Fingerprint) -> Check,
+        accept_new_key: bool,
+    ) -> Result<Self, Error> {
+        let Self::Requesting { to, sent_at } = self else {
+            return Err(Error::Protocol("call answer in the wrong state".into()));
+        };
+        match answer {
+            Message::CallAccepted {
+                fingerprint,
+                candidates,
+                ..
+            } => {
+                if let Check::Changed(old) = known(&fingerprint) {
+                    if !accept_new_key {
+                        return Err(Error::KeyChanged {
+                            name: to,
+                            old: old.to_string(),
+                            new: fingerprint.to_string(),
+                            file: Default::default(),
+                        });
+                    }
+                }
+                let mut pending: Vec<SocketAddr> = Vec::new();
+                for c in candidates {
+                    if !pending.contains(&c) {
+                        pending.push(c);
+                    }
+                }
+                if pending.is_empty() {
+                    return Err(Error::Unreachable {
+                        name: to,
+                        tried: "the server gave no address to try".into(),
+                    });
+                }
+                Ok(Self::Dialing {
+                    to,
+                    sent_at,
+                    fingerprint,
+                    pending,
+                    failed: vec![],
+                })
+            }
+            Message::Error { kind, message } => Err(Error::Server { kind, message }),
+            other => Err(Error::Protocol(format!(
+                "server answered a call with {}",
+                other.kind_name()
+            ))),
+        }
+    }
+
+    /// One dial attempt finished at `now`.
+    pub fn on_attempt(
+        self,
+        addr: SocketAddr,
+        outcome: Result<(), AttemptFailure>,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let Self::Dialing {
+            to,
+            sent_at,
+            fingerprint,
+            mut pending,
+            mut failed,
+        } = self
+        else {
+            return Ok(self);
+        };
+        pending.retain(|a| *a != addr);
+        match outcome {
+            Ok(()) => Ok(Self::Connected {
+                to,
+                fingerprint,
+                remote: addr,
+                setup: now.duration_since(sent_at),
+            }),
+            Err(why) => {
+                failed.push((addr, why));
+                if pending.is_empty() {
+                    Err(unreachable(to, &failed, &[]))
+                } else {
+                    Ok(Self::Dialing {
+                        to,
+                        sent_at,
+                        fingerprint,
+                        pending,
+                        failed,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The deadline passed before a connection: the error to report.
+    pub fn on_deadline(self) -> Error {
+        match self {
+            Self::Dialing {
+                to,
+                failed,
+                pending,
+                ..
+            } => unreachable(to, &failed, &pending),
+            Self::Requesting { to, .. } => Error::Server {
+                kind: ErrorKind::Unreachable,
+                message: format!("{to} did not answer in time"),
+            },
+            Self::Connected { to, .. } => {
+                Error::Protocol(format!("deadline after the call to {to} connected"))
+            }
+        }
+    }
+}
+
+fn unreachable(
+    name: String,
+    failed: &[(SocketAddr, AttemptFailure)],
+    silent: &[SocketAddr],
+) -> Error {
+    let mut parts: Vec<String> = failed
+        .iter()
+        .map(|(a, why)| match why {
+            AttemptFailure::WrongKey => {
+                format!("{a}: answered with another key (not {name}), skipped")
+            }
+            AttemptFailure::Timeout => format!("{a}: no answer"),
+            AttemptFailure::Other(s) => format!("{a}: {s}"),
+        })
+        .collect();
+    parts.extend(silent.iter().map(|a| format!("{a}: no answer")));
+    let key_note = if failed.iter().any(|(_, w)| *w == AttemptFailure::WrongKey) {
+        "; a key did not match"
+    } else {
+        ""
+    };
+    Error::Unreachable {
+        name,
+        tried: format!(
+            "no direct path authenticated (tried {}){key_note}",
+            parts.join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    fn accepted(cands: &[&str]) -> Message {
+        Message::CallAccepted {
+            call_id: 1,
+            fingerprint: Fingerprint([7; 32]),
+            candidates: cands.iter().map(|c| a(c)).collect(),
+        }
+    }
+
+    #[test]
+    fn first_authenticated_path_wins() {
+        let t0 = Instant::now();
+        let s = CallState::start("alice", t0)
+            .on_answer(
+                accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
+                |_| Check::New,
+                false,
+            )
+            .expect("dialing");
+        let s = s
+            .on_attempt(a("192.168.1.2:1"), Err(AttemptFailure::WrongKey), t0)
+            .expect("still dialing");
+        assert!(matches!(s, CallState::Dialing { ref pending, .. } if pending.len() == 1));
+        let s = s
+            .on_attempt(a("198.51.100.1:1"), Ok(()), t0 + Duration::from_millis(120))
+            .expect("connected");
+        match s {
+            CallState::Connected { remote, setup, .. } => {
+                assert_eq!(remote, a("198.51.100.1:1"));
+                assert_eq!(setup, Duration::from_millis(120));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_failed_is_unreachable_and_says_what_was_tried() {
+        let t0 = Instant::now();
+        let s = CallState::start("alice", t0)
+            .on_answer(
+                accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
+                |_| Check::New,
+                false,
+            )
+            .expect("dialing");
+        let s = s
+            .on_attempt(a("192.168.1.2:1"), Err(AttemptFailure::WrongKey), t0)
+            .expect("dialing");
+        let err = s
+            .on_attempt(a("198.51.100.1:1"), Err(AttemptFailure::Timeout), t0)
+            .expect_err("unreachable");
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("192.168.1.2:1")
+                && msg.contains("198.51.100.1:1")
+                && msg.contains("a key did not match"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn deadline_while_dialing_lists_silent_candidates() {
+        let t0 = Instant::now();
+        let s = CallState::start("alice", t0)
+            .on_answer(accepted(&["198.51.100.1:1"]), |_| Check::Known, false)
+            .expect("dialing");
+        let err = s.on_deadline();
+        assert!(
+            err.to_string().contains("198.51.100.1:1: no answer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_errors_and_changed_keys() {
+        let t0 = Instant::now();
+        let err = CallState::start("alice", t0)
+            .on_answer(
+                Message::error(ErrorKind::Offline, "alice is not online"),
+                |_| Check::New,
+                false,
+            )
+            .expect_err("offline");
+        assert_eq!(err.kind(), ErrorKind::Offline);
+        let changed = |_: &Fingerprint| Check::Changed(Fingerprint([1; 32]));
+        let err = CallState::start("alice", t0)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, false)
+            .expect_err("changed");
+        assert_eq!(err.kind(), ErrorKind::KeyChanged);
+        assert!(CallState::start("alice", t0)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, true)
+            .is_ok());
+        let err = CallState::start("alice", t0)
+            .on_answer(Message::Lookup { name: "x".into() }, |_| Check::New, false)
+            .expect_err("odd");
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+}

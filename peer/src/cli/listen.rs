@@ -1,0 +1,181 @@
+//! `peer listen`: stay online and answer calls in one of four modes.
+//!
+//! Every mode answers pings. Many calls at once are fine in `--echo`,
+//! `--exec` and `--receive-dir`; the default mode has one stdin/stdout, so
+//! only the first pipe gets them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use peer::{Call, Error, Event, Peer, PeerMessage, Policy, Result};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use super::Out;
+
+/// Flags of `peer listen`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ListenArgs {
+    /// Send every byte back to the caller.
+    #[arg(long, conflicts_with_all = ["exec", "receive_dir"])]
+    echo: bool,
+    /// Run CMD (with `sh -c`) per call, with the call as its stdin/stdout.
+    #[arg(long, value_name = "CMD", conflicts_with = "receive_dir")]
+    exec: Option<String>,
+    /// Store files sent with `peer send` in DIR (created if missing).
+    #[arg(long, value_name = "DIR")]
+    receive_dir: Option<PathBuf>,
+    /// Accept calls only from these names (each pinned to the key first seen for it).
+    #[arg(long, value_delimiter = ',', value_name = "N1,N2")]
+    accept_from: Vec<String>,
+    /// Largest file accepted with --receive-dir, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_file_size: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Stdio(Arc<AtomicBool>),
+    Echo,
+    Exec(String),
+    Receive(PathBuf, u64),
+}
+
+pub(crate) async fn run(peer: &Peer, args: ListenArgs, out: Out) -> Result<()> {
+    for name in &args.accept_from {
+        common::validate_name(name)?;
+    }
+    let mode = if args.echo {
+        Mode::Echo
+    } else if let Some(cmd) = args.exec {
+        Mode::Exec(cmd)
+    } else if let Some(dir) = args.receive_dir {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Mode::Receive(dir, args.max_file_size)
+    } else {
+        Mode::Stdio(Arc::new(AtomicBool::new(false)))
+    };
+    let policy = if args.accept_from.is_empty() {
+        let notice = "accepting calls from everyone: every caller learns this machine's addresses (use --accept-from to restrict)";
+        if out.json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "notice", "message": notice})
+            );
+        } else {
+            eprintln!("{notice}");
+        }
+        Policy::AcceptAll
+    } else {
+        Policy::AllowList(args.accept_from)
+    };
+    let mut listener = peer.listen(policy)?;
+    while let Some(call) = listener.accept().await {
+        tokio::spawn(serve_call(call?, mode.clone(), out));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Bytes {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+async fn serve_call(call: Call, mode: Mode, out: Out) {
+    let call = Arc::new(call);
+    let bytes = Arc::new(Bytes::default());
+    let mut streams = JoinSet::new();
+    while let Some(stream) = call.accept().await {
+        match stream {
+            Ok((purpose, send, recv)) => {
+                let (call, mode, bytes) = (call.clone(), mode.clone(), bytes.clone());
+                streams.spawn(async move {
+                    if let Err(e) =
+                        serve_stream(&call, purpose, send, recv, &mode, &bytes, out).await
+                    {
+                        debug!(peer = %call.peer, "stream ended with an error: {e}");
+                    }
+                });
+            }
+            Err(e) => debug!(peer = %call.peer, "bad stream: {e}"),
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    out.event(&Event::CallEnded {
+        peer: call.peer.clone(),
+        bytes_sent: bytes.sent.load(Ordering::Relaxed),
+        bytes_received: bytes.received.load(Ordering::Relaxed),
+    });
+}
+
+async fn serve_stream(
+    call: &Call,
+    purpose: PeerMessage,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mode: &Mode,
+    bytes: &Bytes,
+    out: Out,
+) -> Result<()> {
+    let add = |s: u64, r: u64| {
+        bytes.sent.fetch_add(s, Ordering::Relaxed);
+        bytes.received.fetch_add(r, Ordering::Relaxed);
+    };
+    match (purpose, mode) {
+        (PeerMessage::Ping { seq }, _) => {
+            peer::app::answer_pings(seq, send, recv).await?;
+        }
+        (PeerMessage::Pipe, Mode::Echo) => {
+            let n = peer::app::echo(send, recv).await?;
+            add(n, n);
+        }
+        (PeerMessage::Pipe, Mode::Exec(cmd)) => {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::io(format!("starting {cmd:?}"), e))?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(Error::Usage("the command's stdio is not piped".into()));
+            };
+            let (s, r) = peer::app::pipe(send, recv, stdout, stdin).await?;
+            add(s, r);
+            let _ = child.wait().await;
+        }
+        (PeerMessage::Pipe, Mode::Stdio(taken)) => {
+            if taken.swap(true, Ordering::SeqCst) {
+                let _ = send.reset(1u32.into());
+                let _ = recv.stop(1u32.into());
+                return Err(Error::Usage(
+                    "stdin/stdout already serve another call".into(),
+                ));
+            }
+            let (s, r) =
+                peer::app::pipe(send, recv, tokio::io::stdin(), tokio::io::stdout()).await?;
+            add(s, r);
+        }
+        (header @ PeerMessage::SendFile { .. }, Mode::Receive(dir, max)) => {
+            let (path, size) = peer::app::receive_file(header, send, recv, dir, *max).await?;
+            add(0, size);
+            out.event(&Event::FileReceived {
+                peer: call.peer.clone(),
+                path: path.display().to_string(),
+                bytes: size,
+            });
+        }
+        (other, _) => {
+            let _ = send.reset(1u32.into());
+            let _ = recv.stop(1u32.into());
+            return Err(Error::Protocol(format!(
+                "this listener does not serve {other:?} in its mode"
+            )));
+        }
+    }
+    Ok(())
+}

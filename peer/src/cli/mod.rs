@@ -1,0 +1,132 @@
+//! Subcommands and the output conventions of `CLI.md`.
+
+pub(crate) mod calls;
+pub(crate) mod listen;
+
+use std::process::ExitCode;
+
+use peer::{Event, Peer, PeerConfig};
+
+use crate::{Cli, Command};
+
+/// Where status goes: stderr, plain or JSON lines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Out {
+    pub(crate) json: bool,
+}
+
+impl Out {
+    pub(crate) fn event(&self, e: &Event) {
+        if self.json {
+            match serde_json::to_string(e) {
+                Ok(line) => eprintln!("{line}"),
+                Err(err) => {
+                    eprintln!("{{\"event\":\"error\",\"kind\":\"internal\",\"message\":\"{err}\"}}")
+                }
+            }
+        } else {
+            eprintln!("{}", e.human());
+        }
+    }
+
+    /// Reports a failure the command ends on.
+    pub(crate) fn fail(&self, e: &peer::Error) {
+        if self.json {
+            self.event(&Event::error(e));
+        } else {
+            eprintln!("peer: {} ({})", e, e.kind());
+        }
+    }
+
+    /// A usage error: exit 2.
+    pub(crate) fn usage(&self, message: &str) -> ExitCode {
+        if self.json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "error", "kind": "usage", "message": message})
+            );
+        } else {
+            eprintln!("peer: {message}");
+        }
+        ExitCode::from(2)
+    }
+}
+
+pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
+    let dir = peer::default_config_dir();
+    let identity = cli
+        .identity
+        .clone()
+        .unwrap_or_else(|| dir.join("identity.pem"));
+    if let Command::Id = cli.command {
+        return match common::Identity::load_or_create(&identity) {
+            Ok(id) => {
+                println!("{}", id.fingerprint());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                out.fail(&e.into());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(server) = cli.server.clone() else {
+        return out.usage("--server HOST:PORT is required (or set PEER_SERVER)");
+    };
+    let Some(fp_text) = cli.server_fingerprint.clone() else {
+        return out.usage(
+            "--server-fingerprint is required (or set PEER_SERVER_FINGERPRINT): ask the server's operator, who prints it with `rendezvous fingerprint`",
+        );
+    };
+    let fingerprint = match fp_text.parse() {
+        Ok(fp) => fp,
+        Err(e) => return out.usage(&format!("--server-fingerprint: {e}")),
+    };
+    let mut config = PeerConfig::new(server, fingerprint);
+    config.name = cli.name.clone();
+    config.identity = identity;
+    config.known_peers = cli
+        .known_peers
+        .clone()
+        .unwrap_or_else(|| dir.join("known_peers"));
+    config.bind = cli.bind;
+    let peer = match Peer::new(config).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.fail(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut events = peer.events();
+    let printer = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            out.event(&e);
+        }
+    });
+    let result = match cli.command {
+        Command::Id => Ok(()),
+        Command::Lookup { target } => calls::lookup(&peer, &target, out).await,
+        Command::Listen(args) => listen::run(&peer, args, out).await,
+        Command::Call { target, opts } => calls::call(&peer, &target, &opts, out).await,
+        Command::Ping {
+            target,
+            count,
+            interval,
+            opts,
+        } => calls::ping(&peer, &target, count, interval, &opts, out).await,
+        Command::Send { target, file, opts } => {
+            calls::send(&peer, &target, &file, &opts, out).await
+        }
+    };
+    peer.shutdown().await;
+    // Let queued events reach stderr before the error line and exit.
+    tokio::task::yield_now().await;
+    printer.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.fail(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Everything a [`crate::Peer`] needs to know, with defaults for the timings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Fingerprint;
+
+/// How a peer reaches its server, who it is, and its timings.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The rendezvous server, `HOST:PORT` (resolved on each connect).
+    pub server: String,
+    /// The server's pinned fingerprint.
+    pub server_fingerprint: Fingerprint,
+    /// This peer's name, needed to listen and to call.
+    pub name: Option<String>,
+    /// The identity key file (created on first use).
+    pub identity: PathBuf,
+    /// The known_peers file (name → fingerprint of past contacts).
+    pub known_peers: PathBuf,
+    /// The one UDP socket's address (default `0.0.0.0:0`).
+    pub bind: SocketAddr,
+    /// Timings.
+    pub timing: Timing,
+    /// Protocol identifier offered to the server. Leave the default; tests
+    /// change it to check version-mismatch reporting.
+    pub server_alpn: Vec<u8>,
+}
+
+/// Timeouts and intervals (see each field for the default and why).
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long one attempt to reach the server may take (default 5 s).
+    pub server_connect_timeout: Duration,
+    /// How long a request to the server may take to be answered (default 20 s:
+    /// a call waits for the callee's consent).
+    pub request_timeout: Duration,
+    /// Keep-alive on the server link (default 8 s): NATs forget idle UDP
+    /// mappings after 15–30 s, and the server's idle timeout is 30 s.
+    pub server_keep_alive: Duration,
+    /// Idle timeout on the server link (default 20 s): a vanished server is
+    /// noticed this fast; a restarted one at the next keep-alive (stateless reset).
+    pub server_idle_timeout: Duration,
+    /// Keep-alive on peer connections (default 5 s).
+    pub peer_keep_alive: Duration,
+    /// Idle timeout on peer connections (default 30 s).
+    pub peer_idle_timeout: Duration,
+    /// Most time between two reconnection attempts of a `listen` (default 3 s, jittered).
+    pub reconnect_max: Duration,
+    /// How long a callee keeps accepting connections for a call it accepted (default 20 s).
+    pub accept_window: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            server_connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            server_keep_alive: Duration::from_secs(8),
+            server_idle_timeout: Duration::from_secs(20),
+            peer_keep_alive: Duration::from_secs(5),
+            peer_idle_timeout: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(3),
+            accept_window: Duration::from_secs(20),
+        }
+    }
+}
+
+impl PeerConfig {
+    /// A config with default paths ([`default_config_dir`]) and timings.
+    pub fn new(server: impl Into<String>, server_fingerprint: Fingerprint) -> Self {
+        let dir = default_config_dir();
+        Self {
+            server: server.into(),
+            server_fingerprint,
+            name: None,
+            identity: dir.join("identity.pem"),
+            known_peers: dir.join("known_peers"),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            timing: Timing::default(),
+            server_alpn: common::tls::SERVER_ALPN.to_vec(),
+        }
+    }
+}
+
+/// `$XDG_CONFIG_HOME/peer`, else `$HOME/.config/peer`, else `./.peer`.
+pub fn default_config_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|base| base.join("peer"))
+        .unwrap_or_else(|| PathBuf::from(".peer"))
+}

@@ -1,0 +1,260 @@
+//! The one UDP socket: a quinn endpoint for the server link and every peer
+//! connection, plus tiny punch datagrams sent from the same socket.
+//!
+//! Using one socket for everything means the public address the server
+//! observes is the one this peer's NAT uses toward other peers too, which is
+//! what makes hole punching work. Incoming peer connections are accepted only
+//! from keys of calls this peer accepted ([`Expected`]); anything else is
+//! refused before the handshake, or fails it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::tls::{self, ClientKeyPolicy};
+use common::{Fingerprint, Identity};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::config::Timing;
+use crate::error::{Error, Result};
+
+/// A call this peer accepted and now expects a connection for.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    pub(crate) name: String,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) candidates: Vec<SocketAddr>,
+    pub(crate) offered_at: Instant,
+    pub(crate) expires: Instant,
+    /// Wakes the punching task when the caller got through.
+    pub(crate) connected: Arc<Notify>,
+}
+
+/// The calls being expected, shared with the TLS verifier.
+#[derive(Debug, Default)]
+pub(crate) struct ExpectedCalls(Mutex<Vec<Expected>>);
+
+impl ExpectedCalls {
+    fn lock(&self) -> MutexGuard<'_, Vec<Expected>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn add(&self, e: Expected) {
+        let now = Instant::now();
+        let mut list = self.lock();
+        list.retain(|x| x.expires > now);
+        list.push(e);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        let now = Instant::now();
+        self.lock().iter().all(|x| x.expires <= now)
+    }
+
+    pub(crate) fn allows(&self, fp: &Fingerprint) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .any(|x| x.expires > now && x.fingerprint == *fp)
+    }
+
+    /// The expected call a connection from `fp` at `from` belongs to
+    /// (preferring one whose candidates include `from`).
+    pub(crate) fn find(&self, fp: &Fingerprint, from: SocketAddr) -> Option<Expected> {
+        let now = Instant::now();
+        let list = self.lock();
+        let live = || {
+            list.iter()
+                .filter(|x| x.expires > now && x.fingerprint == *fp)
+        };
+        live()
+            .find(|x| x.candidates.contains(&from))
+            .or_else(|| live().next())
+            .cloned()
+    }
+}
+
+/// The socket, its quinn endpoint and what it expects.
+pub(crate) struct Socket {
+    pub(crate) endpoint: quinn::Endpoint,
+    udp: Arc<dyn quinn::AsyncUdpSocket>,
+    pub(crate) expected: Arc<ExpectedCalls>,
+    identity: Arc<Identity>,
+    timing: Timing,
+}
+
+impl Socket {
+    /// Binds the socket and makes the endpoint (client and server roles).
+    pub(crate) fn bind(addr: SocketAddr, identity: Arc<Identity>, timing: Timing) -> Result<Self> {
+        let std_socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| Error::io(format!("binding UDP {addr}"), e))?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let udp = runtime
+            .wrap_udp_socket(std_socket)
+            .map_err(|e| Error::io("wrapping the UDP socket", e))?;
+        let expected = Arc::new(ExpectedCalls::default());
+        let allow = expected.clone();
+        let policy = ClientKeyPolicy::Allow(Arc::new(move |fp: &Fingerprint| allow.allows(fp)));
+        let tls = tls::server_config(&identity, policy, tls::PEER_ALPN)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(peer_transport(&timing, None));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            udp.clone(),
+            runtime,
+        )
+        .map_err(|e| Error::io("starting the QUIC endpoint", e))?;
+        Ok(Self {
+            endpoint,
+            udp,
+            expected,
+            identity,
+            timing,
+        })
+    }
+
+    /// The socket's local address.
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| Error::io("reading the local address", e))
+    }
+
+    /// Client config for the server link, pinned to the server's key.
+    pub(crate) fn server_client_config(
+        &self,
+        server: Fingerprint,
+        alpn: &[u8],
+    ) -> Result<quinn::ClientConfig> {
+        let tls = tls::client_config(&self.identity, server, alpn)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(self.timing.server_keep_alive))
+            .max_idle_timeout(self.timing.server_idle_timeout.try_into().ok())
+            .max_concurrent_uni_streams(0u32.into())
+            // The server opens one stream per incoming call.
+            .max_concurrent_bidi_streams(64u32.into());
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+
+    /// Client config for a call, pinned to the callee's key, starting from
+    /// `rtt_hint` (the server link's RTT) so a lost first Initial is resent
+    /// after a few RTTs, not after a second.
+    pub(crate) fn peer_client_config(
+        &self,
+        callee: Fingerprint,
+        rtt_hint: Option<Duration>,
+    ) -> Result<quinn::ClientConfig> {
+        let tls = tls::client_config(&self.identity, callee, tls::PEER_ALPN)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(peer_transport(&self.timing, rtt_hint));
+        Ok(config)
+    }
+
+    /// Sends one punch datagram to each target from the one socket.
+    pub(crate) fn punch(&self, targets: &[SocketAddr]) {
+        for &destination in targets {
+            let transmit = quinn::udp::Transmit {
+                destination,
+                ecn: None,
+                contents: crate::punch::PUNCH,
+                segment_size: None,
+                src_ip: None,
+            };
+            if let Err(e) = self.udp.try_send(&transmit) {
+                debug!(%destination, "punch not sent: {e}");
+            }
+        }
+    }
+
+    /// This peer's local candidates: its interface addresses that other
+    /// peers on the same network could reach, with the socket's port.
+    pub(crate) fn local_candidates(&self) -> Vec<SocketAddr> {
+        let Ok(local) = self.local_addr() else {
+            return vec![];
+        };
+        let ips: Vec<std::net::IpAddr> = if local.ip().is_unspecified() {
+            if_addrs::get_if_addrs()
+                .map(|ifs| {
+                    ifs.into_iter()
+                        .filter(|i| !i.is_loopback())
+                        .map(|i| i.ip())
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            vec![local.ip()]
+        };
+        let mut out: Vec<SocketAddr> = ips
+            .into_iter()
+            .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+            .map(|ip| SocketAddr::new(ip, local.port()))
+            .filter(|a| common::candidates::is_local_candidate(*a))
+            .collect();
+        out.truncate(common::candidates::MAX_LOCAL_CANDIDATES);
+        out
+    }
+}
+
+fn peer_transport(timing: &Timing, rtt_hint: Option<Duration>) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(timing.peer_keep_alive))
+        .max_idle_timeout(timing.peer_idle_timeout.try_into().ok())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(256u32.into());
+    if let Some(rtt) = rtt_hint {
+        transport.initial_rtt(rtt.clamp(Duration::from_millis(5), Duration::from_millis(333)));
+    }
+    // Bulk transfers: larger windows than quinn's defaults (tuned for 100 ms × 100 Mbit/s).
+    transport
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((16u32 << 20).into())
+        .send_window(16 << 20);
+    Arc::new(transport)
+}
+
+/// Whether a connection failed because *our* verifier refused the other
+/// side's key (a wrong server fingerprint, or a stranger at a candidate).
+pub(crate) fn is_key_rejected_locally(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            let code = u64::from(t.code);
+            (0x100..0x200).contains(&code) && t.reason.contains("invalid peer certificate")
+        }
+        _ => false,
+    }
+}
+
+/// Whether the other side refused our protocol version (ALPN).
+pub(crate) fn is_version_mismatch(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            u64::from(c.error_code) == tls::NO_APPLICATION_PROTOCOL
+        }
+        quinn::ConnectionError::TransportError(t) => {
+            u64::from(t.code) == tls::NO_APPLICATION_PROTOCOL
+        }
+        _ => false,
+    }
+}
+
+/// The fingerprint the handshake authenticated.
+pub(crate) fn remote_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::peer_fingerprint(&certs)
+}

@@ -1,0 +1,222 @@
+//! Status events, as the `--json` lines of `CLI.md`.
+//!
+//! The library sends the events it alone knows about (registration, lost and
+//! restored server, incoming calls, connections) on a broadcast channel
+//! ([`crate::Peer::events`]); the CLI adds its own (pong, lookup, call_ended)
+//! and prints them all. Field names are part of the command-line contract.
+
+use serde::Serialize;
+
+/// One status event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The name is ours on the server.
+    Registered {
+        /// The name.
+        name: String,
+        /// Our fingerprint.
+        fingerprint: String,
+        /// The address the server sees us at.
+        observed_addr: String,
+    },
+    /// Someone calls; sent before the policy decides.
+    IncomingCall {
+        /// The caller's name.
+        from: String,
+        /// The caller's key.
+        fingerprint: String,
+    },
+    /// A call was refused by our policy.
+    CallRefused {
+        /// The caller's name.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// An authenticated peer connection is up.
+    Connected {
+        /// The other side's name.
+        peer: String,
+        /// The other side's key.
+        fingerprint: String,
+        /// `direct` or `relay`.
+        path: String,
+        /// The address the connection uses.
+        remote_addr: String,
+        /// From sending the call request (caller) or receiving the offer
+        /// (callee) to the authenticated connection, in milliseconds.
+        setup_ms: f64,
+        /// Time spent first reaching the server (caller; 0 if already connected).
+        server_ms: f64,
+    },
+    /// The path of a call changed.
+    PathChanged {
+        /// The other side's name.
+        peer: String,
+        /// `direct` or `relay`.
+        path: String,
+        /// The new address.
+        remote_addr: String,
+    },
+    /// A ping was answered.
+    Pong {
+        /// The other side's name.
+        peer: String,
+        /// Sequence number.
+        seq: u64,
+        /// Round trip in milliseconds.
+        rtt_ms: f64,
+        /// `direct` or `relay`.
+        path: String,
+        /// The address the connection uses.
+        remote_addr: String,
+    },
+    /// Answer of a lookup.
+    Lookup {
+        /// The name.
+        name: String,
+        /// Whether a `listen` holds it now.
+        online: bool,
+        /// The key it is bound to.
+        fingerprint: String,
+    },
+    /// A call ended.
+    CallEnded {
+        /// The other side's name.
+        peer: String,
+        /// Bytes we sent.
+        bytes_sent: u64,
+        /// Bytes we received.
+        bytes_received: u64,
+    },
+    /// A file was stored (listen --receive-dir).
+    FileReceived {
+        /// The other side's name.
+        peer: String,
+        /// Where it was stored.
+        path: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The server link was lost; reconnecting.
+    RendezvousLost {
+        /// The server.
+        server: String,
+    },
+    /// The server link is back and the name registered again.
+    RendezvousRestored {
+        /// The server.
+        server: String,
+    },
+    /// Something failed.
+    Error {
+        /// One of the kinds in `CLI.md`.
+        kind: String,
+        /// Details for a person.
+        message: String,
+    },
+}
+
+impl Event {
+    /// The event for an error.
+    pub fn error(e: &crate::Error) -> Self {
+        Self::Error {
+            kind: e.kind().as_str().to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    /// A human-readable line for the plain (non-JSON) output.
+    pub fn human(&self) -> String {
+        match self {
+            Self::Registered {
+                name,
+                observed_addr,
+                ..
+            } => format!("registered as {name} (server sees us at {observed_addr})"),
+            Self::IncomingCall { from, fingerprint } => format!(
+                "incoming call from {from} ({})",
+                &fingerprint[..fingerprint.len().min(16)]
+            ),
+            Self::CallRefused { from, reason } => format!("refused call from {from}: {reason}"),
+            Self::Connected {
+                peer,
+                path,
+                remote_addr,
+                setup_ms,
+                ..
+            } => {
+                format!(
+                    "connected to {peer} over a {path} path ({remote_addr}) in {setup_ms:.0} ms"
+                )
+            }
+            Self::PathChanged {
+                peer,
+                path,
+                remote_addr,
+            } => format!("path to {peer} is now {path} ({remote_addr})"),
+            Self::Pong {
+                peer,
+                seq,
+                rtt_ms,
+                path,
+                ..
+            } => format!("pong from {peer}: seq={seq} time={rtt_ms:.2} ms path={path}"),
+            Self::Lookup {
+                name,
+                online,
+                fingerprint,
+            } => {
+                format!(
+                    "{name} {} {fingerprint}",
+                    if *online { "online" } else { "offline" }
+                )
+            }
+            Self::CallEnded {
+                peer,
+                bytes_sent,
+                bytes_received,
+            } => {
+                format!(
+                    "call with {peer} ended ({bytes_sent} bytes sent, {bytes_received} received)"
+                )
+            }
+            Self::FileReceived { peer, path, bytes } => {
+                format!("stored {bytes} bytes from {peer} at {path}")
+            }
+            Self::RendezvousLost { server } => {
+                format!("lost the rendezvous server {server}; reconnecting")
+            }
+            Self::RendezvousRestored { server } => {
+                format!("rendezvous server {server} is back; registered again")
+            }
+            Self::Error { kind, message } => format!("error ({kind}): {message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_matches_the_contract() {
+        let e = Event::Connected {
+            peer: "alice".into(),
+            fingerprint: "ab".into(),
+            path: "direct".into(),
+            remote_addr: "127.0.0.1:5".into(),
+            setup_ms: 1.5,
+            server_ms: 0.0,
+        };
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(v["event"], "connected");
+        for field in ["peer", "fingerprint", "path", "remote_addr", "setup_ms"] {
+            assert!(v.get(field).is_some(), "{field}");
+        }
+        let v = serde_json::to_value(Event::RendezvousLost { server: "s".into() }).expect("json");
+        assert_eq!(v["event"], "rendezvous_lost");
+    }
+}

@@ -1,0 +1,59 @@
+//! Call other peers by name through a rendezvous server, then talk to them
+//! over a direct, mutually authenticated QUIC connection the server is not part of.
+//!
+//! A [`Peer`] has one identity (an Ed25519 key; its [`Fingerprint`] is who it
+//! is), one UDP socket and one server, pinned by fingerprint.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), peer::Error> {
+//! use peer::{Peer, PeerConfig, Policy};
+//! let server_fp = "0".repeat(64).parse().expect("the fingerprint `rendezvous fingerprint` prints");
+//! let mut config = PeerConfig::new("rendezvous.example.org:7700", server_fp);
+//! config.name = Some("alice".into());
+//! let alice = Peer::new(config).await?;
+//! let mut events = alice.events();           // registered, connected, rendezvous_lost, ...
+//! let mut listener = alice.listen(Policy::AcceptAll)?;
+//! while let Some(call) = listener.accept().await {
+//!     let call = call?;                       // Err: name taken, bad fingerprint, replaced
+//!     while let Some(Ok((purpose, send, recv))) = call.accept().await {
+//!         if purpose == peer::PeerMessage::Pipe {
+//!             peer::app::echo(send, recv).await?;
+//!         }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`peer`](Peer): the handle; lookup and call (drives [`call_state`]).
+//! - `listener`: presence with reconnection, call offers, accepting peers.
+//! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
+//! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
+//! - `server_link`: requests to the rendezvous server.
+//! - [`app`]: pipe, echo, ping and file transfer over a call.
+//! - [`known_peers`]: contacts' pinned keys.
+//! - [`events`], [`error`], [`config`].
+
+pub mod app;
+mod call;
+pub mod call_state;
+pub mod config;
+mod endpoint;
+pub mod error;
+pub mod events;
+pub mod known_peers;
+mod listener;
+mod peer;
+pub mod policy;
+pub mod punch;
+mod server_link;
+
+pub use call::{Call, Path};
+pub use common::{ErrorKind, Fingerprint, PeerMessage};
+pub use config::{default_config_dir, PeerConfig, Timing};
+pub use error::{Error, Result};
+pub use events::Event;
+pub use listener::Listener;
+pub use peer::{CallOptions, LookupInfo, Peer};
+pub use policy::Policy;

@@ -1,0 +1,315 @@
+//! Being callable: the `listen` side of a [`Peer`].
+//!
+//! Two tasks:
+//! - the **presence loop** keeps a `listen` session on the server: connect,
+//!   register, answer call offers by [`Policy`], and when the server goes away,
+//!   say so, reconnect with jittered backoff and register again. Errors that
+//!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
+//! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
+//!   connections only from keys of calls we accepted, and hands the first one
+//!   that opens a stream to the [`Listener`].
+//!
+//! On accept, the callee sends punch datagrams toward the caller's vetted
+//! candidates ([`crate::punch`]) until the caller gets through.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use common::candidates::{canonical, is_local_candidate};
+use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::Message;
+use tokio::sync::{mpsc, Notify};
+use tracing::debug;
+
+use crate::call::Call;
+use crate::endpoint::{remote_fingerprint, Expected};
+use crate::error::{Error, Result};
+use crate::known_peers::Check;
+use crate::peer::{Inner, Peer};
+use crate::policy::{Decision, Policy};
+use crate::punch::PunchSchedule;
+use crate::server_link::ServerLink;
+use crate::Event;
+
+/// Time the server has to send an offer's frames.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a caller has to open its first stream once connected.
+const FIRST_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Incoming calls of a listening peer.
+pub struct Listener {
+    calls: mpsc::Receiver<Result<Call>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// The next call; `Err` when listening ended for a reason retrying cannot
+    /// fix (name taken, bad fingerprint, replaced by a newer `listen`).
+    pub async fn accept(&mut self) -> Option<Result<Call>> {
+        self.calls.recv().await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Peer {
+    /// Registers our name as callable and answers calls by `policy`, until the
+    /// [`Listener`] is dropped. Survives the server going away.
+    pub fn listen(&self, policy: Policy) -> Result<Listener> {
+        let name = self.name()?;
+        let (tx, rx) = mpsc::channel(64);
+        *self
+            .inner
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let task = tokio::spawn(presence_loop(self.clone(), name, policy, tx));
+        Ok(Listener { calls: rx, task })
+    }
+}
+
+/// Jittered exponential backoff, capped.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(200),
+            max,
+        }
+    }
+
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(rand::random::<f64>() * 0.5 + 0.75)
+            .min(self.max)
+    }
+}
+
+async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sender<Result<Call>>) {
+    let server = peer.inner.config.server.clone();
+    let mut backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
+    let mut lost = false;
+    loop {
+        let link = match connect_and_register(&peer, &name).await {
+            Ok(link) => link,
+            Err(e) if e.is_transient() => {
+                peer.emit(Event::error(&e));
+                tokio::time::sleep(backoff.step()).await;
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        if lost {
+            peer.emit(Event::RendezvousRestored {
+                server: server.clone(),
+            });
+        }
+        backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
+        let ended = loop {
+            match link.next_offer().await {
+                Ok((send, recv)) => {
+                    tokio::spawn(answer_offer(peer.clone(), policy.clone(), send, recv));
+                }
+                Err(e) => break e,
+            }
+        };
+        if matches!(ended, Error::Replaced) {
+            let _ = tx.send(Err(ended)).await;
+            return;
+        }
+        debug!("server link lost: {ended}");
+        peer.emit(Event::RendezvousLost {
+            server: server.clone(),
+        });
+        lost = true;
+    }
+}
+
+async fn connect_and_register(peer: &Peer, name: &str) -> Result<ServerLink> {
+    let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
+    let reg = link.register(name, true).await?;
+    peer.emit(Event::Registered {
+        name: name.to_owned(),
+        fingerprint: reg.fingerprint.to_string(),
+        observed_addr: reg.observed_addr.to_string(),
+    });
+    debug!(server = link.server(), "registered");
+    Ok(link)
+}
+
+/// One offer: decide, answer, then punch toward the caller until it connects.
+async fn answer_offer(
+    peer: Peer,
+    policy: Policy,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let offer = tokio::time::timeout(
+        OFFER_TIMEOUT,
+        read_frame::<Message, _>(&mut recv, MAX_FRAME),
+    )
+    .await;
+    let Ok(Ok(Message::IncomingCall {
+        from, fingerprint, ..
+    })) = offer
+    else {
+        debug!("ignoring a malformed call offer");
+        return;
+    };
+    peer.emit(Event::IncomingCall {
+        from: from.clone(),
+        fingerprint: fingerprint.to_string(),
+    });
+    let known = peer
+        .inner
+        .known
+        .check(&from, &fingerprint)
+        .unwrap_or(Check::New);
+    if let Decision::Reject(reason) = policy.decide(&from, &fingerprint, known) {
+        let _ = write_frame(
+            &mut send,
+            &Message::Reject {
+                reason: reason.clone(),
+            },
+            MAX_FRAME,
+        )
+        .await;
+        let _ = send.finish();
+        peer.emit(Event::CallRefused { from, reason });
+        return;
+    }
+    let socket = &peer.inner.socket;
+    let connected = Arc::new(Notify::new());
+    let now = Instant::now();
+    let expected = Expected {
+        name: from,
+        fingerprint,
+        candidates: vec![],
+        offered_at: now,
+        expires: now + peer.inner.config.timing.accept_window,
+        connected: connected.clone(),
+    };
+    socket.expected.add(expected.clone());
+    let accept = Message::Accept {
+        candidates: socket.local_candidates(),
+    };
+    if write_frame(&mut send, &accept, MAX_FRAME).await.is_err() {
+        return;
+    }
+    let _ = send.finish();
+    let dial = tokio::time::timeout(
+        OFFER_TIMEOUT,
+        read_frame::<Message, _>(&mut recv, MAX_FRAME),
+    )
+    .await;
+    let Ok(Ok(Message::Dial { candidates, .. })) = dial else {
+        debug!("no Dial after accepting a call");
+        return;
+    };
+    // Second lock: the server already vetted these; only the observed
+    // address (first) and private ones are ever punched.
+    let targets: Vec<_> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *i == 0 || is_local_candidate(**a))
+        .map(|(_, a)| canonical(*a))
+        .collect();
+    socket.expected.add(Expected {
+        candidates: targets.clone(),
+        ..expected
+    });
+    let mut schedule = PunchSchedule::new(Instant::now(), targets);
+    loop {
+        if let Some(due) = schedule.poll(Instant::now()) {
+            socket.punch(due);
+        }
+        let Some(next) = schedule.next_deadline() else {
+            break;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {}
+            () = connected.notified() => break,
+        }
+    }
+}
+
+/// Lets in peer connections for calls we accepted; refuses the rest.
+pub(crate) async fn accept_loop(inner: Weak<Inner>) {
+    loop {
+        let Some(endpoint) = inner.upgrade().map(|i| i.socket.endpoint.clone()) else {
+            return;
+        };
+        let Some(incoming) = endpoint.accept().await else {
+            return;
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.socket.expected.is_empty() {
+            debug!(remote = %incoming.remote_address(), "refusing a connection: no call expected");
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(accept_one(strong, incoming));
+    }
+}
+
+async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let remote = canonical(incoming.remote_address());
+    let Ok(connecting) = incoming.accept() else {
+        return;
+    };
+    let conn = match tokio::time::timeout(OFFER_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return debug!(%remote, "peer handshake failed: {e}"),
+        Err(_) => return debug!(%remote, "peer handshake timed out"),
+    };
+    let Some(fp) = remote_fingerprint(&conn) else {
+        return;
+    };
+    let Some(expected) = inner.socket.expected.find(&fp, remote) else {
+        conn.close(
+            common::error::close::PROTOCOL.into(),
+            b"no call expected from this key",
+        );
+        return;
+    };
+    expected.connected.notify_one();
+    let setup = expected.offered_at.elapsed();
+    // A caller dials all candidates at once and keeps the first that
+    // authenticates; the others close without opening a stream.
+    let first = match tokio::time::timeout(FIRST_STREAM_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(stream)) => stream,
+        _ => return debug!(%remote, "peer connection closed before use (a duplicate path)"),
+    };
+    if let Err(e) = inner.known.record(&expected.name, &fp) {
+        debug!("cannot record {} in known_peers: {e}", expected.name);
+    }
+    let call = Call::new(conn, expected.name, fp, setup).with_first_stream(first);
+    let _ = inner.events.send(call.connected_event());
+    let tx = inner
+        .incoming
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match tx {
+        Some(tx) => {
+            if let Err(mpsc::error::SendError(Ok(call))) = tx.send(Ok(call)).await {
+                call.close();
+            }
+        }
+        None => call.close(),
+    }
+}

@@ -1,0 +1,136 @@
+//! The `peer` command: a thin layer over the `peer` library (see `CLI.md`).
+//!
+//! Parses flags, builds a [`peer::Peer`], runs one subcommand, prints status
+//! events on stderr (plain or `--json`) and data on stdout, and maps errors to
+//! `error` events and exit codes (0 done, 2 usage, 1 anything else).
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Call other machines by name: a rendezvous server introduces you, then the
+/// two peers talk over a direct, end-to-end authenticated QUIC connection.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    /// The rendezvous server, HOST:PORT.
+    #[arg(long, env = "PEER_SERVER", global = true)]
+    server: Option<String>,
+    /// The server's fingerprint (the operator prints it with `rendezvous fingerprint`).
+    #[arg(long, env = "PEER_SERVER_FINGERPRINT", global = true)]
+    server_fingerprint: Option<String>,
+    /// This peer's name (needed to listen and to call).
+    #[arg(long, env = "PEER_NAME", global = true)]
+    name: Option<String>,
+    /// Identity key file (created on first use). Default: ~/.config/peer/identity.pem.
+    #[arg(long, env = "PEER_IDENTITY", global = true)]
+    identity: Option<PathBuf>,
+    /// known_peers file (contacts' pinned keys). Default: ~/.config/peer/known_peers.
+    #[arg(long, env = "PEER_KNOWN_PEERS", global = true)]
+    known_peers: Option<PathBuf>,
+    /// Local UDP address of the one socket.
+    #[arg(long, default_value = "0.0.0.0:0", global = true)]
+    bind: SocketAddr,
+    /// Status as JSON lines on stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print this peer's fingerprint (creates the identity on first use).
+    Id,
+    /// Print whether NAME is online and its fingerprint (never its addresses).
+    Lookup {
+        /// The name to look up.
+        #[arg(value_name = "NAME")]
+        target: String,
+    },
+    /// Register NAME and stay online, answering calls.
+    Listen(cli::listen::ListenArgs),
+    /// Call NAME: stdin goes to it, what it sends comes out on stdout.
+    Call {
+        /// Who to call.
+        #[arg(value_name = "NAME")]
+        target: String,
+        #[command(flatten)]
+        opts: CallFlags,
+    },
+    /// Round trips over the peer connection.
+    Ping {
+        /// Who to ping.
+        #[arg(value_name = "NAME")]
+        target: String,
+        /// How many pings.
+        #[arg(short = 'c', long = "count", default_value_t = 4)]
+        count: u64,
+        /// Seconds between pings (fractions allowed).
+        #[arg(short = 'i', long = "interval", default_value_t = 1.0)]
+        interval: f64,
+        #[command(flatten)]
+        opts: CallFlags,
+    },
+    /// Send FILE to NAME (which runs `listen --receive-dir`).
+    Send {
+        /// Who to send to.
+        #[arg(value_name = "NAME")]
+        target: String,
+        /// The file.
+        file: PathBuf,
+        #[command(flatten)]
+        opts: CallFlags,
+    },
+}
+
+/// Flags every calling command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CallFlags {
+    /// Give up after this many seconds without an authenticated connection.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Accept (and record) a changed key for a known name.
+    #[arg(long)]
+    accept_new_key: bool,
+}
+
+impl CallFlags {
+    pub(crate) fn options(&self) -> peer::CallOptions {
+        peer::CallOptions {
+            timeout: secs(self.timeout),
+            accept_new_key: self.accept_new_key,
+        }
+    }
+}
+
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(3600))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let out = cli::Out { json: cli.json };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.fail(&peer::Error::io("starting the async runtime", e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(cli::run(cli, out));
+    // Do not wait for a blocked stdin reader: exit now.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}

@@ -1,0 +1,329 @@
+//! The [`Peer`] handle: one identity, one socket, one server; lookup and call.
+//!
+//! Listening lives in [`crate::listener`]. The caller's decisions are in
+//! [`crate::call_state`]; this file drives them: ask the server, dial every
+//! candidate in parallel (paced), keep the first path that authenticates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{validate_name, Fingerprint, Identity, Message};
+use tokio::sync::{broadcast, Mutex};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::call::Call;
+use crate::call_state::{AttemptFailure, CallState};
+use crate::config::PeerConfig;
+use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
+use crate::error::{Error, Result};
+use crate::known_peers::KnownPeers;
+use crate::server_link::{unexpected, ServerLink};
+use crate::Event;
+
+/// Gap between starting dial attempts to successive candidates.
+const DIAL_PACE: Duration = Duration::from_millis(5);
+
+/// The answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupInfo {
+    /// The name.
+    pub name: String,
+    /// Whether a `listen` holds it now.
+    pub online: bool,
+    /// The key it is bound to.
+    pub fingerprint: Fingerprint,
+}
+
+/// Options of one call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Give up after this long without an authenticated connection (default 10 s).
+    pub timeout: Duration,
+    /// Accept (and record) a changed key for a known name.
+    pub accept_new_key: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            accept_new_key: false,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: PeerConfig,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) socket: Socket,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) known: KnownPeers,
+    /// The one-shot server link (lookup, call), made on first use.
+    link: Mutex<Option<(ServerLink, bool)>>,
+    /// Where accepted calls go while listening.
+    pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the accept loop, which holds a clone of the endpoint.
+        self.socket
+            .endpoint
+            .close(common::error::close::DONE.into(), b"peer dropped");
+    }
+}
+
+/// A peer: call others by name, or listen for calls. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), peer::Error> {
+/// use peer::{Peer, PeerConfig, CallOptions};
+/// let fp = "0".repeat(64).parse().expect("the server's fingerprint");
+/// let mut config = PeerConfig::new("rendezvous.example.org:7700", fp);
+/// config.name = Some("bob".into());
+/// let bob = Peer::new(config).await?;
+/// let call = bob.call("alice", CallOptions::default()).await?;
+/// println!("{} via {} at {}", call.peer, call.path.as_str(), call.remote_addr());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Peer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Peer {
+    /// Loads (or creates) the identity and binds the socket. Does not contact the server yet.
+    pub async fn new(config: PeerConfig) -> Result<Self> {
+        if let Some(name) = &config.name {
+            validate_name(name)?;
+        }
+        let identity = Arc::new(Identity::load_or_create(&config.identity)?);
+        let socket = Socket::bind(config.bind, identity.clone(), config.timing.clone())?;
+        let (events, _) = broadcast::channel(1024);
+        let known = KnownPeers::new(config.known_peers.clone());
+        let inner = Arc::new(Inner {
+            config,
+            identity,
+            socket,
+            events,
+            known,
+            link: Mutex::new(None),
+            incoming: std::sync::Mutex::new(None),
+        });
+        tokio::spawn(crate::listener::accept_loop(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// This peer's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.identity.fingerprint()
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// Status events (registration, connections, lost server, ...).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// The one-shot link, connecting (and registering, if `register`) on first use.
+    /// Returns the link and how long connecting took now (zero if it was up).
+    async fn link(&self, register: bool) -> Result<(ServerLink, Duration)> {
+        let mut slot = self.inner.link.lock().await;
+        if let Some((link, registered)) = slot.as_ref() {
+            if link.conn.close_reason().is_none() && (*registered || !register) {
+                return Ok((link.clone(), Duration::ZERO));
+            }
+        }
+        let link = ServerLink::connect(&self.inner.socket, &self.inner.config).await?;
+        let took = link.connect_time;
+        if register {
+            let name = self.name()?;
+            let reg = link.register(&name, false).await?;
+            self.emit(Event::Registered {
+                name,
+                fingerprint: reg.fingerprint.to_string(),
+                observed_addr: reg.observed_addr.to_string(),
+            });
+        }
+        *slot = Some((link.clone(), register));
+        Ok((link, took))
+    }
+
+    pub(crate) fn name(&self) -> Result<String> {
+        self.inner.config.name.clone().ok_or_else(|| {
+            Error::Usage("a name is needed: pass --name NAME (or set PEER_NAME)".into())
+        })
+    }
+
+    /// Whether `name` is online and its key. Never an address.
+    pub async fn lookup(&self, name: &str) -> Result<LookupInfo> {
+        validate_name(name)?;
+        let (link, _) = self.link(false).await?;
+        match link
+            .request(&Message::Lookup {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            Message::LookupResult {
+                name,
+                online,
+                fingerprint,
+            } => Ok(LookupInfo {
+                name,
+                online,
+                fingerprint,
+            }),
+            other => Err(unexpected(other, "Lookup")),
+        }
+    }
+
+    /// Calls `to` by name: consent through the server, then a direct,
+    /// mutually authenticated connection.
+    pub async fn call(&self, to: &str, options: CallOptions) -> Result<Call> {
+        validate_name(to)?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + options.timeout);
+        let attempt = async {
+            let (link, server_time) = self.link(true).await?;
+            let mut call = self.call_over(&link, to, &options, deadline).await?;
+            call.server_time = server_time;
+            Ok::<_, Error>(call)
+        };
+        let call = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Unreachable {
+                    name: to.to_owned(),
+                    tried: format!("no answer within {} s", options.timeout.as_secs_f32()),
+                })
+            }
+        };
+        self.emit(call.connected_event());
+        Ok(call)
+    }
+
+    async fn call_over(
+        &self,
+        link: &ServerLink,
+        to: &str,
+        options: &CallOptions,
+        deadline: tokio::time::Instant,
+    ) -> Result<Call> {
+        let candidates = self.inner.socket.local_candidates();
+        let state = CallState::start(to, Instant::now());
+        let answer = link
+            .request(&Message::Call {
+                to: to.to_owned(),
+                candidates,
+            })
+            .await?;
+        let known = &self.inner.known;
+        let state = state
+            .on_answer(
+                answer,
+                |fp| {
+                    known
+                        .check(to, fp)
+                        .unwrap_or(crate::known_peers::Check::New)
+                },
+                options.accept_new_key,
+            )
+            .map_err(|e| match e {
+                Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
+                    name,
+                    old,
+                    new,
+                    file: known.path().to_owned(),
+                },
+                e => e,
+            })?;
+        let CallState::Dialing {
+            fingerprint,
+            pending,
+            ..
+        } = &state
+        else {
+            return Err(Error::Protocol("call state".into()));
+        };
+        let (fingerprint, targets) = (*fingerprint, pending.clone());
+        let config = self
+            .inner
+            .socket
+            .peer_client_config(fingerprint, Some(link.conn.rtt()))?;
+        let mut attempts = JoinSet::new();
+        for (i, addr) in targets.into_iter().enumerate() {
+            let endpoint = self.inner.socket.endpoint.clone();
+            let config = config.clone();
+            attempts.spawn(async move {
+                tokio::time::sleep(DIAL_PACE * i as u32).await;
+                (addr, dial_one(&endpoint, config, addr).await)
+            });
+        }
+        let mut state = state;
+        loop {
+            let next = tokio::time::timeout_at(deadline, attempts.join_next()).await;
+            let (addr, outcome) = match next {
+                Ok(Some(Ok(done))) => done,
+                Ok(Some(Err(join_error))) => {
+                    return Err(Error::Protocol(format!("dial task failed: {join_error}")))
+                }
+                Ok(None) => return Err(Error::Protocol("no dial attempts left".into())),
+                Err(_) => return Err(state.on_deadline()),
+            };
+            let (result, conn) = match outcome {
+                Ok(conn) => (Ok(()), Some(conn)),
+                Err(why) => (Err(why), None),
+            };
+            debug!(%addr, ok = result.is_ok(), "dial attempt finished");
+            state = state.on_attempt(addr, result, Instant::now())?;
+            if let (CallState::Connected { setup, .. }, Some(conn)) = (&state, conn) {
+                attempts.abort_all();
+                known.record(to, &fingerprint)?;
+                return Ok(Call::new(conn, to.to_owned(), fingerprint, *setup));
+            }
+        }
+    }
+
+    /// Closes every connection and waits (briefly) for the closes to be sent.
+    pub async fn shutdown(&self) {
+        self.inner
+            .socket
+            .endpoint
+            .close(common::error::close::DONE.into(), b"bye");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.inner.socket.endpoint.wait_idle(),
+        )
+        .await;
+    }
+}
+
+async fn dial_one(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, AttemptFailure> {
+    let connecting = endpoint
+        .connect_with(config, addr, common::tls::SERVER_NAME)
+        .map_err(|e| AttemptFailure::Other(e.to_string()))?;
+    match connecting.await {
+        Ok(conn) => match remote_fingerprint(&conn) {
+            Some(_) => Ok(conn),
+            None => Err(AttemptFailure::WrongKey),
+        },
+        Err(e) if is_key_rejected_locally(&e) => Err(AttemptFailure::WrongKey),
+        Err(quinn::ConnectionError::TimedOut) => Err(AttemptFailure::Timeout),
+        Err(e) => Err(AttemptFailure::Other(e.to_string())),
+    }
+}
