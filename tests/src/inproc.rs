@@ -1,0 +1,311 @@
+//! In-process test worlds: a real rendezvous server and real peers in the
+//! test's own tokio runtime, on loopback, each with its own temp dirs.
+//!
+//! Also a raw protocol client ([`RawClient`]) that speaks the rendezvous
+//! protocol frame by frame, to send what a well-behaved peer never would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::tls::{self, ClientKeyPolicy};
+use common::{Fingerprint, Identity, Message};
+use peer::{Event, Peer, PeerConfig};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tempfile::TempDir;
+use tokio::sync::{broadcast, oneshot};
+
+/// A server running inside the test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub data_dir: PathBuf,
+    _dir: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server on a fresh port with a fresh data dir.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_owned();
+        let mut s = Self::start_at(data_dir, "127.0.0.1:0".parse().expect("addr")).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on `addr` with `data_dir` (to restart one in place).
+    pub async fn start_at(data_dir: PathBuf, addr: SocketAddr) -> Self {
+        Self::start_with(data_dir, addr, |_| {}).await
+    }
+
+    /// Like [`TestServer::start_at`], with limits changed by `tune`.
+    pub async fn start_with(
+        data_dir: PathBuf,
+        addr: SocketAddr,
+        tune: impl FnOnce(&mut rendezvous::Limits),
+    ) -> Self {
+        let mut config = rendezvous::Config::new(addr, data_dir.clone());
+        tune(&mut config.limits);
+        let server = rendezvous::Server::bind(config).expect("server binds");
+        let addr = server.local_addr().expect("addr");
+        let fingerprint = server.fingerprint();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            fingerprint,
+            data_dir,
+            _dir: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server (closing its connections) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Takes the temp dir out so the data survives this handle.
+    pub fn keep_dir(&mut self) -> Option<TempDir> {
+        self._dir.take()
+    }
+
+    /// A peer config for this server with its own config dir in `dir`.
+    pub fn peer_config(&self, dir: &Path, name: Option<&str>) -> PeerConfig {
+        let mut config = PeerConfig::new(self.addr.to_string(), self.fingerprint);
+        config.name = name.map(str::to_owned);
+        config.identity = dir.join("identity.pem");
+        config.known_peers = dir.join("known_peers");
+        config.bind = "127.0.0.1:0".parse().expect("addr");
+        config
+    }
+
+    /// A peer with a fresh identity.
+    pub async fn peer(&self, name: &str) -> TestPeer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peer = Peer::new(self.peer_config(dir.path(), Some(name)))
+            .await
+            .expect("peer");
+        TestPeer {
+            events: peer.events(),
+            peer,
+            dir,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A peer with its temp dir and an event subscription.
+pub struct TestPeer {
+    pub peer: Peer,
+    pub events: broadcast::Receiver<Event>,
+    pub dir: TempDir,
+}
+
+impl TestPeer {
+    /// Waits for the next event `pred` accepts, panicking after `timeout`.
+    pub async fn wait_event(&mut self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Event {
+        let mut seen = vec![];
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                match self.events.recv().await {
+                    Ok(e) if pred(&e) => return e,
+                    Ok(e) => seen.push(e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(e) => panic!("event stream ended: {e}"),
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(e) => e,
+            Err(_) => panic!("no matching event within {timeout:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Waits for `fut` or panics saying `what` did not happen in time.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {timeout:?}"))
+}
+
+/// A hand-driven rendezvous client: one quinn endpoint, one identity.
+pub struct RawClient {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub identity: Arc<Identity>,
+}
+
+impl RawClient {
+    /// Connects to `server` with a fresh identity (and, for a fake callee,
+    /// an endpoint whose peer-facing key is `peer_key`).
+    pub async fn connect(server: &TestServer) -> Self {
+        Self::connect_with(server, Arc::new(Identity::generate().expect("id")), None).await
+    }
+
+    pub async fn connect_with(
+        server: &TestServer,
+        identity: Arc<Identity>,
+        peer_key: Option<&Identity>,
+    ) -> Self {
+        let server_config = peer_key.map(|key| {
+            let tls =
+                tls::server_config(key, ClientKeyPolicy::AnyKey, tls::PEER_ALPN).expect("tls");
+            quinn::ServerConfig::with_crypto(Arc::new(
+                QuicServerConfig::try_from(tls).expect("quic"),
+            ))
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server_config,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .expect("endpoint");
+        let tls = tls::client_config(&identity, server.fingerprint, tls::SERVER_ALPN).expect("tls");
+        let config =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("quic")));
+        let conn = endpoint
+            .connect_with(config, server.addr, tls::SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        Self {
+            endpoint,
+            conn,
+            identity,
+        }
+    }
+
+    /// Sends raw bytes on a new stream and reads what comes back (until the stream ends).
+    pub async fn raw_exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        within(
+            Duration::from_secs(5),
+            "raw answer",
+            recv.read_to_end(1 << 20),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// One request, one answer.
+    pub async fn request(&self, msg: &Message) -> Message {
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
+        write_frame(&mut send, msg, MAX_FRAME).await.expect("write");
+        send.finish().expect("finish");
+        within(
+            Duration::from_secs(10),
+            "answer",
+            read_frame(&mut recv, MAX_FRAME),
+        )
+        .await
+        .expect("answer frame")
+    }
+
+    /// The next call offer from the server (for a fake `listen`).
+    pub async fn next_offer(&self) -> (quinn::SendStream, quinn::RecvStream, Message) {
+        let (send, mut recv) = within(Duration::from_secs(10), "offer", self.conn.accept_bi())
+            .await
+            .expect("offer stream");
+        let msg = read_frame(&mut recv, MAX_FRAME).await.expect("offer frame");
+        (send, recv, msg)
+    }
+}
+
+/// What an in-process listener does with each stream.
+#[derive(Clone)]
+pub enum Serve {
+    /// Echo pipes, answer pings.
+    Echo,
+    /// Store files in this dir (max size), answer pings.
+    Receive(PathBuf, u64),
+}
+
+/// Runs `listener` until it ends, serving every call's streams as `mode` says.
+/// Returns the listener's final error, if any.
+pub fn serve(
+    mut listener: peer::Listener,
+    mode: Serve,
+) -> tokio::task::JoinHandle<Option<peer::Error>> {
+    tokio::spawn(async move {
+        while let Some(call) = listener.accept().await {
+            let call = match call {
+                Ok(call) => Arc::new(call),
+                Err(e) => return Some(e),
+            };
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                while let Some(Ok((purpose, send, recv))) = call.accept().await {
+                    let mode = mode.clone();
+                    tokio::spawn(async move {
+                        match (purpose, mode) {
+                            (common::PeerMessage::Ping { seq }, _) => {
+                                let _ = peer::app::answer_pings(seq, send, recv).await;
+                            }
+                            (common::PeerMessage::Pipe, Serve::Echo) => {
+                                let _ = peer::app::echo(send, recv).await;
+                            }
+                            (
+                                header @ common::PeerMessage::SendFile { .. },
+                                Serve::Receive(dir, max),
+                            ) => {
+                                let _ =
+                                    peer::app::receive_file(header, send, recv, &dir, max).await;
+                            }
+                            _ => {}
+                        }
+                    });
+                }
+            });
+        }
+        None
+    })
+}
+
+/// Starts `name` listening with `policy` and serving `mode`; waits until registered.
+pub async fn listening(
+    server: &TestServer,
+    name: &str,
+    policy: peer::Policy,
+    mode: Serve,
+) -> (TestPeer, tokio::task::JoinHandle<Option<peer::Error>>) {
+    let mut p = server.peer(name).await;
+    let listener = p.peer.listen(policy).expect("listen");
+    p.wait_event(Duration::from_secs(10), |e| {
+        matches!(e, Event::Registered { .. })
+    })
+    .await;
+    let task = serve(listener, mode);
+    (p, task)
+}
