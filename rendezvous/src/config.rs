@@ -98,3 +98,9 @@ impl Config {
         }
     }
 }
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.burst, self.per_second)
+    }
+}

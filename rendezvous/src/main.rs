@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rendezvous::{Config, Server};
+use rendezvous::{Config, Limits, Rate, Server};
 
 /// Rendezvous server: peers register names, find each other and get introduced
 /// for direct, end-to-end authenticated QUIC calls.
@@ -28,6 +28,21 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "RENDEZVOUS_METRICS")]
     metrics: Option<SocketAddr>,
+    /// Most peer connections at once.
+    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most connections from one source IP.
+    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS_PER_IP", default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Registrations per source IP, as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_REGISTER_RATE", default_value_t = Limits::default().register_rate, value_parser = parse_rate)]
+    register_rate: Rate,
+    /// Lookups per source IP, as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_LOOKUP_RATE", default_value_t = Limits::default().lookup_rate, value_parser = parse_rate)]
+    lookup_rate: Rate,
+    /// Calls per source IP, as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_CALL_RATE", default_value_t = Limits::default().call_rate, value_parser = parse_rate)]
+    call_rate: Rate,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -36,6 +51,17 @@ struct Cli {
 enum Command {
     /// Print the server fingerprint (creating the key if needed), to hand to peers.
     Fingerprint,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let err = || format!("{s:?} is not BURST/PER_SECOND (e.g. 20/5)");
+    let (burst, per) = s.split_once('/').ok_or_else(err)?;
+    let burst: u32 = burst.trim().parse().map_err(|_| err())?;
+    let per_second: f64 = per.trim().parse().map_err(|_| err())?;
+    if burst == 0 || !(per_second > 0.0) {
+        return Err(format!("{s:?}: burst and rate must be positive"));
+    }
+    Ok(Rate { burst, per_second })
 }
 
 fn default_data_dir() -> PathBuf {
@@ -96,7 +122,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
-    let server = Server::bind(Config::new(cli.listen, data_dir))?;
+    let mut config = Config::new(cli.listen, data_dir);
+    config.limits.max_connections = cli.max_connections;
+    config.limits.max_connections_per_ip = cli.max_connections_per_ip;
+    config.limits.register_rate = cli.register_rate;
+    config.limits.lookup_rate = cli.lookup_rate;
+    config.limits.call_rate = cli.call_rate;
+    let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();
     if let Some(metrics_addr) = cli.metrics {
