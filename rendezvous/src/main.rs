@@ -58,7 +58,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     let (burst, per) = s.split_once('/').ok_or_else(err)?;
     let burst: u32 = burst.trim().parse().map_err(|_| err())?;
     let per_second: f64 = per.trim().parse().map_err(|_| err())?;
-    if burst == 0 || !(per_second > 0.0) {
+    if burst == 0 || per_second.is_nan() || per_second <= 0.0 {
         return Err(format!("{s:?}: burst and rate must be positive"));
     }
     Ok(Rate { burst, per_second })
