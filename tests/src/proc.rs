@@ -76,9 +76,7 @@ impl Proc {
     /// configured them on `cmd`.
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
         cmd.stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, events) = mpsc::channel();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -117,7 +115,12 @@ impl Proc {
     pub fn wait_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         match self.try_wait_event(timeout, pred) {
             Ok(v) => v,
-            Err(why) => panic!("{}: {why}\n--- {} stderr ---\n{}", self.name, self.name, self.log()),
+            Err(why) => panic!(
+                "{}: {why}\n--- {} stderr ---\n{}",
+                self.name,
+                self.name,
+                self.log()
+            ),
         }
     }
 
@@ -265,6 +268,8 @@ pub struct PeerHome {
     pub server: String,
     pub fingerprint: String,
     pub netns: Option<String>,
+    /// Pass `--json` (default true).
+    pub json: bool,
 }
 
 impl PeerHome {
@@ -275,10 +280,11 @@ impl PeerHome {
             server: server.addr.clone(),
             fingerprint: server.fingerprint.clone(),
             netns: None,
+            json: true,
         }
     }
 
-    /// `peer --json --server .. --server-fingerprint .. [--name NAME] ARGS`,
+    /// `peer --server .. --server-fingerprint .. [--json] [--name NAME] ARGS`,
     /// stdin/stdout null unless the caller changes them.
     pub fn cmd(&self, name: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = command(self.netns.as_deref(), &bin("peer"));
@@ -287,8 +293,11 @@ impl PeerHome {
             .env_remove("PEER_SERVER_FINGERPRINT")
             .env_remove("PEER_NAME")
             .env_remove("PEER_IDENTITY")
-            .args(["--json", "--server", &self.server])
+            .args(["--server", &self.server])
             .args(["--server-fingerprint", &self.fingerprint]);
+        if self.json {
+            cmd.arg("--json");
+        }
         if let Some(n) = name {
             cmd.args(["--name", n]);
         }

@@ -103,30 +103,60 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             out.event(&e);
         }
     });
-    let result = match cli.command {
-        Command::Id => Ok(()),
-        Command::Lookup { target } => calls::lookup(&peer, &target, out).await,
-        Command::Listen(args) => listen::run(&peer, args, out).await,
-        Command::Call { target, opts } => calls::call(&peer, &target, &opts, out).await,
-        Command::Ping {
-            target,
-            count,
-            interval,
-            opts,
-        } => calls::ping(&peer, &target, count, interval, &opts, out).await,
-        Command::Send { target, file, opts } => {
-            calls::send(&peer, &target, &file, &opts, out).await
+    let is_listen = matches!(cli.command, Command::Listen(_));
+    let work = async {
+        match cli.command {
+            Command::Id => Ok(()),
+            Command::Lookup { target } => calls::lookup(&peer, &target, out).await,
+            Command::Listen(args) => listen::run(&peer, args, out).await,
+            Command::Call { target, opts } => calls::call(&peer, &target, &opts, out).await,
+            Command::Ping {
+                target,
+                count,
+                interval,
+                opts,
+            } => calls::ping(&peer, &target, count, interval, &opts, out).await,
+            Command::Send { target, file, opts } => {
+                calls::send(&peer, &target, &file, &opts, out).await
+            }
         }
+    };
+    // SIGINT/SIGTERM: close every connection cleanly (the server marks a
+    // listener offline at once; a call's other side sees a clean close).
+    let (result, signal) = tokio::select! {
+        r = work => (r, None),
+        s = stop_signal() => (Ok(()), Some(s)),
     };
     peer.shutdown().await;
     // Let queued events reach stderr before the error line and exit.
     tokio::task::yield_now().await;
     printer.abort();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        // An operator stopping `listen` is its normal end; any other
+        // command was interrupted (128 + signal, as shells report it).
+        Ok(()) => match signal {
+            Some(number) if !is_listen => ExitCode::from(128 + number),
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => {
             out.fail(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's number.
+async fn stop_signal() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // No signal handling: never resolve, the default action applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 2,
+        _ = term.recv() => 15,
     }
 }

@@ -1,0 +1,190 @@
+//! Registration and lookup through the real binaries, as an operator and a
+//! user run them: JSON events, exit codes, durable names across restarts and
+//! crashes, a wrong server key, and `listen` surviving a server restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use tests::proc::{PeerHome, ServerProc};
+
+const T: Duration = Duration::from_secs(20);
+
+struct World {
+    dir: tempfile::TempDir,
+    server: ServerProc,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &[]);
+        Self { dir, server }
+    }
+
+    fn home(&self, who: &str) -> PeerHome {
+        PeerHome::new(self.dir.path().join(who), &self.server)
+    }
+
+    /// Restarts the server on the same address and data dir.
+    fn restart(&mut self, kill: bool) {
+        if kill {
+            self.server.proc.kill();
+        } else {
+            let status = self.server.proc.terminate(T);
+            assert!(status.success(), "clean stop exits 0: {status:?}");
+        }
+        let addr = self.server.addr.clone();
+        let data = self.server.data_dir.clone();
+        let fp = self.server.fingerprint.clone();
+        self.server = ServerProc::start(None, &addr, &data, &[]);
+        assert_eq!(self.server.fingerprint, fp, "the key lives in the data dir");
+    }
+}
+
+fn has_ip(text: &str) -> bool {
+    // Any dotted quad or bracketed v6 address.
+    let bytes = text.as_bytes();
+    text.contains("127.0.0.1")
+        || text.contains('[')
+        || bytes
+            .windows(4)
+            .any(|w| w[0].is_ascii_digit() && w[1] == b'.' && w[2].is_ascii_digit() && w[3] == b'.')
+}
+
+#[test]
+fn register_and_lookup_through_the_binaries() {
+    let w = World::new();
+    let alice = w.home("alice");
+    let id = alice.run(None, &["id"], T);
+    assert!(id.status.success());
+    let alice_fp = String::from_utf8(id.stdout).unwrap().trim().to_owned();
+    assert_eq!(alice_fp.len(), 64, "one stable form: 64 hex chars");
+
+    let mut listener = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
+    let reg = listener.wait_for(T, "registered");
+    assert_eq!(reg["name"], "alice");
+    assert_eq!(reg["fingerprint"], alice_fp.as_str());
+    let observed = reg["observed_addr"].as_str().unwrap();
+    assert!(observed.starts_with("127.0.0.1:"), "{observed}");
+
+    let bob = w.home("bob");
+    let out = bob.run(None, &["lookup", "alice"], T);
+    assert!(out.status.success(), "{}", out.log);
+    let ev = out.event("lookup");
+    assert_eq!(ev["name"], "alice");
+    assert_eq!(ev["online"], true);
+    assert_eq!(ev["fingerprint"], alice_fp.as_str());
+    assert!(
+        !has_ip(&ev.to_string()),
+        "lookup event has an address: {ev}"
+    );
+    // Without --json the answer is one line on stdout.
+    let plain = PeerHome {
+        json: false,
+        ..bob.clone()
+    };
+    let out = plain.run(None, &["lookup", "alice"], T);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout, format!("alice online {alice_fp}\n"));
+    assert!(!has_ip(&stdout), "lookup printed an address: {stdout}");
+
+    // Offline once the listener is gone (it was stopped, not crashed).
+    listener.terminate(T);
+    let out = bob.run(None, &["lookup", "alice"], T);
+    assert_eq!(out.event("lookup")["online"], false, "{}", out.log);
+
+    let out = bob.run(None, &["lookup", "nobody"], T);
+    assert!(!out.status.success());
+    assert_eq!(out.error_kind(), Some("not_found"), "{}", out.log);
+}
+
+#[test]
+fn names_stay_bound_across_restart_and_crash() {
+    let mut w = World::new();
+    let alice = w.home("alice");
+    let mallory = w.home("mallory");
+
+    let mut l = alice.spawn("alice", Some("alice"), &["listen"]);
+    l.wait_for(T, "registered");
+    // The server is killed right after it acknowledged the registration: the
+    // binding was committed before the acknowledgement.
+    w.restart(true);
+    drop(l);
+
+    let out = mallory.run(Some("alice"), &["listen"], T);
+    assert!(!out.status.success(), "listen must exit on name_taken");
+    assert_eq!(out.error_kind(), Some("name_taken"), "{}", out.log);
+
+    w.restart(false);
+    let out = mallory.run(Some("alice"), &["listen"], T);
+    assert_eq!(out.error_kind(), Some("name_taken"), "{}", out.log);
+
+    // The owner still gets in.
+    let mut l = alice.spawn("alice", Some("alice"), &["listen"]);
+    l.wait_for(T, "registered");
+}
+
+#[test]
+fn wrong_or_missing_server_fingerprint() {
+    let w = World::new();
+    let mut bob = w.home("bob");
+    bob.fingerprint = "ab".repeat(32);
+    let out = bob.run(None, &["lookup", "alice"], T);
+    assert!(!out.status.success());
+    assert_eq!(out.error_kind(), Some("bad_fingerprint"), "{}", out.log);
+
+    // Missing: a usage error that says where to get it.
+    let mut cmd2 = std::process::Command::new(tests::proc::bin("peer"));
+    cmd2.env_clear().env("XDG_CONFIG_HOME", &bob.dir).args([
+        "--json",
+        "--server",
+        &w.server.addr,
+        "lookup",
+        "alice",
+    ]);
+    let out = cmd2.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rendezvous fingerprint"), "{err}");
+}
+
+#[test]
+fn invalid_names_and_unreachable_server() {
+    let w = World::new();
+    let bob = w.home("bob");
+    for bad in ["Alice", "x-", "a_b", &"a".repeat(33)] {
+        let out = bob.run(Some(bad), &["listen"], T);
+        assert!(!out.status.success());
+        assert_eq!(out.error_kind(), Some("invalid_name"), "{bad}: {}", out.log);
+        let msg = out.event("error")["message"].as_str().unwrap().to_owned();
+        assert!(msg.contains("a-z"), "the rule is in the message: {msg}");
+    }
+
+    // Nothing listens there (a fresh UDP port we hold and do not answer).
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut nowhere = bob.clone();
+    nowhere.server = hole.local_addr().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let out = nowhere.run(None, &["lookup", "alice"], Duration::from_secs(40));
+    assert!(!out.status.success());
+    assert_eq!(out.error_kind(), Some("server_unreachable"), "{}", out.log);
+    assert!(start.elapsed() < Duration::from_secs(30), "gave up in time");
+}
+
+#[test]
+fn listen_comes_back_after_the_server_is_killed_and_restarted() {
+    let mut w = World::new();
+    let alice = w.home("alice");
+    let bob = w.home("bob");
+    let mut l = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
+    l.wait_for(T, "registered");
+
+    w.restart(true);
+    // The restarted server (same key) answers the next keep-alive (≤ 8 s)
+    // with a stateless reset: noticed well before the 20 s idle timeout.
+    l.wait_for(Duration::from_secs(12), "rendezvous_lost");
+    l.wait_for(T, "rendezvous_restored");
+    let out = bob.run(None, &["lookup", "alice"], T);
+    assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
+}
