@@ -353,3 +353,60 @@ impl Output {
             .and_then(|v| v["kind"].as_str())
     }
 }
+
+/// A server on 127.0.0.1 with its own temp dir, where each user gets a
+/// [`PeerHome`] of their own.
+pub struct LocalWorld {
+    pub dir: tempfile::TempDir,
+    pub server: ServerProc,
+}
+
+impl LocalWorld {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &[]);
+        Self { dir, server }
+    }
+
+    /// The config dir and server settings of user `who`.
+    pub fn home(&self, who: &str) -> PeerHome {
+        PeerHome::new(self.dir.path().join(who), &self.server)
+    }
+
+    /// `NAME listen ARGS` as user NAME, waited until registered.
+    pub fn listen(&self, name: &str, args: &[&str]) -> (PeerHome, Proc) {
+        let home = self.home(name);
+        let mut all = vec!["listen"];
+        all.extend_from_slice(args);
+        let mut l = home.spawn(name, Some(name), &all);
+        l.wait_for(Duration::from_secs(30), "registered");
+        (home, l)
+    }
+
+    /// Restarts the server on the same address and data dir, after a
+    /// SIGKILL (`kill`) or a clean SIGTERM stop (which must exit 0).
+    pub fn restart(&mut self, kill: bool) {
+        if kill {
+            self.server.proc.kill();
+        } else {
+            let status = self.server.proc.terminate(Duration::from_secs(20));
+            assert!(status.success(), "clean stop exits 0: {status:?}");
+        }
+        self.start_again();
+    }
+
+    /// Starts the server again (same address, data dir) after it was
+    /// stopped; the key lives in the data dir, so the fingerprint is the same.
+    pub fn start_again(&mut self) {
+        let (addr, data) = (self.server.addr.clone(), self.server.data_dir.clone());
+        let fp = self.server.fingerprint.clone();
+        self.server = ServerProc::start(None, &addr, &data, &[]);
+        assert_eq!(self.server.fingerprint, fp, "the key lives in the data dir");
+    }
+}
+
+impl Default for LocalWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -9,36 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rand::RngCore;
-use tests::proc::{PeerHome, Proc, ServerProc};
+use tests::proc::{LocalWorld as World, PeerHome, Proc};
 
 const T: Duration = Duration::from_secs(30);
-
-struct World {
-    dir: tempfile::TempDir,
-    server: ServerProc,
-}
-
-impl World {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &[]);
-        Self { dir, server }
-    }
-
-    fn home(&self, who: &str) -> PeerHome {
-        PeerHome::new(self.dir.path().join(who), &self.server)
-    }
-
-    /// `NAME listen ARGS`, waited until registered.
-    fn listen(&self, name: &str, args: &[&str]) -> (PeerHome, Proc) {
-        let home = self.home(name);
-        let mut all = vec!["listen"];
-        all.extend_from_slice(args);
-        let mut l = home.spawn(name, Some(name), &all);
-        l.wait_for(T, "registered");
-        (home, l)
-    }
-}
 
 fn random(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -251,8 +224,7 @@ fn server_killed_mid_call_the_call_goes_on() {
     ping.wait_event(Duration::from_secs(60), |e| {
         e["event"] == "pong" && e["seq"] == 35
     });
-    let (addr, data) = (w.server.addr.clone(), w.server.data_dir.clone());
-    w.server = ServerProc::start(None, &addr, &data, &[]);
+    w.start_again();
     alice.wait_for(T, "rendezvous_restored");
     bob_listen.wait_for(T, "rendezvous_restored");
 

@@ -6,41 +6,9 @@
 
 use std::time::Duration;
 
-use tests::proc::{PeerHome, ServerProc};
+use tests::proc::{LocalWorld as World, PeerHome};
 
 const T: Duration = Duration::from_secs(20);
-
-struct World {
-    dir: tempfile::TempDir,
-    server: ServerProc,
-}
-
-impl World {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &[]);
-        Self { dir, server }
-    }
-
-    fn home(&self, who: &str) -> PeerHome {
-        PeerHome::new(self.dir.path().join(who), &self.server)
-    }
-
-    /// Restarts the server on the same address and data dir.
-    fn restart(&mut self, kill: bool) {
-        if kill {
-            self.server.proc.kill();
-        } else {
-            let status = self.server.proc.terminate(T);
-            assert!(status.success(), "clean stop exits 0: {status:?}");
-        }
-        let addr = self.server.addr.clone();
-        let data = self.server.data_dir.clone();
-        let fp = self.server.fingerprint.clone();
-        self.server = ServerProc::start(None, &addr, &data, &[]);
-        assert_eq!(self.server.fingerprint, fp, "the key lives in the data dir");
-    }
-}
 
 fn has_ip(text: &str) -> bool {
     // Any dotted quad or bracketed v6 address.
