@@ -13,7 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
-const CHUNK: usize = 64 * 1024;
+/// Largest piece moved at once. Pipes read their input and the stream in
+/// pieces this big (each read returns what is there, so small interactive
+/// writes still go out at once); fewer, larger pieces matter for
+/// `tokio::io::{stdin, stdout}`, which hop to a blocking thread per call.
+const CHUNK: usize = 256 * 1024;
 
 fn proto(e: impl std::fmt::Display) -> Error {
     Error::Protocol(e.to_string())
@@ -55,17 +59,20 @@ where
         Ok::<_, Error>(sent)
     };
     let down = async move {
+        let mut buf = vec![0u8; CHUNK];
         let mut received = 0u64;
-        while let Some(chunk) = recv.read_chunk(CHUNK, true).await.map_err(proto)? {
+        // `read` (not `read_chunk`) gathers every contiguous byte already
+        // received into one write, instead of one write per QUIC frame.
+        while let Some(n) = recv.read(&mut buf).await.map_err(proto)? {
             output
-                .write_all(&chunk.bytes)
+                .write_all(&buf[..n])
                 .await
                 .map_err(|e| Error::io("writing output", e))?;
             output
                 .flush()
                 .await
                 .map_err(|e| Error::io("writing output", e))?;
-            received += chunk.bytes.len() as u64;
+            received += n as u64;
         }
         output
             .shutdown()

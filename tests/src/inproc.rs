@@ -250,6 +250,8 @@ pub enum Serve {
     Echo,
     /// Store files in this dir (max size), answer pings.
     Receive(PathBuf, u64),
+    /// Read pipes to the end and drop the bytes (bulk-throughput benches).
+    Sink,
 }
 
 /// Runs `listener` until it ends, serving every call's streams as `mode` says.
@@ -276,6 +278,9 @@ pub fn serve(
                             (common::PeerMessage::Pipe, Serve::Echo) => {
                                 let _ = peer::app::echo(send, recv).await;
                             }
+                            (common::PeerMessage::Pipe, Serve::Sink) => {
+                                let _ = sink(send, recv).await;
+                            }
                             (
                                 header @ common::PeerMessage::SendFile { .. },
                                 Serve::Receive(dir, max),
@@ -291,6 +296,16 @@ pub fn serve(
         }
         None
     })
+}
+
+/// Reads `recv` to the end, then finishes `send`.
+async fn sink(mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Option<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20, false).await.ok()? {
+        total += chunk.bytes.len() as u64;
+    }
+    send.finish().ok()?;
+    Some(total)
 }
 
 /// Starts `name` listening with `policy` and serving `mode`; waits until registered.
