@@ -4,5 +4,8 @@
 //!   raw protocol client for hostile input.
 //! - [`proc`]: the real `rendezvous` and `peer` binaries as child processes,
 //!   followed through their `--json` events.
+//! - [`lab`]: the NAT lab — network namespaces, nftables NATs and delayed
+//!   links — in which the binaries run as they would across the internet.
 pub mod inproc;
+pub mod lab;
 pub mod proc;

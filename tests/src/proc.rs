@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Path of a workspace binary (`"rendezvous"` or `"peer"`), built on first
+/// Path of a workspace binary (`"rendezvous"`, `"peer"`, `"nfq-delay"`), built on first
 /// use with the profile the tests were built with.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -34,7 +34,18 @@ pub fn bin(name: &str) -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|p| p == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", "rendezvous", "-p", "peer", "--bins"]);
+        // The tests crate's own binaries (the lab's link delayer) too.
+        build.args([
+            "build",
+            "-q",
+            "-p",
+            "rendezvous",
+            "-p",
+            "peer",
+            "-p",
+            "tests",
+            "--bins",
+        ]);
         if release {
             build.arg("--release");
         }
