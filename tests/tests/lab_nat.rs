@@ -247,3 +247,101 @@ fn no_namespaces_are_left_behind_even_when_a_test_panics() {
     assert!(result.is_err());
     assert_eq!(tests::lab::leftover_namespaces(&id), Vec::<String>::new());
 }
+
+/// Lines a process prints on stdout, through a channel (bounded waits).
+fn stdout_lines(p: &mut Proc) -> std::sync::mpsc::Receiver<String> {
+    let out = p.take_stdout();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// NATs that forget a UDP mapping after 15 s of silence: a listener idle for
+/// 60 s can still be called, and a call idle for 60 s still carries data —
+/// the keep-alives (server link 8 s, peer link 5 s) hold the mappings open.
+#[test]
+fn keepalives_hold_nat_mappings_open_for_a_minute() {
+    let Some(mut lab) = Lab::new("keepalive") else {
+        return;
+    };
+    lab.start_server();
+    let a = lab.site(Nat::Cone, 1);
+    let b = lab.site(Nat::Cone, 1);
+    lab.udp_timeout(&a.edge, 15);
+    lab.udp_timeout(&b.edge, 15);
+    let (_l, _) = listen(&lab, "alice", &a.hosts[0]);
+
+    let mut cmd = lab
+        .home("bob", &b.hosts[0])
+        .cmd(Some("bob"), &["call", "alice"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut call = Proc::spawn("bob call", cmd);
+    let mut stdin = call.take_stdin();
+    let lines = stdout_lines(&mut call);
+    stdin.write_all(b"one\n").unwrap();
+    assert_eq!(lines.recv_timeout(T).unwrap(), "one");
+
+    // The point of the test is the idle minute itself.
+    std::thread::sleep(Duration::from_secs(60));
+
+    let (out, _) = short_call(&lab, &b.hosts[0]);
+    assert!(
+        out.status.success(),
+        "listener idle 60 s is callable: {}",
+        out.log
+    );
+    assert_eq!(out.event("connected")["path"], "direct");
+    stdin.write_all(b"two\n").unwrap();
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "two",
+        "the idle call still carries data"
+    );
+    drop(stdin);
+    assert!(call.wait_exit(T).success(), "{}", call.log());
+}
+
+/// 20 ms one-way delay on every uplink (40 ms between any two sites): the
+/// call reports `setup_ms`, printed next to the RTT floor measured here,
+/// RTT(A,S) + RTT(S,B) + RTT(A,B).
+#[test]
+fn setup_ms_against_the_rtt_floor_with_delayed_uplinks() {
+    let Some(mut lab) = Lab::new("delay") else {
+        return;
+    };
+    lab.with_delay(Duration::from_millis(20));
+    lab.start_server();
+    let a = lab.site(Nat::Cone, 1);
+    let b = lab.site(Nat::Cone, 1);
+    let server = std::net::Ipv4Addr::new(198, 18, 0, 2);
+    let rtt_as = lab.rtt_ms(&a.hosts[0].ns, server, 5);
+    let rtt_bs = lab.rtt_ms(&b.hosts[0].ns, server, 5);
+    let rtt_ab = lab.rtt_ms(&b.hosts[0].ns, a.public, 5);
+    for rtt in [rtt_as, rtt_bs, rtt_ab] {
+        assert!((38.0..80.0).contains(&rtt), "the delay is real: {rtt} ms");
+    }
+    let floor = rtt_as + rtt_bs + rtt_ab;
+    let (_l, _) = listen(&lab, "alice", &a.hosts[0]);
+    for _ in 0..3 {
+        let (out, _) = short_call(&lab, &b.hosts[0]);
+        assert!(out.status.success(), "{}", out.log);
+        let c = out.event("connected");
+        assert_eq!(c["path"], "direct");
+        let setup = c["setup_ms"].as_f64().unwrap();
+        println!(
+            "cone↔cone, 20 ms per uplink: setup_ms {setup:.1}, RTT floor {floor:.1} \
+             (A–S {rtt_as:.1} + S–B {rtt_bs:.1} + A–B {rtt_ab:.1}), ratio {:.2}",
+            setup / floor
+        );
+        // Honest numbers: a setup faster than two round trips to the server
+        // would mean the delay or the measurement is wrong.
+        assert!(setup > rtt_as + rtt_bs, "{setup} ms vs floor {floor} ms");
+    }
+}
