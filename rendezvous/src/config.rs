@@ -27,6 +27,10 @@ pub struct Limits {
     /// Most connections from one source IP (default 64): a household or a
     /// small office shares one address, a flood should not take all slots.
     pub max_connections_per_ip: usize,
+    /// Above this many handshakes in flight (all sources), every source
+    /// must prove its address with a QUIC Retry first (default 256). A
+    /// source with a handshake already in flight always must.
+    pub retry_above_pending: usize,
     /// Largest frame body accepted, in bytes (default 64 KiB; real messages are < 1 KiB).
     pub max_frame: usize,
     /// Most concurrent request streams one connection may have open (default 8).
@@ -65,6 +69,7 @@ impl Default for Limits {
         Self {
             max_connections: 200_000,
             max_connections_per_ip: 64,
+            retry_above_pending: 256,
             max_frame: common::framing::MAX_FRAME,
             max_streams_per_connection: 8,
             register_rate: Rate {
@@ -102,5 +107,16 @@ impl Config {
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.burst, self.per_second)
+    }
+}
+
+impl Limits {
+    /// The connection quotas the admission check applies.
+    pub fn quotas(&self) -> crate::admission::Quotas {
+        crate::admission::Quotas {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            retry_above_pending: self.retry_above_pending,
+        }
     }
 }

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod config;
 mod handlers;
 pub mod http;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Handshakes that failed or timed out.
     pub handshakes_failed: Counter,
+    /// Sources asked to prove their address with a QUIC Retry.
+    pub retries: Counter,
     /// Successful registrations.
     pub registrations: Counter,
     /// Lookups answered.
@@ -95,7 +97,7 @@ impl Metrics {
             "Names with a listen session now.",
             registry.online(),
         );
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "rendezvous_connections_total",
                 "Connections that completed the handshake.",
@@ -110,6 +112,11 @@ impl Metrics {
                 "rendezvous_handshakes_failed_total",
                 "Handshakes that failed or timed out.",
                 &self.handshakes_failed,
+            ),
+            (
+                "rendezvous_retries_total",
+                "Sources asked to prove their address with a QUIC Retry.",
+                &self.retries,
             ),
             (
                 "rendezvous_registrations_total",

@@ -22,6 +22,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::admission::{self, Admission, Load};
 use crate::config::{Config, Limits};
 use crate::handlers;
 use crate::metrics::Metrics;
@@ -66,6 +67,8 @@ pub(crate) struct Rates {
     pub(crate) lookup: RateLimiter,
     pub(crate) call: RateLimiter,
     connections: HashMap<IpAddr, usize>,
+    /// Handshakes in flight per source IP (a subset of `connections`).
+    pending: HashMap<IpAddr, usize>,
 }
 
 /// What every task of the server shares.
@@ -137,6 +140,7 @@ impl Server {
             lookup: RateLimiter::new(limits.lookup_rate),
             call: RateLimiter::new(limits.call_rate),
             connections: HashMap::new(),
+            pending: HashMap::new(),
         };
         let state = Arc::new(State {
             limits,
@@ -196,34 +200,55 @@ impl Server {
     fn admit(&self, incoming: quinn::Incoming) {
         let ip = common::candidates::canonical(incoming.remote_address()).ip();
         let state = &self.state;
-        let admitted = {
+        let decision = {
             let open = lock(&state.registry).sessions();
             let mut rates = lock(&state.rates);
-            let from_ip = rates.connections.entry(ip).or_default();
-            let ok = open < state.limits.max_connections
-                && *from_ip < state.limits.max_connections_per_ip;
-            if ok {
-                *from_ip += 1;
+            let load = Load {
+                validated: incoming.remote_address_validated(),
+                open: open + rates.pending.values().sum::<usize>(),
+                pending: rates.pending.values().sum(),
+                from_ip: rates.connections.get(&ip).copied().unwrap_or(0),
+                pending_from_ip: rates.pending.get(&ip).copied().unwrap_or(0),
+            };
+            let decision = admission::decide(load, state.limits.quotas());
+            if decision == Admission::Accept {
+                *rates.connections.entry(ip).or_default() += 1;
+                *rates.pending.entry(ip).or_default() += 1;
             }
-            ok
+            decision
         };
-        if !admitted {
-            state.metrics.connections_refused.inc();
-            debug!(%ip, "refusing connection: at a connection limit");
-            incoming.refuse();
-            return;
+        match decision {
+            Admission::Accept => {}
+            Admission::Retry if incoming.may_retry() => {
+                state.metrics.retries.inc();
+                debug!(%ip, "asking for a Retry before a second concurrent handshake");
+                // Only fails when the packet was already a Retry answer.
+                let _ = incoming.retry();
+                return;
+            }
+            Admission::Retry | Admission::Refuse => {
+                state.metrics.connections_refused.inc();
+                debug!(%ip, "refusing connection: at a connection limit");
+                incoming.refuse();
+                return;
+            }
         }
         let state = state.clone();
         tokio::spawn(async move {
-            serve_connection(&state, incoming).await;
+            serve_connection(&state, incoming, ip).await;
             let mut rates = lock(&state.rates);
-            if let Some(n) = rates.connections.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    rates.connections.remove(&ip);
-                }
-            }
+            decrement(&mut rates.connections, ip);
         });
+    }
+}
+
+/// Takes one from `ip`'s count, forgetting the entry at zero.
+fn decrement(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = counts.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&ip);
+        }
     }
 }
 
@@ -302,9 +327,11 @@ async fn sweep_rates(state: Arc<State>) {
 }
 
 /// Handshake, then one task per request stream until the connection ends.
-async fn serve_connection(state: &Arc<State>, incoming: quinn::Incoming) {
+async fn serve_connection(state: &Arc<State>, incoming: quinn::Incoming, ip: IpAddr) {
     let remote = common::candidates::canonical(incoming.remote_address());
-    let conn = match tokio::time::timeout(state.limits.handshake_timeout, incoming).await {
+    let handshake = tokio::time::timeout(state.limits.handshake_timeout, incoming).await;
+    decrement(&mut lock(&state.rates).pending, ip);
+    let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             if is_version_mismatch(&e) {

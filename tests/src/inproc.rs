@@ -175,6 +175,18 @@ impl RawClient {
         identity: Arc<Identity>,
         peer_key: Option<&Identity>,
     ) -> Self {
+        let local = "127.0.0.1:0".parse().expect("addr");
+        Self::connect_from(server, identity, peer_key, local).await
+    }
+
+    /// Like [`RawClient::connect_with`], from the local address `local`
+    /// (another 127.0.0.0/8 address is another source to the server).
+    pub async fn connect_from(
+        server: &TestServer,
+        identity: Arc<Identity>,
+        peer_key: Option<&Identity>,
+        local: SocketAddr,
+    ) -> Self {
         let server_config = peer_key.map(|key| {
             let tls =
                 tls::server_config(key, ClientKeyPolicy::AnyKey, tls::PEER_ALPN).expect("tls");
@@ -182,7 +194,7 @@ impl RawClient {
                 QuicServerConfig::try_from(tls).expect("quic"),
             ))
         });
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let socket = std::net::UdpSocket::bind(local).expect("bind");
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             server_config,
