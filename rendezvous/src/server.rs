@@ -275,6 +275,12 @@ fn make_endpoint(identity: &Identity, config: &Config) -> Result<quinn::Endpoint
         .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
+        // Rendezvous messages are < 1 KiB: small windows keep what a
+        // connection may make the server buffer (memory per peer) small.
+        .stream_receive_window((2 * common::framing::MAX_FRAME as u32).into())
+        .receive_window((4 * common::framing::MAX_FRAME as u32).into())
+        .send_window(4 * common::framing::MAX_FRAME as u64)
         .max_idle_timeout(Some(
             limits.idle_timeout.try_into().map_err(|e| cfg_err(&e))?,
         ));
