@@ -414,10 +414,29 @@ async fn main() -> Result<()> {
             stop_rx.clone(),
         ));
     }
-    let all = wait_until(Duration::from_secs(600), || {
-        shared.registered.load(Ordering::SeqCst) >= args.peers
-    })
-    .await;
+    // Wait for everyone, printing progress; give up when nobody new has
+    // registered for 30 s (the machine is saturated) or after 600 s.
+    let (mut all, mut last, mut stalled_since) = (false, 0, Instant::now());
+    while ramp_start.elapsed() < Duration::from_secs(600) {
+        all = wait_until(Duration::from_secs(5), || {
+            shared.registered.load(Ordering::SeqCst) >= args.peers
+        })
+        .await;
+        let now = shared.registered.load(Ordering::SeqCst);
+        eprintln!(
+            "ramp: {now} registered after {:.0} s",
+            ramp_start.elapsed().as_secs_f64()
+        );
+        if all {
+            break;
+        }
+        if now > last {
+            (last, stalled_since) = (now, Instant::now());
+        } else if stalled_since.elapsed() > Duration::from_secs(30) {
+            eprintln!("ramp stalled at {now}: stopping it here");
+            break;
+        }
+    }
     let ramp = ramp_start.elapsed();
     let registered = shared.registered.load(Ordering::SeqCst);
     if !all {

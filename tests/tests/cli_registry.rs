@@ -156,3 +156,57 @@ fn listen_comes_back_after_the_server_is_killed_and_restarted() {
     let out = bob.run(None, &["lookup", "alice"], T);
     assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
 }
+
+/// `GET /metrics` over plain HTTP/1.0 (bounded by a timeout).
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = tests::proc::ServerProc::start(
+        None,
+        "127.0.0.1:0",
+        &dir.path().join("server"),
+        &["--metrics", &metrics],
+    );
+    let alice = PeerHome::new(dir.path().join("alice"), &server);
+    let mut l = alice.spawn("alice", Some("alice"), &["listen"]);
+    l.wait_for(T, "registered");
+    let bob = PeerHome::new(dir.path().join("bob"), &server);
+    assert!(bob.run(None, &["lookup", "alice"], T).status.success());
+    let out = bob.run(None, &["lookup", "nobody"], T);
+    assert_eq!(out.error_kind(), Some("not_found"));
+
+    let text = scrape(&metrics);
+    assert!(text.starts_with("HTTP/1."), "{text}");
+    assert!(text.contains("# TYPE rendezvous_registrations_total counter"));
+    assert_eq!(metric(&text, "rendezvous_registrations_total"), 1);
+    assert_eq!(metric(&text, "rendezvous_lookups_total"), 1);
+    assert_eq!(metric(&text, "rendezvous_online_names"), 1);
+    assert!(metric(&text, "rendezvous_connections_total") >= 3);
+    assert!(
+        text.contains("rendezvous_errors_total{kind=\"not_found\"} 1"),
+        "{text}"
+    );
+}
