@@ -54,6 +54,32 @@ pub fn vet(observed: SocketAddr, claimed: &[SocketAddr], max_local: usize) -> Ve
     out
 }
 
+/// The addresses a callee may send punch datagrams to, from the caller's
+/// candidates as the server sent them: the first (the address the server
+/// observed) and at most [`MAX_LOCAL_CANDIDATES`] private, link-local or
+/// unique-local ones. The callee's own check behind the server's [`vet`]:
+/// even a buggy or hostile server cannot make a listener send packets to an
+/// arbitrary public host.
+pub fn punch_targets(candidates: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    let (observed, rest) = match candidates.split_first() {
+        Some((first, rest)) if first.port() != 0 => (Some(canonical(*first)), rest),
+        Some((_, rest)) => (None, rest),
+        None => (None, candidates),
+    };
+    targets.extend(observed);
+    for addr in rest.iter().copied().filter(|a| is_local_candidate(*a)) {
+        let addr = canonical(addr);
+        if targets.len() > MAX_LOCAL_CANDIDATES {
+            break;
+        }
+        if !targets.contains(&addr) {
+            targets.push(addr);
+        }
+    }
+    targets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +130,31 @@ mod tests {
         assert_eq!(out[1], a("192.168.1.2:4000"));
         assert_eq!(out.len(), 1 + MAX_LOCAL_CANDIDATES);
         assert!(!out.contains(&a("8.8.8.8:53")));
+    }
+
+    #[test]
+    fn a_listener_punches_only_the_observed_address_and_private_ones() {
+        let from_server = [
+            a("198.51.100.7:4000"), // observed: public, allowed
+            a("203.0.113.9:53"),    // a public "local" candidate: never
+            a("192.168.1.20:4000"), // private: allowed
+            a("[fd00::1]:4000"),    // unique-local: allowed
+            a("8.8.8.8:53"),        // never
+            a("192.168.1.20:4000"), // duplicate
+            a("10.0.0.1:0"),        // port 0: never
+        ];
+        assert_eq!(
+            punch_targets(&from_server),
+            vec![
+                a("198.51.100.7:4000"),
+                a("192.168.1.20:4000"),
+                a("[fd00::1]:4000")
+            ]
+        );
+        let many: Vec<_> = std::iter::once(a("198.51.100.7:1"))
+            .chain((1..=40).map(|i| a(&format!("10.0.0.{i}:9"))))
+            .collect();
+        assert_eq!(punch_targets(&many).len(), 1 + MAX_LOCAL_CANDIDATES);
+        assert!(punch_targets(&[]).is_empty());
     }
 }

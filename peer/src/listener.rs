@@ -15,7 +15,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use common::candidates::{canonical, is_local_candidate};
+use common::candidates::{canonical, punch_targets};
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::Message;
 use tokio::sync::{mpsc, Notify};
@@ -220,12 +220,7 @@ async fn answer_offer(
     };
     // Second lock: the server already vetted these; only the observed
     // address (first) and private ones are ever punched.
-    let targets: Vec<_> = candidates
-        .iter()
-        .enumerate()
-        .filter(|(i, a)| *i == 0 || is_local_candidate(**a))
-        .map(|(_, a)| canonical(*a))
-        .collect();
+    let targets = punch_targets(&candidates);
     socket.expected.add(Expected {
         candidates: targets.clone(),
         ..expected
