@@ -76,6 +76,13 @@ fn measure(
     }
 }
 
+/// Two sites of kinds `a` (callee) and `b` (caller), one host each.
+fn pair(lab: &mut Lab, a: Nat, b: Nat) -> (Host, Host, Ipv4Addr) {
+    let a = lab.site(a, 1);
+    let b = lab.site(b, 1);
+    (a.hosts[0].clone(), b.hosts[0].clone(), a.public)
+}
+
 fn world() -> Option<Lab> {
     let mut lab = Lab::new("lab-bench")?;
     lab.with_delay(Duration::from_millis(20));
@@ -88,56 +95,23 @@ fn main() {
     let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
     let mut results = vec![];
 
-    let Some(mut lab) = world() else { return };
-    let a = lab.site(Nat::Open, 1);
-    let b = lab.site(Nat::Open, 1);
-    results.push(measure(
-        &lab,
-        "open ↔ open",
-        &a.hosts[0],
-        &b.hosts[0],
-        a.public,
-        calls,
-    ));
-    drop(lab);
-
-    let mut lab = world().expect("lab");
-    let a = lab.site(Nat::Cone, 1);
-    let b = lab.site(Nat::Cone, 1);
-    results.push(measure(
-        &lab,
-        "cone ↔ cone",
-        &a.hosts[0],
-        &b.hosts[0],
-        a.public,
-        calls,
-    ));
-    drop(lab);
-
-    let mut lab = world().expect("lab");
-    let a = lab.site(Nat::Cgnat, 1);
-    let b = lab.site(Nat::Cone, 1);
-    results.push(measure(
-        &lab,
-        "cgnat ↔ cone",
-        &a.hosts[0],
-        &b.hosts[0],
-        a.public,
-        calls,
-    ));
-    drop(lab);
-
-    let mut lab = world().expect("lab");
-    let s = lab.site(Nat::Cone, 2);
-    results.push(measure(
-        &lab,
-        "same LAN behind one cone NAT",
-        &s.hosts[0],
-        &s.hosts[1],
-        s.hosts[0].addr,
-        calls,
-    ));
-    drop(lab);
+    // Each topology: (name, build it, return (callee, caller, where the
+    // caller pings to measure RTT(A,B))).
+    type Build = fn(&mut Lab) -> (Host, Host, Ipv4Addr);
+    let topologies: [(&'static str, Build); 4] = [
+        ("open ↔ open", |lab| pair(lab, Nat::Open, Nat::Open)),
+        ("cone ↔ cone", |lab| pair(lab, Nat::Cone, Nat::Cone)),
+        ("cgnat ↔ cone", |lab| pair(lab, Nat::Cgnat, Nat::Cone)),
+        ("same LAN behind one cone NAT", |lab| {
+            let s = lab.site(Nat::Cone, 2);
+            (s.hosts[0].clone(), s.hosts[1].clone(), s.hosts[0].addr)
+        }),
+    ];
+    for (topology, build) in topologies {
+        let Some(mut lab) = world() else { return };
+        let (callee, caller, ping_to) = build(&mut lab);
+        results.push(measure(&lab, topology, &callee, &caller, ping_to, calls));
+    }
 
     println!(
         "\n| topology (20 ms one-way per uplink) | calls direct | median setup_ms | p95 setup_ms | RTT floor ms | median ÷ floor | goal ≤ 1.2 |"

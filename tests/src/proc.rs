@@ -172,6 +172,14 @@ impl Proc {
         self.events.try_iter().collect()
     }
 
+    /// The not yet consumed events named `event` (e.g. every `pong` left).
+    pub fn drain(&mut self, event: &str) -> Vec<Value> {
+        self.events
+            .try_iter()
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
     pub fn take_stdin(&mut self) -> ChildStdin {
         self.child.stdin.take().expect("stdin piped")
     }

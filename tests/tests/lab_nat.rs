@@ -221,11 +221,7 @@ fn server_killed_mid_call_through_nats_the_call_goes_on() {
     ping.wait_event(T, |e| e["event"] == "pong" && e["seq"] == 2);
     lab.kill_server();
     assert!(ping.wait_exit(T).success(), "{}", ping.log());
-    let pongs: Vec<_> = ping
-        .drain_events()
-        .into_iter()
-        .filter(|e| e["event"] == "pong")
-        .collect();
+    let pongs: Vec<_> = ping.drain("pong");
     assert_eq!(pongs.len(), 9, "seq 3..11 after the kill: {}", ping.log());
     assert!(pongs.iter().all(|p| p["path"] == "direct"));
 }
