@@ -23,7 +23,10 @@ cargo build --release -q -p rendezvous -p peer
 BIN=$PWD/target/release
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -68,7 +71,7 @@ say "6. bob pings alice for 8 s; after 2 s the server is killed (SIGKILL)"
 spawn_peer bob "$WORK/ping.log" --name bob --json ping alice -c 16 -i 0.5
 PING_PID=$LAST_PID
 wait_for "$WORK/ping.log" '"seq":3,'
-kill -9 "$SERVER_PID"
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo ">>> server killed; the call does not need it"
 wait "$PING_PID"
 grep -c '"pong"' "$WORK/ping.log" | xargs -I{} echo "{} of 16 pings answered; each one's path:"
