@@ -151,6 +151,21 @@ impl ServerChild {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// A clean stop (SIGTERM), waiting up to `limit` before [`Self::kill`].
+    fn stop(&mut self, limit: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
 }
 
 impl Drop for ServerChild {
@@ -580,6 +595,7 @@ async fn main() -> Result<()> {
     }
     let _ = stop_tx.send(true);
     sessions.abort_all();
+    server.stop(Duration::from_secs(30));
 
     // The report.
     let n = registered;
