@@ -50,6 +50,13 @@ pub struct Limits {
     /// A connection silent this long is dead (default 30 s). Peers send
     /// keep-alives every 10 s or less, so three can be lost.
     pub idle_timeout: Duration,
+    /// UDP socket receive and send buffers asked of the kernel, in bytes
+    /// (default 4 MiB; Linux grants at most `net.core.rmem_max` /
+    /// `wmem_max`). Thousands of peers reconnecting at once after a restart
+    /// send bursts of 1,200-byte Initials: the kernel's default (~208 KiB,
+    /// ~170 Initials) drops most of a burst, and every dropped Initial costs
+    /// its peer a retransmission timeout.
+    pub udp_buffer: usize,
     /// Least time between two stateless resets (default 0: none). A
     /// restarted server must tell every old peer at once — keep-alives
     /// arrive in bursts, and a reset suppressed by this interval costs that
@@ -92,6 +99,7 @@ impl Default for Limits {
             answer_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            udp_buffer: 4 << 20,
             min_reset_interval: Duration::ZERO,
         }
     }

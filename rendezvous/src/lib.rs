@@ -15,6 +15,8 @@
 //! - [`ratelimit`]: per-source token buckets (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
+//! - `transport`: the QUIC endpoint (TLS, transport limits, stateless resets, socket buffers).
+//! - [`admission`]: who may start a handshake (quotas, QUIC Retry).
 //!
 //! # Example
 //!
@@ -36,6 +38,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod store;
+mod transport;
 
 pub use config::{Config, Limits, Rate};
 pub use server::{load_identity, MetricsHandle, Server, ServerError};

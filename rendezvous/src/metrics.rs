@@ -1,59 +1,54 @@
 //! Counters the server keeps, and their Prometheus text form.
 //!
-//! Plain atomics: cheap on the hot path, rendered on demand by
-//! [`Metrics::render`] for `--metrics ADDR` (see [`crate::http`]).
-
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Built on the `prometheus` crate (TiKV's Prometheus client): lock-free
+//! integer counters on the hot path, one private [`prometheus::Registry`]
+//! per server (so two servers in one process, as in the tests, never share
+//! counts), rendered on demand by [`Metrics::render`] in the classic text
+//! exposition format for `--metrics ADDR` (see [`crate::http`]).
+//!
+//! The metric names are an interface: dashboards and alerts use them. They
+//! are listed in `rendezvous/OPERATIONS.md`; add new ones freely, do not
+//! rename these.
 
 use common::ErrorKind;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
 
 use crate::registry::Registry;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Everything the server counts.
-#[derive(Debug, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     /// Connections that completed the handshake.
-    pub connections_total: Counter,
+    pub connections_total: IntCounter,
     /// Connections refused at a connection limit.
-    pub connections_refused: Counter,
+    pub connections_refused: IntCounter,
     /// Handshakes that failed or timed out.
-    pub handshakes_failed: Counter,
+    pub handshakes_failed: IntCounter,
     /// Sources asked to prove their address with a QUIC Retry.
-    pub retries: Counter,
+    pub retries: IntCounter,
     /// Successful registrations.
-    pub registrations: Counter,
+    pub registrations: IntCounter,
     /// Lookups answered.
-    pub lookups: Counter,
+    pub lookups: IntCounter,
     /// Calls asked for.
-    pub calls_requested: Counter,
+    pub calls_requested: IntCounter,
     /// Calls the callee accepted (addresses exchanged).
-    pub calls_accepted: Counter,
+    pub calls_accepted: IntCounter,
     /// Calls the callee rejected.
-    pub calls_rejected: Counter,
+    pub calls_rejected: IntCounter,
     /// Requests refused by a rate limit.
-    pub rate_limited: Counter,
+    pub rate_limited: IntCounter,
     /// Malformed or unexpected frames (connection closed).
-    pub frames_refused: Counter,
-    errors: [Counter; ERROR_KINDS.len()],
+    pub frames_refused: IntCounter,
+    /// One child of `rendezvous_errors_total` per kind, in [`ERROR_KINDS`]
+    /// order, so counting an error needs no label lookup.
+    errors: Vec<IntCounter>,
+    connected_peers: IntGauge,
+    online_names: IntGauge,
+    registry: prometheus::Registry,
 }
 
+/// Every error kind, so each has a series (at 0) from the start.
 const ERROR_KINDS: [ErrorKind; 16] = [
     ErrorKind::NameTaken,
     ErrorKind::NotFound,
@@ -73,102 +68,191 @@ const ERROR_KINDS: [ErrorKind; 16] = [
     ErrorKind::Internal,
 ];
 
+/// Registers a counter in `registry`. Names are fixed and unique, so this
+/// cannot fail in practice; if it did, the counter still counts, unexported.
+fn counter(registry: &prometheus::Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unnamed_counter());
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &prometheus::Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|_| unnamed_gauge());
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+// Valid constant names: these constructors succeed.
+#[allow(clippy::expect_used)]
+fn unnamed_counter() -> IntCounter {
+    IntCounter::new("rendezvous_unnamed_total", "unnamed").expect("valid name")
+}
+
+#[allow(clippy::expect_used)]
+fn unnamed_gauge() -> IntGauge {
+    IntGauge::new("rendezvous_unnamed", "unnamed").expect("valid name")
+}
+
+#[allow(clippy::expect_used)]
+fn errors_vec(registry: &prometheus::Registry) -> Vec<IntCounter> {
+    let opts = Opts::new("rendezvous_errors_total", "Error answers by kind.");
+    // A constant name and one label: construction cannot fail.
+    let v = IntCounterVec::new(opts, &["kind"]).expect("valid metric");
+    let _ = registry.register(Box::new(v.clone()));
+    ERROR_KINDS
+        .iter()
+        .map(|kind| v.with_label_values(&[kind.as_str()]))
+        .collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = prometheus::Registry::new();
+        Self {
+            connected_peers: gauge(
+                &r,
+                "rendezvous_connected_peers",
+                "Peer connections open now.",
+            ),
+            online_names: gauge(
+                &r,
+                "rendezvous_online_names",
+                "Names with a listen session now.",
+            ),
+            connections_total: counter(
+                &r,
+                "rendezvous_connections_total",
+                "Connections that completed the handshake.",
+            ),
+            connections_refused: counter(
+                &r,
+                "rendezvous_connections_refused_total",
+                "Connections refused at a limit.",
+            ),
+            handshakes_failed: counter(
+                &r,
+                "rendezvous_handshakes_failed_total",
+                "Handshakes that failed or timed out.",
+            ),
+            retries: counter(
+                &r,
+                "rendezvous_retries_total",
+                "Sources asked to prove their address with a QUIC Retry.",
+            ),
+            registrations: counter(
+                &r,
+                "rendezvous_registrations_total",
+                "Successful registrations.",
+            ),
+            lookups: counter(&r, "rendezvous_lookups_total", "Lookups answered."),
+            calls_requested: counter(&r, "rendezvous_calls_requested_total", "Calls asked for."),
+            calls_accepted: counter(
+                &r,
+                "rendezvous_calls_accepted_total",
+                "Calls accepted by the callee.",
+            ),
+            calls_rejected: counter(
+                &r,
+                "rendezvous_calls_rejected_total",
+                "Calls rejected by the callee.",
+            ),
+            rate_limited: counter(
+                &r,
+                "rendezvous_rate_limited_total",
+                "Requests refused by a rate limit.",
+            ),
+            frames_refused: counter(
+                &r,
+                "rendezvous_frames_refused_total",
+                "Malformed or unexpected frames.",
+            ),
+            errors: errors_vec(&r),
+            registry: r,
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("registrations", &self.registrations.get())
+            .field("lookups", &self.lookups.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
     /// Counts an error answer of `kind`.
     pub fn error(&self, kind: ErrorKind) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].inc();
+        if let Some(c) = self.error_counter(kind) {
+            c.inc();
         }
+    }
+
+    /// Error answers of `kind` so far.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.error_counter(kind).map_or(0, IntCounter::get)
+    }
+
+    fn error_counter(&self, kind: ErrorKind) -> Option<&IntCounter> {
+        let i = ERROR_KINDS.iter().position(|k| *k == kind)?;
+        self.errors.get(i)
     }
 
     /// Prometheus text exposition, with gauges read from the registry.
     pub fn render<H: Clone>(&self, registry: &Registry<H>) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, v: usize| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "rendezvous_connected_peers",
-            "Peer connections open now.",
-            registry.sessions(),
-        );
-        gauge(
+        self.connected_peers.set(gauge_value(registry.sessions()));
+        self.online_names.set(gauge_value(registry.online()));
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on invalid metric families,
+        // which fixed names cannot produce; an empty scrape says so.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# metrics encoding failed: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_every_error_kind_has_a_series() {
+        let m = Metrics::default();
+        m.registrations.inc();
+        m.error(ErrorKind::NotFound);
+        let text = m.render(&Registry::<()>::default());
+        assert!(text.contains("# TYPE rendezvous_registrations_total counter"));
+        assert!(text.contains("rendezvous_registrations_total 1"));
+        assert!(text.contains("rendezvous_connected_peers 0"));
+        assert!(text.contains("rendezvous_errors_total{kind=\"not_found\"} 1"));
+        assert!(text.contains("rendezvous_errors_total{kind=\"rate_limited\"} 0"));
+        for name in [
             "rendezvous_online_names",
-            "Names with a listen session now.",
-            registry.online(),
-        );
-        let counters: [(&str, &str, &Counter); 11] = [
-            (
-                "rendezvous_connections_total",
-                "Connections that completed the handshake.",
-                &self.connections_total,
-            ),
-            (
-                "rendezvous_connections_refused_total",
-                "Connections refused at a limit.",
-                &self.connections_refused,
-            ),
-            (
-                "rendezvous_handshakes_failed_total",
-                "Handshakes that failed or timed out.",
-                &self.handshakes_failed,
-            ),
-            (
-                "rendezvous_retries_total",
-                "Sources asked to prove their address with a QUIC Retry.",
-                &self.retries,
-            ),
-            (
-                "rendezvous_registrations_total",
-                "Successful registrations.",
-                &self.registrations,
-            ),
-            (
-                "rendezvous_lookups_total",
-                "Lookups answered.",
-                &self.lookups,
-            ),
-            (
-                "rendezvous_calls_requested_total",
-                "Calls asked for.",
-                &self.calls_requested,
-            ),
-            (
-                "rendezvous_calls_accepted_total",
-                "Calls accepted by the callee.",
-                &self.calls_accepted,
-            ),
-            (
-                "rendezvous_calls_rejected_total",
-                "Calls rejected by the callee.",
-                &self.calls_rejected,
-            ),
-            (
-                "rendezvous_rate_limited_total",
-                "Requests refused by a rate limit.",
-                &self.rate_limited,
-            ),
-            (
-                "rendezvous_frames_refused_total",
-                "Malformed or unexpected frames.",
-                &self.frames_refused,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
+            "rendezvous_connections_total",
+            "rendezvous_connections_refused_total",
+            "rendezvous_handshakes_failed_total",
+            "rendezvous_retries_total",
+            "rendezvous_lookups_total",
+            "rendezvous_calls_requested_total",
+            "rendezvous_calls_accepted_total",
+            "rendezvous_calls_rejected_total",
+            "rendezvous_rate_limited_total",
+            "rendezvous_frames_refused_total",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
-        let name = "rendezvous_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Error answers by kind.\n# TYPE {name} counter"
-        );
-        for (kind, c) in ERROR_KINDS.iter().zip(&self.errors) {
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", c.get());
-        }
-        out
+    }
+
+    #[test]
+    fn two_servers_count_apart() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.lookups.inc();
+        assert_eq!((a.lookups.get(), b.lookups.get()), (1, 0));
     }
 }

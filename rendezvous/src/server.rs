@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::error::close;
 use common::framing::{read_frame, write_frame, FrameError};
-use common::tls::{self, ClientKeyPolicy};
+use common::tls;
 use common::{ErrorKind, Fingerprint, Identity, Message};
-use quinn::crypto::rustls::QuicServerConfig;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -29,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, SessionId};
 use crate::store::{NameStore, RedbStore, StoreError};
+use crate::transport::make_endpoint;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -234,6 +234,9 @@ impl Server {
             }
         }
         let state = state.clone();
+        // Boxed: the task lives as long as the connection, the Incoming only
+        // until the handshake ends (memory per connected peer).
+        let incoming = Box::new(incoming);
         tokio::spawn(async move {
             serve_connection(&state, incoming, ip).await;
             let mut rates = lock(&state.rates);
@@ -263,63 +266,6 @@ impl MetricsHandle {
     }
 }
 
-fn make_endpoint(identity: &Identity, config: &Config) -> Result<quinn::Endpoint, ServerError> {
-    let limits = &config.limits;
-    let cfg_err = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
-    let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
-        .map_err(|e| cfg_err(&e))?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| cfg_err(&e))?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .datagram_receive_buffer_size(None)
-        .datagram_send_buffer_size(0)
-        // Rendezvous messages are < 1 KiB: small windows keep what a
-        // connection may make the server buffer (memory per peer) small.
-        .stream_receive_window((2 * common::framing::MAX_FRAME as u32).into())
-        .receive_window((4 * common::framing::MAX_FRAME as u32).into())
-        .send_window(4 * common::framing::MAX_FRAME as u64)
-        .max_idle_timeout(Some(
-            limits.idle_timeout.try_into().map_err(|e| cfg_err(&e))?,
-        ));
-    server_config.transport_config(Arc::new(transport));
-    // The stateless-reset key comes from the server's identity, so a restarted
-    // server resets its predecessor's connections at once and peers notice
-    // within a round trip instead of an idle timeout.
-    let reset_key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &identity.derive_secret("rendezvous stateless reset"),
-    );
-    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    endpoint_config.min_reset_interval(limits.min_reset_interval);
-    // Connection IDs are validated with a keyed hash before a reset is sent;
-    // the key must survive a restart too, or the new server would drop its
-    // predecessor's packets as junk instead of resetting them.
-    let cid_secret = identity.derive_secret("rendezvous connection ids");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid_secret[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    endpoint_config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })
-}
-
 async fn sweep_rates(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -333,26 +279,12 @@ async fn sweep_rates(state: Arc<State>) {
 }
 
 /// Handshake, then one task per request stream until the connection ends.
-async fn serve_connection(state: &Arc<State>, incoming: quinn::Incoming, ip: IpAddr) {
+async fn serve_connection(state: &Arc<State>, incoming: Box<quinn::Incoming>, ip: IpAddr) {
     let remote = common::candidates::canonical(incoming.remote_address());
-    let handshake = tokio::time::timeout(state.limits.handshake_timeout, incoming).await;
-    decrement(&mut lock(&state.rates).pending, ip);
-    let conn = match handshake {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            if is_version_mismatch(&e) {
-                warn!(%remote, "refused a peer speaking another protocol version ({e})");
-            } else {
-                debug!(%remote, "handshake failed: {e}");
-            }
-            state.metrics.handshakes_failed.inc();
-            return;
-        }
-        Err(_) => {
-            debug!(%remote, "handshake timed out");
-            state.metrics.handshakes_failed.inc();
-            return;
-        }
+    // The handshake's state is large and needed once: keep it on the heap
+    // only while it runs, not in this long-lived task.
+    let Some(conn) = Box::pin(handshake(state, *incoming, ip, remote)).await else {
+        return;
     };
     let Some(fingerprint) = peer_fingerprint(&conn) else {
         conn.close(close::PROTOCOL.into(), b"no client certificate");
@@ -369,6 +301,34 @@ async fn serve_connection(state: &Arc<State>, incoming: quinn::Incoming, ip: IpA
         debug!(%name, "went offline");
     }
     debug!(%remote, id, "peer disconnected: {:?}", conn.close_reason());
+}
+
+/// The TLS handshake, bounded by the handshake timeout; `None` if it failed.
+async fn handshake(
+    state: &State,
+    incoming: quinn::Incoming,
+    ip: IpAddr,
+    remote: SocketAddr,
+) -> Option<quinn::Connection> {
+    let handshake = tokio::time::timeout(state.limits.handshake_timeout, incoming).await;
+    decrement(&mut lock(&state.rates).pending, ip);
+    match handshake {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            if is_version_mismatch(&e) {
+                warn!(%remote, "refused a peer speaking another protocol version ({e})");
+            } else {
+                debug!(%remote, "handshake failed: {e}");
+            }
+            state.metrics.handshakes_failed.inc();
+            None
+        }
+        Err(_) => {
+            debug!(%remote, "handshake timed out");
+            state.metrics.handshakes_failed.inc();
+            None
+        }
+    }
 }
 
 fn is_version_mismatch(e: &quinn::ConnectionError) -> bool {

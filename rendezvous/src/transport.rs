@@ -1,0 +1,152 @@
+//! The server's QUIC endpoint: TLS, transport limits, stateless resets and
+//! the UDP socket, built from [`Config`].
+//!
+//! What is tuned here, and why (each measured with `rendezvous-load`, see
+//! `OPERATIONS.md`):
+//!
+//! - **Memory per connection.** A rendezvous connection carries a few small
+//!   messages a minute, so everything sized for bulk data is cut: small
+//!   flow-control windows, no datagrams, no path-MTU probing (messages are
+//!   < 1 KiB; the probes only cost packets and sent-packet records), no
+//!   segmentation offload (its batch buffer is kept per connection), and
+//!   ChaCha20-Poly1305 preferred over AES-GCM: its keys are 32 bytes, where
+//!   an expanded AES-GCM key with its GHASH table is ~0.5 KiB — and each
+//!   connection keeps six or more (current and next packet keys, header
+//!   keys, the TLS record keys).
+//! - **Restarts.** The stateless-reset key and the connection-ID key come
+//!   from the server's identity, so a restarted server resets its
+//!   predecessor's connections at once (peers notice within a round trip of
+//!   their next keep-alive instead of an idle timeout).
+//! - **Bursts.** Large UDP socket buffers, so a burst of reconnecting peers
+//!   is queued rather than dropped.
+
+use std::sync::Arc;
+
+use common::tls::{self, ClientKeyPolicy, ClientKeyVerifier};
+use common::Identity;
+use quinn::crypto::rustls::QuicServerConfig;
+use tracing::{info, warn};
+
+use crate::config::{Config, Limits};
+use crate::server::ServerError;
+
+fn cfg_err(e: &dyn std::fmt::Display) -> ServerError {
+    ServerError::Config(e.to_string())
+}
+
+/// TLS 1.3 for the rendezvous link: the identity's certificate, any client
+/// key (the server learns who a peer is from the handshake), no tickets,
+/// no 0-RTT, and ChaCha20-Poly1305 chosen whenever the client offers it.
+fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, ServerError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    use rustls::crypto::ring::cipher_suite as cs;
+    // QUIC needs AES-128-GCM for its Initial packets; keep it available.
+    provider.cipher_suites = vec![
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+    ];
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| cfg_err(&e))?
+        .with_client_cert_verifier(ClientKeyVerifier::new(ClientKeyPolicy::AnyKey))
+        .with_single_cert(vec![identity.cert()], identity.private_key())
+        .map_err(|e| cfg_err(&e))?;
+    config.alpn_protocols = vec![tls::SERVER_ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    config.send_tls13_tickets = 0;
+    // Our order (ChaCha20 first), not the client's: memory per connection.
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
+/// Per-connection transport limits for rendezvous connections.
+fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig, ServerError> {
+    let frame = u32::try_from(limits.max_frame).unwrap_or(u32::MAX);
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
+        // What one connection may make the server buffer: a frame or two.
+        .stream_receive_window(frame.saturating_mul(2).into())
+        .receive_window(frame.saturating_mul(4).into())
+        .send_window(4 * limits.max_frame as u64)
+        .mtu_discovery_config(None)
+        .enable_segmentation_offload(false)
+        .max_idle_timeout(Some(
+            limits.idle_timeout.try_into().map_err(|e| cfg_err(&e))?,
+        ));
+    Ok(transport)
+}
+
+/// Stateless resets and connection IDs keyed from the identity, so they
+/// survive a restart.
+fn endpoint_config(identity: &Identity, limits: &Limits) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &identity.derive_secret("rendezvous stateless reset"),
+    );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.min_reset_interval(limits.min_reset_interval);
+    // Connection IDs are validated with a keyed hash before a reset is sent;
+    // the key must survive a restart too, or the new server would drop its
+    // predecessor's packets as junk instead of resetting them.
+    let cid_secret = identity.derive_secret("rendezvous connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    endpoint_config
+}
+
+/// Binds the UDP socket with the buffers `limits` asks for (the kernel may
+/// grant less: it says how much in the log).
+fn bind_socket(config: &Config) -> Result<std::net::UdpSocket, ServerError> {
+    let bind_err = |source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let want = config.limits.udp_buffer;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer still works, it only drops bursts sooner.
+    let _ = sock.set_recv_buffer_size(want);
+    let _ = sock.set_send_buffer_size(want);
+    // Linux reports double the usable size it granted.
+    let got = sock.recv_buffer_size().unwrap_or(0) / 2;
+    if got < want / 2 {
+        warn!(
+            "UDP receive buffer is {} KiB, not the {} KiB asked for: raise net.core.rmem_max so bursts of reconnecting peers are not dropped",
+            got / 1024,
+            want / 1024
+        );
+    } else {
+        info!("UDP receive buffer {} KiB", got / 1024);
+    }
+    Ok(socket)
+}
+
+/// The server's endpoint, listening on `config.listen`.
+pub(crate) fn make_endpoint(
+    identity: &Identity,
+    config: &Config,
+) -> Result<quinn::Endpoint, ServerError> {
+    let crypto = QuicServerConfig::try_from(tls_config(identity)?).map_err(|e| cfg_err(&e))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(transport_config(&config.limits)?));
+    let socket = bind_socket(config)?;
+    quinn::Endpoint::new(
+        endpoint_config(identity, &config.limits),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })
+}
