@@ -6,9 +6,10 @@
 //! embedded [`RedbStore`] later without touching it. [`MemoryStore`] is for
 //! tests. Presence (who is online) is not stored here: see [`crate::registry`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use common::Fingerprint;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -65,9 +66,39 @@ pub fn check_claim(
 }
 
 /// Bindings in an embedded redb database (fsynced commits).
+///
+/// Claims of new names are committed in groups: while one commit is being
+/// fsynced, the claims that arrive wait for it and then go to disk together
+/// in the next one. Each claim is still acknowledged only after the commit
+/// that holds it is durable; a burst of registrations (a ramp, or a
+/// community's first day) costs one fsync per group instead of one each.
 pub struct RedbStore {
     db: Database,
+    group: Mutex<Group>,
+    committed: Condvar,
 }
+
+/// Claims waiting for a commit, and the outcome of finished ones.
+#[derive(Default)]
+struct Group {
+    /// Claims for the next commit: (ticket, name, key).
+    queue: Vec<(u64, String, Fingerprint)>,
+    /// A thread is committing a group now.
+    committing: bool,
+    /// Tickets whose claimant still waits for the outcome.
+    waiting: HashSet<u64>,
+    /// Outcomes not yet picked up, by ticket.
+    done: HashMap<u64, Result<Claim, StoreError>>,
+    next_ticket: u64,
+}
+
+/// A claim's ticket and its outcome.
+type Outcome = (u64, Result<Claim, StoreError>);
+
+/// Most claims in one commit.
+const MAX_GROUP: usize = 1024;
+/// Longest a claim waits for its group's commit.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -80,7 +111,52 @@ impl RedbStore {
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(NAMES).map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            group: Mutex::new(Group::default()),
+            committed: Condvar::new(),
+        })
+    }
+
+    fn group(&self) -> MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One write transaction for `claims`, one fsync; an outcome per claim.
+    fn commit_group(
+        &self,
+        claims: &[(u64, String, Fingerprint)],
+    ) -> Vec<Outcome> {
+        let attempt = || -> Result<Vec<Outcome>, StoreError> {
+            let tx = self.db.begin_write().map_err(backend)?;
+            let mut outcomes = Vec::with_capacity(claims.len());
+            {
+                let mut table = tx.open_table(NAMES).map_err(backend)?;
+                for (ticket, name, key) in claims {
+                    // Reads see this transaction's own inserts: two claims of
+                    // one name in a group cannot both win.
+                    let current = table
+                        .get(name.as_str())
+                        .map_err(backend)?
+                        .map(|v| Fingerprint(*v.value()));
+                    let claim = check_claim(current, name, *key);
+                    if let Ok(Claim::New) = claim {
+                        table.insert(name.as_str(), &key.0).map_err(backend)?;
+                    }
+                    outcomes.push((*ticket, claim));
+                }
+            }
+            // Durability::Immediate (redb's default): commit returns after fsync.
+            tx.commit().map_err(backend)?;
+            Ok(outcomes)
+        };
+        attempt().unwrap_or_else(|e| {
+            let msg = e.to_string();
+            claims
+                .iter()
+                .map(|(t, _, _)| (*t, Err(StoreError::Backend(msg.clone()))))
+                .collect()
+        })
     }
 }
 
@@ -89,23 +165,46 @@ impl NameStore for RedbStore {
         if let Some(owner) = self.owner(name)? {
             return check_claim(Some(owner), name, key);
         }
-        // redb has one writer at a time, so the check below cannot race.
-        let tx = self.db.begin_write().map_err(backend)?;
-        let claim = {
-            let mut table = tx.open_table(NAMES).map_err(backend)?;
-            let current = table
-                .get(name)
-                .map_err(backend)?
-                .map(|v| Fingerprint(*v.value()));
-            let claim = check_claim(current, name, key)?;
-            if claim == Claim::New {
-                table.insert(name, &key.0).map_err(backend)?;
+        let deadline = Instant::now() + CLAIM_TIMEOUT;
+        let mut group = self.group();
+        let ticket = group.next_ticket;
+        group.next_ticket += 1;
+        group.queue.push((ticket, name.to_owned(), key));
+        group.waiting.insert(ticket);
+        loop {
+            if let Some(outcome) = group.done.remove(&ticket) {
+                return outcome;
             }
-            claim
-        };
-        // Durability::Immediate (redb's default): commit returns after fsync.
-        tx.commit().map_err(backend)?;
-        Ok(claim)
+            if !group.committing {
+                // Lead: commit everything queued so far (this claim included).
+                group.committing = true;
+                let take = group.queue.len().min(MAX_GROUP);
+                let claims: Vec<_> = group.queue.drain(..take).collect();
+                drop(group);
+                let outcomes = self.commit_group(&claims);
+                group = self.group();
+                group.committing = false;
+                for (t, outcome) in outcomes {
+                    if group.waiting.remove(&t) {
+                        group.done.insert(t, outcome);
+                    }
+                }
+                self.committed.notify_all();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                group.waiting.remove(&ticket);
+                return Err(StoreError::Backend(format!(
+                    "no commit within {CLAIM_TIMEOUT:?}"
+                )));
+            }
+            group = self
+                .committed
+                .wait_timeout(group, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
     }
 
     fn owner(&self, name: &str) -> Result<Option<Fingerprint>, StoreError> {
@@ -158,6 +257,50 @@ mod tests {
     #[test]
     fn memory_store_rules() {
         exercise(&MemoryStore::default());
+    }
+
+    #[test]
+    fn concurrent_claims_share_commits_and_one_key_wins_each_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("names.redb");
+        let store = std::sync::Arc::new(RedbStore::open(&path).expect("open"));
+        // 16 threads × 20 claims; every name is claimed by two keys at once.
+        let threads: Vec<_> = (0..16u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|i| {
+                            let name = format!("n{}-{i}", t / 2);
+                            (name.clone(), store.claim(&name, Fingerprint([t; 32])))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut wins: HashMap<String, usize> = HashMap::new();
+        for t in threads {
+            for (name, outcome) in t.join().expect("thread") {
+                match outcome {
+                    Ok(Claim::New) => *wins.entry(name).or_default() += 1,
+                    Err(StoreError::NameTaken { .. }) => {
+                        wins.entry(name).or_default();
+                    }
+                    other => panic!("{name}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(wins.len(), 8 * 20);
+        assert!(wins.values().all(|w| *w == 1), "{wins:?}");
+        drop(store);
+        let reopened = RedbStore::open(&path).expect("reopen");
+        for name in wins.keys() {
+            assert!(
+                reopened.owner(name).expect("owner").is_some(),
+                "{name} lost"
+            );
+        }
+        assert!(reopened.group().done.is_empty());
     }
 
     #[test]
