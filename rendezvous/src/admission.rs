@@ -47,11 +47,19 @@ pub struct Quotas {
     /// Above this many handshakes in flight, every unvalidated source is
     /// asked to Retry (a flood from many spoofed addresses).
     pub retry_above_pending: usize,
+    /// At this many handshakes in flight, new attempts are refused at once,
+    /// validated or not: the peers back off with jitter and come back,
+    /// instead of retransmitting into a queue the server cannot drain (a
+    /// thousand peers reconnecting after a restart).
+    pub max_pending: usize,
 }
 
 /// Decides what to do with a connection attempt.
 pub fn decide(load: Load, quotas: Quotas) -> Admission {
-    if load.open >= quotas.max_connections || load.from_ip >= quotas.max_per_ip {
+    if load.open >= quotas.max_connections
+        || load.from_ip >= quotas.max_per_ip
+        || load.pending >= quotas.max_pending
+    {
         return Admission::Refuse;
     }
     if !load.validated && (load.pending_from_ip >= 1 || load.pending >= quotas.retry_above_pending)
@@ -69,6 +77,7 @@ mod tests {
         max_connections: 100,
         max_per_ip: 4,
         retry_above_pending: 10,
+        max_pending: 20,
     };
 
     fn load(validated: bool, from_ip: usize, pending_from_ip: usize, pending: usize) -> Load {
@@ -108,6 +117,13 @@ mod tests {
             ..load(true, 0, 0, 0)
         };
         assert_eq!(decide(full, Q), Admission::Refuse);
+    }
+
+    #[test]
+    fn a_herd_beyond_the_handshake_queue_is_refused_even_validated() {
+        assert_eq!(decide(load(true, 0, 0, 19), Q), Admission::Accept);
+        assert_eq!(decide(load(true, 0, 0, 20), Q), Admission::Refuse);
+        assert_eq!(decide(load(false, 0, 0, 20), Q), Admission::Refuse);
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub struct Limits {
     /// must prove its address with a QUIC Retry first (default 256). A
     /// source with a handshake already in flight always must.
     pub retry_above_pending: usize,
+    /// Most handshakes in flight at once, all sources (default 4,096, about
+    /// 160 MiB of handshake state). At this many, new attempts are refused
+    /// and peers come back after their jittered backoff. It bounds memory
+    /// under a flood from real (validated) addresses; it is not a way to
+    /// pace a herd: a refused peer retries with a fresh handshake, so a low
+    /// cap (512 was tried) made the return after a restart slower, not
+    /// faster. Must be above `retry_above_pending`, so spoofed sources
+    /// (which cannot answer a Retry) never fill it.
+    pub max_pending_handshakes: usize,
     /// Largest frame body accepted, in bytes (default 64 KiB; real messages are < 1 KiB).
     pub max_frame: usize,
     /// Most concurrent request streams one connection may have open (default 8).
@@ -41,6 +50,10 @@ pub struct Limits {
     pub lookup_rate: Rate,
     /// Calls per source IP (default 50, 10/s).
     pub call_rate: Rate,
+    /// How often token buckets that have filled up again are forgotten
+    /// (default 30 s): memory for rate limits is bounded by the sources
+    /// active in the last interval.
+    pub rate_sweep_interval: Duration,
     /// Time a peer has to send a whole request once its stream is open (default 10 s).
     pub request_timeout: Duration,
     /// Time a callee has to answer an incoming call (default 15 s).
@@ -81,6 +94,7 @@ impl Default for Limits {
             max_connections: 200_000,
             max_connections_per_ip: 64,
             retry_above_pending: 256,
+            max_pending_handshakes: 4096,
             max_frame: common::framing::MAX_FRAME,
             max_streams_per_connection: 8,
             register_rate: Rate {
@@ -95,6 +109,7 @@ impl Default for Limits {
                 burst: 50,
                 per_second: 10.0,
             },
+            rate_sweep_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             answer_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
@@ -129,6 +144,7 @@ impl Limits {
             max_connections: self.max_connections,
             max_per_ip: self.max_connections_per_ip,
             retry_above_pending: self.retry_above_pending,
+            max_pending: self.max_pending_handshakes,
         }
     }
 }

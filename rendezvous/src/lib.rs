@@ -41,4 +41,4 @@ pub mod store;
 mod transport;
 
 pub use config::{Config, Limits, Rate};
-pub use server::{load_identity, MetricsHandle, Server, ServerError};
+pub use server::{load_identity, MetricsHandle, Server, ServerError, Tables};

@@ -264,10 +264,47 @@ impl MetricsHandle {
     pub fn render(&self) -> String {
         self.0.metrics.render(&lock(&self.0.registry))
     }
+
+    /// The sizes of the server's in-memory tables: what a flood could grow.
+    pub fn tables(&self) -> Tables {
+        let (sessions, online) = {
+            let registry = lock(&self.0.registry);
+            (registry.sessions(), registry.online())
+        };
+        let rates = lock(&self.0.rates);
+        Tables {
+            sessions,
+            online,
+            rate_buckets: rates.register.tracked() + rates.lookup.tracked() + rates.call.tracked(),
+            sources: rates.connections.len(),
+            handshakes: rates.pending.values().sum(),
+        }
+    }
+}
+
+/// Sizes of the server's in-memory tables (see [`MetricsHandle::tables`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tables {
+    /// Open sessions (authenticated connections).
+    pub sessions: usize,
+    /// Names online.
+    pub online: usize,
+    /// Token buckets held, all three limiters together (forgotten once full again).
+    pub rate_buckets: usize,
+    /// Source addresses with a connection or handshake counted.
+    pub sources: usize,
+    /// Handshakes in flight.
+    pub handshakes: usize,
 }
 
 async fn sweep_rates(state: Arc<State>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    // (An interval of zero would panic: a tenth of a second at least.)
+    let every = state
+        .limits
+        .rate_sweep_interval
+        .max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let now = Instant::now();

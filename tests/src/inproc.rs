@@ -24,6 +24,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub fingerprint: Fingerprint,
     pub data_dir: PathBuf,
+    /// The running server's counters and table sizes.
+    pub metrics: rendezvous::MetricsHandle,
     _dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -55,6 +57,7 @@ impl TestServer {
         let server = rendezvous::Server::bind(config).expect("server binds");
         let addr = server.local_addr().expect("addr");
         let fingerprint = server.fingerprint();
+        let metrics = server.metrics_handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -63,6 +66,7 @@ impl TestServer {
             addr,
             fingerprint,
             data_dir,
+            metrics,
             _dir: None,
             stop: Some(stop),
             task: Some(task),
