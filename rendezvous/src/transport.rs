@@ -7,12 +7,13 @@
 //! - **Memory per connection.** A rendezvous connection carries a few small
 //!   messages a minute, so everything sized for bulk data is cut: small
 //!   flow-control windows, no datagrams, no path-MTU probing (messages are
-//!   < 1 KiB; the probes only cost packets and sent-packet records), no
-//!   segmentation offload (its batch buffer is kept per connection), and
-//!   ChaCha20-Poly1305 preferred over AES-GCM: its keys are 32 bytes, where
-//!   an expanded AES-GCM key with its GHASH table is ~0.5 KiB — and each
-//!   connection keeps six or more (current and next packet keys, header
-//!   keys, the TLS record keys).
+//!   < 1 KiB; the probes only cost packets and sent-packet records), and no
+//!   segmentation offload (its batch buffer, up to a few datagrams, is kept
+//!   per connection: 2.8 KiB before, 1.2 KiB after). The rest of a
+//!   connection's ~30 KiB is quinn's and rustls's own state; see
+//!   `OPERATIONS.md` for the heap profile. (Preferring ChaCha20 for its
+//!   smaller keys was tried and saved nothing: *ring* sizes every AEAD key
+//!   for AES-GCM.)
 //! - **Restarts.** The stateless-reset key and the connection-ID key come
 //!   from the server's identity, so a restarted server resets its
 //!   predecessor's connections at once (peers notice within a round trip of
@@ -22,7 +23,7 @@
 
 use std::sync::Arc;
 
-use common::tls::{self, ClientKeyPolicy, ClientKeyVerifier};
+use common::tls::{self, ClientKeyPolicy};
 use common::Identity;
 use quinn::crypto::rustls::QuicServerConfig;
 use tracing::{info, warn};
@@ -32,32 +33,6 @@ use crate::server::ServerError;
 
 fn cfg_err(e: &dyn std::fmt::Display) -> ServerError {
     ServerError::Config(e.to_string())
-}
-
-/// TLS 1.3 for the rendezvous link: the identity's certificate, any client
-/// key (the server learns who a peer is from the handshake), no tickets,
-/// no 0-RTT, and ChaCha20-Poly1305 chosen whenever the client offers it.
-fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, ServerError> {
-    let mut provider = rustls::crypto::ring::default_provider();
-    use rustls::crypto::ring::cipher_suite as cs;
-    // QUIC needs AES-128-GCM for its Initial packets; keep it available.
-    provider.cipher_suites = vec![
-        cs::TLS13_CHACHA20_POLY1305_SHA256,
-        cs::TLS13_AES_128_GCM_SHA256,
-        cs::TLS13_AES_256_GCM_SHA384,
-    ];
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| cfg_err(&e))?
-        .with_client_cert_verifier(ClientKeyVerifier::new(ClientKeyPolicy::AnyKey))
-        .with_single_cert(vec![identity.cert()], identity.private_key())
-        .map_err(|e| cfg_err(&e))?;
-    config.alpn_protocols = vec![tls::SERVER_ALPN.to_vec()];
-    config.max_early_data_size = 0;
-    config.send_tls13_tickets = 0;
-    // Our order (ChaCha20 first), not the client's: memory per connection.
-    config.ignore_client_order = true;
-    Ok(config)
 }
 
 /// Per-connection transport limits for rendezvous connections.
@@ -135,7 +110,9 @@ pub(crate) fn make_endpoint(
     identity: &Identity,
     config: &Config,
 ) -> Result<quinn::Endpoint, ServerError> {
-    let crypto = QuicServerConfig::try_from(tls_config(identity)?).map_err(|e| cfg_err(&e))?;
+    let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
+        .map_err(|e| cfg_err(&e))?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| cfg_err(&e))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport_config(&config.limits)?));
     let socket = bind_socket(config)?;
