@@ -123,10 +123,7 @@ impl RedbStore {
     }
 
     /// One write transaction for `claims`, one fsync; an outcome per claim.
-    fn commit_group(
-        &self,
-        claims: &[(u64, String, Fingerprint)],
-    ) -> Vec<Outcome> {
+    fn commit_group(&self, claims: &[(u64, String, Fingerprint)]) -> Vec<Outcome> {
         let attempt = || -> Result<Vec<Outcome>, StoreError> {
             let tx = self.db.begin_write().map_err(backend)?;
             let mut outcomes = Vec::with_capacity(claims.len());
