@@ -66,9 +66,12 @@ async fn binding_survives_restart_and_listen_comes_back() {
     alice
         .wait_event(T, |e| matches!(e, Event::RendezvousLost { .. }))
         .await;
+    // The old handle (and its metrics handle) let go of the database first.
+    let old_fingerprint = server.fingerprint;
+    drop(server);
     let restarted = TestServer::start_at(dir.path().to_owned(), addr).await;
     assert_eq!(
-        restarted.fingerprint, server.fingerprint,
+        restarted.fingerprint, old_fingerprint,
         "the key lives in the data dir"
     );
     // Callable again within 20 s of the server's return (CLI.md).
