@@ -98,6 +98,13 @@ struct Args {
     server_pid: Option<u32>,
 }
 
+/// A whole number of keep-alive intervals (8 s), long enough that the
+/// spreading lookups stay near 2,500/s: the phases of the keep-alive timers
+/// end up uniform either way.
+fn spread_over(peers: usize) -> Duration {
+    Duration::from_secs(8 * peers.div_ceil(20_000).max(1) as u64)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -167,7 +174,7 @@ async fn main() -> Result<()> {
 
     // Idle: only keep-alives, their timers spread evenly first (as on a
     // server whose peers connected at random times).
-    phases::spread_keepalives(&clients, Duration::from_secs(8)).await;
+    phases::spread_keepalives(&clients, spread_over(args.peers)).await;
     let cpu0 = server.cpu_secs();
     let idle = Duration::from_secs_f64(args.idle_secs);
     tokio::time::sleep(idle).await;
@@ -180,7 +187,7 @@ async fn main() -> Result<()> {
             restarts
                 .push(phases::restart(&mut server, &launch, &server_addr, &shared, stop).await?);
             // Spread the keep-alive timers again before the next drill.
-            phases::spread_keepalives(&clients, Duration::from_secs(8)).await;
+            phases::spread_keepalives(&clients, spread_over(args.peers)).await;
         }
     }
     let _ = stop_tx.send(true);

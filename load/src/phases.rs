@@ -22,6 +22,7 @@ pub(crate) fn print_counters(server: &ServerProc, when: &str) {
         "rendezvous_connections_total",
         "rendezvous_handshakes_failed_total",
         "rendezvous_retries_total",
+        "rendezvous_handshakes_dropped_total",
         "rendezvous_connections_refused_total",
         "rendezvous_registrations_total",
     ];

@@ -52,7 +52,11 @@ impl ServerProc {
             ])
             .args(["--register-rate", lifted, "--lookup-rate", lifted])
             .args(["--call-rate", lifted])
-            .env("RUST_LOG", "warn")
+            // The server's own log level: warnings, unless told otherwise.
+            .env(
+                "RUST_LOG",
+                std::env::var("LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -6,8 +6,11 @@
 //! A session behaves like `peer listen` on the server link: it registers
 //! with presence, accepts every call offer, and when its connection is lost
 //! (a stateless reset from a restarted server, or a close) comes back with
-//! jittered backoff — first attempt after 0–1 s, then up to 3 s apart, at
-//! most 50 failed attempts in a row.
+//! jittered backoff: the first attempt after 0–1 s, then a random wait up to
+//! a cap that doubles from 1 s to 30 s ("full jitter"), at most 200 failed
+//! attempts in a row. (A cap of 3 s, as `peer listen` has, is enough for
+//! ten thousand peers; a hundred thousand reconnecting at once with it keep
+//! a server busy refusing them.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -255,7 +258,7 @@ async fn serve_offers(conn: quinn::Connection, shared: Arc<Shared>) {
 
 /// A peer's whole life: register, answer offers, and after a lost
 /// connection come back with jittered backoff. Ends when `stop` is set or
-/// after 50 failed attempts in a row.
+/// after 200 failed attempts in a row.
 pub(crate) async fn session(
     c: Arc<Client>,
     server: Arc<Mutex<SocketAddr>>,
@@ -263,7 +266,7 @@ pub(crate) async fn session(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
-    while !*stop.borrow() && failures < 50 {
+    while !*stop.borrow() && failures < 200 {
         let addr = server
             .lock()
             .map(|a| *a)
@@ -285,8 +288,8 @@ pub(crate) async fn session(
             }
             Err(_) => failures += 1,
         }
-        // Jittered backoff: 0–1 s, growing to 0–3 s; nobody stampedes.
-        let cap = 1000 * u64::from(failures.clamp(1, 3));
+        // Full jitter under a cap doubling from 1 s to 30 s.
+        let cap = (1000u64 << failures.min(5)).min(30_000);
         let wait = rand::thread_rng().gen_range(0..cap);
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }

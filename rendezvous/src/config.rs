@@ -31,14 +31,15 @@ pub struct Limits {
     /// must prove its address with a QUIC Retry first (default 256). A
     /// source with a handshake already in flight always must.
     pub retry_above_pending: usize,
-    /// Most handshakes in flight at once, all sources (default 4,096, about
-    /// 160 MiB of handshake state). At this many, new attempts are refused
-    /// and peers come back after their jittered backoff. It bounds memory
-    /// under a flood from real (validated) addresses; it is not a way to
-    /// pace a herd: a refused peer retries with a fresh handshake, so a low
-    /// cap (512 was tried) made the return after a restart slower, not
-    /// faster. Must be above `retry_above_pending`, so spoofed sources
-    /// (which cannot answer a Retry) never fill it.
+    /// Most handshakes in flight at once, all sources (default 512, about
+    /// half a second of handshakes on one core). Beyond it, new attempts
+    /// are dropped unanswered and the peers' QUIC stacks send them again
+    /// after their doubling retransmission timeouts: a herd of reconnecting
+    /// peers (after a restart) is served at the server's pace instead of
+    /// swamping it with handshakes that time out half-done. It also bounds
+    /// handshake memory under a flood from real addresses. Must be above
+    /// `retry_above_pending`, so spoofed sources (which cannot answer a
+    /// Retry) never fill it.
     pub max_pending_handshakes: usize,
     /// Largest frame body accepted, in bytes (default 64 KiB; real messages are < 1 KiB).
     pub max_frame: usize,
@@ -94,7 +95,7 @@ impl Default for Limits {
             max_connections: 200_000,
             max_connections_per_ip: 64,
             retry_above_pending: 256,
-            max_pending_handshakes: 4096,
+            max_pending_handshakes: 512,
             max_frame: common::framing::MAX_FRAME,
             max_streams_per_connection: 8,
             register_rate: Rate {

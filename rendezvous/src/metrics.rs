@@ -26,6 +26,8 @@ pub struct Metrics {
     pub handshakes_failed: IntCounter,
     /// Sources asked to prove their address with a QUIC Retry.
     pub retries: IntCounter,
+    /// Connection attempts dropped unanswered: the handshake queue was full.
+    pub handshakes_dropped: IntCounter,
     /// Successful registrations.
     pub registrations: IntCounter,
     /// Lookups answered.
@@ -139,6 +141,11 @@ impl Default for Metrics {
                 "rendezvous_retries_total",
                 "Sources asked to prove their address with a QUIC Retry.",
             ),
+            handshakes_dropped: counter(
+                &r,
+                "rendezvous_handshakes_dropped_total",
+                "Connection attempts dropped unanswered: the handshake queue was full.",
+            ),
             registrations: counter(
                 &r,
                 "rendezvous_registrations_total",
@@ -238,6 +245,7 @@ mod tests {
             "rendezvous_connections_refused_total",
             "rendezvous_handshakes_failed_total",
             "rendezvous_retries_total",
+            "rendezvous_handshakes_dropped_total",
             "rendezvous_lookups_total",
             "rendezvous_calls_requested_total",
             "rendezvous_calls_accepted_total",

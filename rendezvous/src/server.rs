@@ -194,7 +194,9 @@ impl Server {
         info!("shutting down");
         self.endpoint
             .close(close::SHUTDOWN.into(), b"server shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The close frames leave at once; waiting for every connection to
+        // drain (3 PTOs each) would only keep a restart waiting.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
     }
 
     fn admit(&self, incoming: quinn::Incoming) {
@@ -224,6 +226,11 @@ impl Server {
                 debug!(%ip, "asking for a Retry before a second concurrent handshake");
                 // Only fails when the packet was already a Retry answer.
                 let _ = incoming.retry();
+                return;
+            }
+            Admission::Drop => {
+                state.metrics.handshakes_dropped.inc();
+                incoming.ignore();
                 return;
             }
             Admission::Retry | Admission::Refuse => {
@@ -399,8 +406,17 @@ async fn serve_stream(
     {
         Ok(Ok(msg)) => msg,
         Ok(Err(FrameError::Closed)) => return,
+        // The stream was reset or the connection is gone: nobody to answer,
+        // and nothing the peer did wrong.
+        Ok(Err(FrameError::Io(e))) => {
+            debug!(id, "request stream failed: {e}");
+            return;
+        }
         Ok(Err(e)) => return refuse(state, conn, &mut send, &format!("bad request: {e}")).await,
-        Err(_) => return refuse(state, conn, &mut send, "request not received in time").await,
+        // Slow is not malformed (a congested link, a busy server): give up
+        // on this stream only, and say why. The stream cap bounds how many
+        // such streams a connection can hold at once.
+        Err(_) => return give_up(state, id, &mut send, &mut recv).await,
     };
     debug!(id, request = request.kind_name(), "request");
     let reply = match request {
@@ -419,6 +435,32 @@ async fn serve_stream(
     }
     let _ = write_frame(&mut send, &reply, max).await;
     let _ = send.finish();
+}
+
+/// Ends a request stream whose request did not arrive in time, with an
+/// error frame; the connection stays up.
+async fn give_up(
+    state: &State,
+    id: SessionId,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) {
+    debug!(id, "request not received in time; ending the stream");
+    state.metrics.error(ErrorKind::Protocol);
+    let msg = Message::error(
+        ErrorKind::Protocol,
+        format!(
+            "request not received within {:?}",
+            state.limits.request_timeout
+        ),
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        write_frame(send, &msg, state.limits.max_frame),
+    )
+    .await;
+    let _ = send.finish();
+    let _ = recv.stop(0u32.into());
 }
 
 /// Tells the peer what it did wrong, then closes its connection.

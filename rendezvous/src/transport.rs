@@ -14,10 +14,11 @@
 //!   `OPERATIONS.md` for the heap profile. (Preferring ChaCha20 for its
 //!   smaller keys was tried and saved nothing: *ring* sizes every AEAD key
 //!   for AES-GCM.)
-//! - **Restarts.** The stateless-reset key and the connection-ID key come
-//!   from the server's identity, so a restarted server resets its
-//!   predecessor's connections at once (peers notice within a round trip of
-//!   their next keep-alive instead of an idle timeout).
+//! - **Restarts.** The stateless-reset key, the connection-ID key and the
+//!   Retry-token key come from the server's identity, so a restarted server
+//!   resets its predecessor's connections at once (peers notice within a
+//!   round trip of their next keep-alive instead of an idle timeout), and
+//!   honours the Retry tokens its predecessor handed out.
 //! - **Bursts.** Large UDP socket buffers, so a burst of reconnecting peers
 //!   is queued rather than dropped.
 
@@ -113,7 +114,13 @@ pub(crate) fn make_endpoint(
     let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
         .map_err(|e| cfg_err(&e))?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| cfg_err(&e))?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // Retry tokens, like resets, are keyed from the identity: a peer that
+    // got a Retry from the old process is still welcome at the new one.
+    let token_key = ring::hkdf::Prk::new_less_safe(
+        ring::hkdf::HKDF_SHA256,
+        &identity.derive_secret("rendezvous retry tokens"),
+    );
+    let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key));
     server_config.transport_config(Arc::new(transport_config(&config.limits)?));
     let socket = bind_socket(config)?;
     quinn::Endpoint::new(
