@@ -24,13 +24,16 @@ use serde_json::Value;
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        // The test executable lives in <target>/<profile>/deps/.
+        // A test executable lives in <target>/<profile>/deps/, a binary of
+        // this crate (the lab bench) in <target>/<profile>/.
         let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in <target>/<profile>/deps")
-            .to_owned();
+        let parent = exe.parent().expect("executable in a directory");
+        let profile_dir = if parent.file_name().is_some_and(|d| d == "deps") {
+            parent.parent().expect("<target>/<profile>/deps")
+        } else {
+            parent
+        }
+        .to_owned();
         let release = profile_dir.file_name().is_some_and(|p| p == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
@@ -48,6 +51,25 @@ pub fn bin(name: &str) -> PathBuf {
         ]);
         if release {
             build.arg("--release");
+        }
+        // Cargo gives this process its package's variables (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_*, ...). Build scripts that track them (ring's does) would
+        // see them change and rebuild the whole stack here, and again at the
+        // next `cargo test`: build as a plain shell would.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_package = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key);
+            if per_package {
+                build.env_remove(&*key);
+            }
         }
         let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
