@@ -17,6 +17,7 @@
 //! - [`http`]: the tiny `/metrics` endpoint.
 //! - `transport`: the QUIC endpoint (TLS, transport limits, stateless resets, socket buffers).
 //! - [`admission`]: who may start a handshake (quotas, QUIC Retry).
+//! - `cids`: keyed connection IDs a restarted server recognises.
 //!
 //! # Example
 //!
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod admission;
+mod cids;
 pub mod config;
 mod handlers;
 pub mod http;

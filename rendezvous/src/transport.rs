@@ -29,6 +29,7 @@ use common::Identity;
 use quinn::crypto::rustls::QuicServerConfig;
 use tracing::{info, warn};
 
+use crate::cids::KeyedCids;
 use crate::config::{Config, Limits};
 use crate::server::ServerError;
 
@@ -66,16 +67,11 @@ fn endpoint_config(identity: &Identity, limits: &Limits) -> quinn::EndpointConfi
     );
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.min_reset_interval(limits.min_reset_interval);
-    // Connection IDs are validated with a keyed hash before a reset is sent;
+    // Connection IDs are validated with a keyed tag before a reset is sent;
     // the key must survive a restart too, or the new server would drop its
     // predecessor's packets as junk instead of resetting them.
     let cid_secret = identity.derive_secret("rendezvous connection ids");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid_secret[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    endpoint_config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
+    endpoint_config.cid_generator(move || Box::new(KeyedCids::new(&cid_secret)));
     endpoint_config
 }
 
