@@ -5,7 +5,10 @@
 //! - [`proc`]: the real `rendezvous` and `peer` binaries as child processes,
 //!   followed through their `--json` events.
 //! - [`lab`]: the NAT lab — network namespaces, nftables NATs and delayed
-//!   links — in which the binaries run as they would across the internet.
+//!   links — in which the binaries run as they would across the internet
+//!   (guide: `tests/LAB.md`). Its helper programs are this crate's binaries:
+//!   `nfq-delay` (link delay through NFQUEUE), `lab-udp` (plain-UDP probe
+//!   that checks the NATs) and `lab-bench` (setup time per topology).
 pub mod inproc;
 pub mod lab;
 pub mod proc;
