@@ -83,6 +83,10 @@ struct Args {
     /// Write the results as JSON here too.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// More arguments for the server this tool starts, e.g.
+    /// `--server-args=--max-pending-handshakes=2048`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_args: Option<String>,
     /// The server binary (default: `rendezvous` next to this program).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -116,6 +120,13 @@ async fn main() -> Result<()> {
         bin: server::server_bin(args.server_bin.as_deref())?,
         data: dir.path().join("server"),
         peers: args.peers,
+        extra: args
+            .server_args
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
     };
     let mut server = match (args.server, args.fingerprint) {
         (Some(addr), Some(fp)) => ServerProc::external(addr, fp, args.server_pid),

@@ -274,6 +274,10 @@ pub(crate) struct Restart {
     pub(crate) drops: u64,
     /// How the old connections ended (`reset`, `timed_out`, …).
     pub(crate) endings: Vec<(&'static str, usize)>,
+    /// CPU seconds the new server spent until the swarm was back.
+    pub(crate) server_cpu: f64,
+    /// CPU seconds this tool spent meanwhile (the peers' side of it all).
+    pub(crate) load_cpu: f64,
 }
 
 impl Restart {
@@ -296,6 +300,7 @@ pub(crate) async fn restart(
     let of = shared.registered.load(Ordering::SeqCst);
     let addr = server.addr;
     let drops = udp_drops();
+    let load_cpu0 = crate::server::cpu_secs(std::process::id());
     let began = Instant::now();
     shared.new_epoch();
     match stop {
@@ -342,5 +347,7 @@ pub(crate) async fn restart(
         timeline,
         drops: udp_drops().saturating_sub(drops),
         endings,
+        server_cpu: server.cpu_secs(),
+        load_cpu: crate::server::cpu_secs(std::process::id()) - load_cpu0,
     })
 }

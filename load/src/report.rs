@@ -104,12 +104,14 @@ impl Report {
             rows.push((
                 how.into(),
                 format!(
-                    "{} of {} in {:.1} s; 99 % by {t99} (old links: {}; {} UDP drops)",
+                    "{} of {} in {:.1} s; 99 % by {t99} (old links: {}; {} UDP drops; CPU: server {:.1} s, peers {:.1} s)",
                     r.back,
                     r.of,
                     r.took.as_secs_f64(),
                     endings.join(", "),
-                    r.drops
+                    r.drops,
+                    r.server_cpu,
+                    r.load_cpu
                 ),
                 "10,000 in ≤ 10 s",
             ));
@@ -148,6 +150,8 @@ impl Report {
                     "seconds_to_99_percent": r.seconds_to(0.99),
                     "old_links_ended": r.endings.iter().map(|(k, v)| json!({"how": k, "count": v})).collect::<Vec<_>>(),
                     "udp_drops": r.drops,
+                    "server_cpu_s": r.server_cpu,
+                    "load_tool_cpu_s": r.load_cpu,
                 })
             })
             .collect();

@@ -19,6 +19,8 @@ pub(crate) struct Launch {
     pub(crate) data: PathBuf,
     /// Peers expected, to size its connection limits.
     pub(crate) peers: usize,
+    /// More arguments for it (`--server-args`).
+    pub(crate) extra: Vec<String>,
 }
 
 /// The server under test.
@@ -52,6 +54,7 @@ impl ServerProc {
             ])
             .args(["--register-rate", lifted, "--lookup-rate", lifted])
             .args(["--call-rate", lifted])
+            .args(&launch.extra)
             // The server's own log level: warnings, unless told otherwise.
             .env(
                 "RUST_LOG",
@@ -120,14 +123,7 @@ impl ServerProc {
 
     /// User + system CPU time so far, in seconds (0 when unknown).
     pub(crate) fn cpu_secs(&self) -> f64 {
-        let Some(pid) = self.pid else { return 0.0 };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // Clock ticks are 1/100 s on Linux.
-        (get(11) + get(12)) as f64 / 100.0
+        self.pid.map_or(0.0, cpu_secs)
     }
 
     /// The server's counters (`GET /metrics`, bounded by 5 s), as
@@ -190,6 +186,17 @@ fn scrape(addr: SocketAddr) -> std::io::Result<Vec<(String, f64)>> {
             Some((name.to_owned(), value.parse().ok()?))
         })
         .collect())
+}
+
+/// User + system CPU time of `pid` so far, in seconds (0 when unknown).
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Clock ticks are 1/100 s on Linux.
+    (get(11) + get(12)) as f64 / 100.0
 }
 
 /// Resident memory of `pid`, KiB (0 when unknown).

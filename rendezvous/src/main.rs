@@ -34,6 +34,12 @@ struct Cli {
     /// Most connections from one source IP.
     #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS_PER_IP", default_value_t = Limits::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
+    /// Handshakes in flight above which every new source must answer a QUIC Retry.
+    #[arg(long, env = "RENDEZVOUS_RETRY_ABOVE_PENDING", default_value_t = Limits::default().retry_above_pending)]
+    retry_above_pending: usize,
+    /// Most handshakes in flight; beyond it new attempts are dropped unanswered.
+    #[arg(long, env = "RENDEZVOUS_MAX_PENDING_HANDSHAKES", default_value_t = Limits::default().max_pending_handshakes)]
+    max_pending_handshakes: usize,
     /// Registrations per source IP, as BURST/PER_SECOND.
     #[arg(long, env = "RENDEZVOUS_REGISTER_RATE", default_value_t = Limits::default().register_rate, value_parser = parse_rate)]
     register_rate: Rate,
@@ -125,6 +131,8 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     let mut config = Config::new(cli.listen, data_dir);
     config.limits.max_connections = cli.max_connections;
     config.limits.max_connections_per_ip = cli.max_connections_per_ip;
+    config.limits.retry_above_pending = cli.retry_above_pending;
+    config.limits.max_pending_handshakes = cli.max_pending_handshakes;
     config.limits.register_rate = cli.register_rate;
     config.limits.lookup_rate = cli.lookup_rate;
     config.limits.call_rate = cli.call_rate;

@@ -24,8 +24,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub fingerprint: Fingerprint,
     pub data_dir: PathBuf,
-    /// The running server's counters and table sizes.
-    pub metrics: rendezvous::MetricsHandle,
+    /// The running server's counters and table sizes (let go by `stop`,
+    /// so a restart on the same data dir finds the database free).
+    metrics: Option<rendezvous::MetricsHandle>,
     _dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -66,15 +67,21 @@ impl TestServer {
             addr,
             fingerprint,
             data_dir,
-            metrics,
+            metrics: Some(metrics),
             _dir: None,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
+    /// The running server's counters and table sizes.
+    pub fn metrics(&self) -> &rendezvous::MetricsHandle {
+        self.metrics.as_ref().expect("the server was stopped")
+    }
+
     /// Stops the server (closing its connections) and waits for it.
     pub async fn stop(&mut self) {
+        self.metrics = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

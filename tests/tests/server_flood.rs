@@ -159,7 +159,7 @@ async fn a_call_flood_is_rate_limited_and_others_are_served() {
     assert!(not_found >= 50, "the burst is served: {not_found}");
     assert!(limited >= 50, "150 calls at once are limited: {limited}");
     others_are_served(&server, "alice").await;
-    let text = server.metrics.render();
+    let text = server.metrics().render();
     assert!(
         text.contains("rendezvous_errors_total{kind=\"rate_limited\"}"),
         "{text}"
@@ -196,7 +196,7 @@ async fn a_second_concurrent_handshake_must_prove_its_address_first() {
     })
     .await;
     assert_eq!(clients, 8);
-    let text = server.metrics.render();
+    let text = server.metrics().render();
     assert!(metric(&text, "rendezvous_retries_total") >= 1, "{text}");
     assert_eq!(metric(&text, "rendezvous_connections_refused_total"), 0);
 }
@@ -265,7 +265,7 @@ async fn connections_per_source_are_capped_and_others_still_connect() {
     assert!(matches!(answer, Message::Registered { .. }), "{answer:?}");
     assert!(
         metric(
-            &server.metrics.render(),
+            &server.metrics().render(),
             "rendezvous_connections_refused_total"
         ) >= 1
     );
@@ -317,7 +317,7 @@ async fn tables_settle(server: &TestServer, what: &str, cond: impl Fn(rendezvous
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
             tick.tick().await;
-            if cond(server.metrics.tables()) {
+            if cond(server.metrics().tables()) {
                 return;
             }
         }
@@ -343,7 +343,7 @@ async fn memory_stays_bounded_under_a_flood_from_many_sources() {
         .await;
     }
     drop(warm);
-    let base = server.metrics.tables();
+    let base = server.metrics().tables();
     let before = rss_kib();
     // 40 sources × 8 concurrent streams × 40 requests, some oversized.
     let mut tasks = tokio::task::JoinSet::new();
@@ -374,7 +374,7 @@ async fn memory_stays_bounded_under_a_flood_from_many_sources() {
             });
         }
     }
-    let during = server.metrics.tables();
+    let during = server.metrics().tables();
     within(Duration::from_secs(120), "flood", async {
         while tasks.join_next().await.is_some() {}
     })
