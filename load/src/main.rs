@@ -77,6 +77,14 @@ struct Args {
     /// Seconds to watch the server's CPU while every peer idles.
     #[arg(long, default_value_t = 16.0)]
     idle_secs: f64,
+    /// Longest first wait (seconds) of a load peer before reconnecting after
+    /// its link was lost; the wait is uniform below it.
+    #[arg(long, default_value_t = 1.0)]
+    reconnect_jitter: f64,
+    /// Longest first wait (seconds) before reconnecting when the server
+    /// closed the link (a clean shutdown tells every peer at once).
+    #[arg(long, default_value_t = 8.0)]
+    close_jitter: f64,
     /// Skip the restart drills.
     #[arg(long)]
     no_restart: bool,
@@ -148,6 +156,14 @@ async fn main() -> Result<()> {
     eprintln!("{} keys in {keygen_s:.1} s", args.peers);
 
     let shared = Arc::new(swarm::Shared::default());
+    shared.first_retry_ms.store(
+        (args.reconnect_jitter.max(0.0) * 1000.0) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    shared.close_retry_ms.store(
+        (args.close_jitter.max(0.0) * 1000.0) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sessions = tokio::task::JoinSet::new();
     let ramp = phases::ramp(

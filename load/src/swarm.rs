@@ -6,14 +6,17 @@
 //! A session behaves like `peer listen` on the server link: it registers
 //! with presence, accepts every call offer, and when its connection is lost
 //! (a stateless reset from a restarted server, or a close) comes back with
-//! jittered backoff: the first attempt after 0–1 s, then a random wait up to
-//! a cap that doubles from 1 s to 30 s ("full jitter"), at most 200 failed
+//! jittered backoff: the first attempt after 0–1 s (`--reconnect-jitter`),
+//! or 0–8 s when the server closed the link (`--close-jitter`: a shutdown
+//! tells every peer at once, a restart's resets reach each at its next
+//! keep-alive, already spread over 8 s), then a random wait up to a cap that doubles from 2 s to 30 s ("full
+//! jitter"), at most 200 failed
 //! attempts in a row. (A cap of 3 s, as `peer listen` has, is enough for
 //! ten thousand peers; a hundred thousand reconnecting at once with it keep
 //! a server busy refusing them.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +56,13 @@ pub(crate) struct Shared {
     pub(crate) epoch_registrations: AtomicUsize,
     /// Offers the load peers accepted.
     pub(crate) offers: AtomicUsize,
+    /// Longest first wait, in ms, before reconnecting after a lost link
+    /// (`--reconnect-jitter`; the wait is uniform in 0..this).
+    pub(crate) first_retry_ms: AtomicU64,
+    /// The same after the server closed the link (`--close-jitter`): every
+    /// peer learns of a shutdown at once, so they spread themselves out;
+    /// after a reset they already are (each at its next keep-alive).
+    pub(crate) close_retry_ms: AtomicU64,
     /// Why connections ended, by reason (`reset`, `timed_out`, `closed`, …).
     pub(crate) endings: Mutex<std::collections::BTreeMap<&'static str, usize>>,
 }
@@ -266,6 +276,7 @@ pub(crate) async fn session(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut closed_by_server = false;
     while !*stop.borrow() && failures < 200 {
         let addr = server
             .lock()
@@ -281,15 +292,28 @@ pub(crate) async fn session(
                     _ = stop.changed() => {}
                 }
                 shared.registered.fetch_sub(1, Ordering::SeqCst);
-                shared.ended(conn.close_reason());
+                let why = conn.close_reason();
+                closed_by_server = matches!(
+                    why,
+                    Some(
+                        quinn::ConnectionError::ApplicationClosed(_)
+                            | quinn::ConnectionError::ConnectionClosed(_)
+                    )
+                );
+                shared.ended(why);
                 if let Ok(mut slot) = c.conn.lock() {
                     *slot = None;
                 }
             }
             Err(_) => failures += 1,
         }
-        // Full jitter under a cap doubling from 1 s to 30 s.
-        let cap = (1000u64 << failures.min(5)).min(30_000);
+        // The first wait after a lost link is uniform in 0..--reconnect-jitter;
+        // after failures, full jitter under a cap doubling from 2 s to 30 s.
+        let cap = match failures {
+            0 if closed_by_server => shared.close_retry_ms.load(Ordering::Relaxed).max(1),
+            0 => shared.first_retry_ms.load(Ordering::Relaxed).max(1),
+            n => (1000u64 << n.min(5)).min(30_000),
+        };
         let wait = rand::thread_rng().gen_range(0..cap);
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
