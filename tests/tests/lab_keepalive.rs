@@ -117,10 +117,12 @@ fn keepalives_hold_nat_mappings_open_for_an_idle_minute() {
     assert_eq!(c["remote_addr"], reg["observed_addr"]);
     // And the idle call still carries data both ways.
     stdin.write_all(b"two\n").unwrap();
+    let echoed = lines.recv_timeout(Duration::from_secs(10));
     assert_eq!(
-        lines.recv_timeout(Duration::from_secs(10)).unwrap(),
-        "two",
-        "the idle call still carries data"
+        echoed.as_deref(),
+        Ok("two"),
+        "the call idle 60 s still carries data: {}",
+        call.log()
     );
     drop(stdin);
     assert!(call.wait_exit(T).success(), "{}", call.log());

@@ -11,7 +11,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{run, Lab};
+use super::{run, sysctl, Lab};
 
 /// The kind of network a site has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +144,10 @@ impl Lab {
         let rules = nat_rules(fully_random, drop_udp);
         self.sh(
             router,
-            &format!("sysctl -qw net.ipv4.ip_forward=1\nnft -f - <<'EOF'\n{rules}EOF"),
+            &format!(
+                "{}\nnft -f - <<'EOF'\n{rules}EOF",
+                sysctl("net.ipv4.ip_forward", 1)
+            ),
         );
     }
 
@@ -154,22 +157,25 @@ impl Lab {
         self.sh(
             router,
             &format!(
-                "sysctl -qw net.netfilter.nf_conntrack_udp_timeout={secs} \
-                 net.netfilter.nf_conntrack_udp_timeout_stream={secs}"
+                "{}; {}",
+                sysctl("net.netfilter.nf_conntrack_udp_timeout", secs),
+                sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", secs)
             ),
         );
     }
 
     /// A LAN `lan_if` in `router` with `192.168.net.1/24` and `hosts` peers
     /// (`.2`, `.3`, …) on a bridge. Frames within the LAN are switched, not
-    /// filtered (bridge netfilter off), as in a home switch.
+    /// filtered (bridge netfilter off where `br_netfilter` is loaded), as in
+    /// a home switch.
     fn lan(&mut self, router: &str, lan_if: &str, net: u8, hosts: usize) -> Vec<Host> {
         let gw = Ipv4Addr::new(192, 168, net, 1);
         self.sh(
             router,
             &format!(
                 "ip link add {lan_if} type bridge; ip addr add {gw}/24 dev {lan_if}; ip link set {lan_if} up
-                 sysctl -qw net.bridge.bridge-nf-call-iptables=0"
+                 if [ -e /proc/sys/net/bridge ]; then {}; fi",
+                sysctl("net.bridge.bridge-nf-call-iptables", 0)
             ),
         );
         (0..hosts)
