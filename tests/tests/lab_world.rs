@@ -120,6 +120,7 @@ fn the_link_delay_is_real() {
     let one = lab.rtt_ms(&plain.hosts[0].ns, far.public, 10);
     assert!((19.0..30.0).contains(&one), "one delayed uplink: {one} ms");
     let two = lab.rtt_ms(&behind.hosts[0].ns, far.public, 10);
+    println!("ping RTT: no delayed uplink {fast:.2} ms, one {one:.2} ms, two {two:.2} ms");
     assert!((39.0..55.0).contains(&two), "two delayed uplinks: {two} ms");
 }
 
