@@ -38,6 +38,18 @@ fn main() -> Result<()> {
             connect = true;
             continue;
         }
+        const KNOWN: [&str; 7] = [
+            "--listen",
+            "--other-port",
+            "--max-seconds",
+            "--bind",
+            "--to",
+            "--late-ms",
+            "--wait-ms",
+        ];
+        if !KNOWN.contains(&flag.as_str()) {
+            bail!("unknown flag {flag}");
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
