@@ -8,10 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use tests::lab::udp::Probe;
-use tests::lab::{leftover_namespaces, stale_namespaces, Lab, Nat};
+use tests::lab::{leftover_namespaces, stale_namespaces, sweep_stale_namespaces, Lab, Nat};
 
 const PROBE_PORT: u16 = 40000;
 
@@ -143,18 +144,25 @@ fn no_namespaces_are_left_behind_even_when_a_test_panics() {
 }
 
 /// A test binary killed before its guards ran (a CI timeout, ^C) leaves its
-/// namespaces behind. Say so loudly, and clear them for the next run.
+/// namespaces behind. The next lab process finds them by their owner's pid,
+/// says so and deletes them; namespaces of live processes stay.
 #[test]
-fn no_lab_namespaces_were_left_by_earlier_runs() {
-    if Lab::new("stale_check").is_none() {
+fn namespaces_of_dead_processes_are_swept() {
+    let Some(lab) = Lab::new("sweep") else {
         return;
-    }
-    let stale = stale_namespaces();
-    for ns in &stale {
-        tests::lab::delete_namespace(ns);
-    }
-    assert!(
-        stale.is_empty(),
-        "namespaces of processes that no longer run (now deleted): {stale:?}"
-    );
+    };
+    // No process ever has a pid above the kernel's limit, 2^22.
+    let dead = format!("{}4194399x0-inet", tests::lab::PREFIX);
+    assert!(Command::new("ip")
+        .args(["netns", "add", &dead])
+        .status()
+        .unwrap()
+        .success());
+    assert!(stale_namespaces().contains(&dead));
+    let swept = sweep_stale_namespaces();
+    assert!(swept.contains(&dead), "{swept:?}");
+    assert!(leftover_namespaces(&dead).is_empty(), "{dead} was deleted");
+    // This process's own lab is alive: not stale, not swept.
+    assert!(!swept.iter().any(|ns| ns.starts_with(&lab.id)));
+    assert!(!leftover_namespaces(&lab.id).is_empty());
 }

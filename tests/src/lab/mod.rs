@@ -25,10 +25,10 @@
 //! carrier NAT's inside is `100.64.i.0/24`.
 //!
 //! Names: every namespace of a lab starts with `rdvlab<pid>x<n>-`, so tests
-//! can run in parallel and a leak is easy to find ([`leftover_namespaces`],
-//! [`stale_namespaces`]). Interfaces are created directly inside their
-//! namespaces, so their short names (`wan`, `lan`, `s3`) never meet in the
-//! root namespace. Dropping a `Lab` (also while a test panics) kills its
+//! can run in parallel and a leak is easy to find ([`leftover_namespaces`];
+//! [`stale_namespaces`] of killed processes are swept before a process's
+//! first lab). Interfaces are created directly inside their namespaces, so
+//! their short names (`wan`, `lan`, `s3`) never meet in the root namespace. Dropping a `Lab` (also while a test panics) kills its
 //! processes and deletes its namespaces, and panics if one survived (unless
 //! the test is already panicking; then it prints the names).
 //!
@@ -162,8 +162,10 @@ pub fn stale_namespaces() -> Vec<String> {
         .collect()
 }
 
-/// Kills whatever runs in `ns` and deletes it.
-pub fn delete_namespace(ns: &str) {
+/// Kills whatever runs in `ns` and deletes it. `ip netns del` can fail for
+/// a moment (`EBUSY` while another `ip netns exec` copies the mount table),
+/// so it is tried a few times, bounded. Returns why it failed, if it did.
+pub fn delete_namespace(ns: &str) -> Result<(), String> {
     if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
         let pids = String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
@@ -176,7 +178,46 @@ pub fn delete_namespace(ns: &str) {
                 .status();
         }
     }
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let mut why = String::new();
+    for attempt in 0..10 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match Command::new("ip").args(["netns", "del", ns]).output() {
+            Ok(o) if o.status.success() => return Ok(()),
+            Ok(o) => why = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(e) => why = e.to_string(),
+        }
+        if !leftover_namespaces(ns).contains(&ns.to_owned()) {
+            return Ok(());
+        }
+    }
+    Err(format!("{ns}: {why}"))
+}
+
+/// Deletes the namespaces of lab processes that no longer run (a test binary
+/// killed before its guards ran: a CI timeout, ^C) and says so on stderr.
+/// Done once per process, before its first lab, so leftovers of an earlier
+/// run never meet this one's. Returns what it found.
+pub fn sweep_stale_namespaces() -> Vec<String> {
+    let stale = stale_namespaces();
+    if stale.is_empty() {
+        return stale;
+    }
+    let failed: Vec<String> = stale
+        .iter()
+        .filter_map(|ns| delete_namespace(ns).err())
+        .collect();
+    let line = format!(
+        "\nNAT lab: deleted namespaces left by processes that no longer run: {stale:?}{}\n",
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (could not delete: {failed:?})")
+        }
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    stale
 }
 
 impl Lab {
@@ -194,6 +235,8 @@ impl Lab {
             let _ = std::io::stderr().write_all(line.as_bytes());
             return None;
         }
+        static SWEPT: OnceLock<Vec<String>> = OnceLock::new();
+        SWEPT.get_or_init(sweep_stale_namespaces);
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{PREFIX}{}x{}-",
@@ -283,18 +326,25 @@ impl Drop for Lab {
         for p in &mut self.procs {
             p.kill();
         }
-        for ns in self.namespaces.iter().rev() {
-            // Anything still running inside (a peer a test leaked) goes too.
-            delete_namespace(ns);
-        }
+        // Anything still running inside (a peer a test leaked) goes too.
+        let failed: Vec<String> = self
+            .namespaces
+            .iter()
+            .rev()
+            .filter_map(|ns| delete_namespace(ns).err())
+            .collect();
         let left = leftover_namespaces(&self.id);
         if left.is_empty() {
             return;
         }
+        let msg = format!(
+            "NAT lab {}: could not delete namespaces {left:?} ({failed:?})",
+            self.id
+        );
         if std::thread::panicking() {
-            eprintln!("NAT lab {}: could not delete namespaces {left:?}", self.id);
+            eprintln!("{msg}");
         } else {
-            panic!("NAT lab {}: could not delete namespaces {left:?}", self.id);
+            panic!("{msg}");
         }
     }
 }
