@@ -1,0 +1,151 @@
+//! The direct-call benchmark (issue 4), on loopback, in one run:
+//!
+//! 1. register and lookup latency, and `setup_ms` (the [`peer::Call`]'s
+//!    `setup`, as in the `connected` event) over 100 calls: median and p95;
+//! 2. bulk throughput of a direct call through the `peer` library (caller
+//!    `Peer::call`, callee a `Listener` whose streams go to a sink) as a
+//!    ratio to raw quinn between two endpoints of the same process, with the
+//!    same TLS 1.3 + ring (goal ≥ 0.9);
+//! 3. the same through the real binaries: `peer call NAME < input` to a
+//!    `peer listen` whose stdout is `/dev/null`, against a real `rendezvous`
+//!    on 127.0.0.1:0, as a ratio to the same raw quinn (goal ≥ 0.8).
+//!
+//! Raw quinn is measured twice, with quinn's default transport and with the
+//! peer library's windows; the ratios divide by the faster of all raw runs
+//! (interleaved with the runs they are compared to, so both see the same
+//! load on a shared machine).
+//!
+//! ```text
+//! cargo bench -p peer --bench calls            # 100 calls, 3 × 256 MiB per side
+//! cargo bench -p peer --bench calls -- --quick # 20 calls, 1 × 64 MiB (or BENCH_QUICK=1)
+//! ```
+//!
+//! The CLI part builds the binaries with `cargo build --release -p
+//! rendezvous -p peer` first (set `BENCH_NO_BUILD=1` to use what is in
+//! `target/release` as it is). Prints a markdown table. Not a test: nothing
+//! here fails on a slow machine; it fails only when something does not work.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+#[path = "calls/cli.rs"]
+mod cli;
+#[path = "calls/inproc.rs"]
+mod inproc;
+#[path = "calls/raw.rs"]
+mod raw;
+#[path = "calls/report.rs"]
+mod report;
+
+use anyhow::Result;
+use raw::Variant;
+use report::{mib_s, Row};
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Calls for setup_ms, lookups for their latency.
+    pub calls: usize,
+    /// Fresh registrations timed.
+    pub registrations: usize,
+    /// Bytes per bulk run.
+    pub bulk: u64,
+    /// Bulk runs per contender (the best counts).
+    pub runs: usize,
+}
+
+impl Settings {
+    fn from_env() -> (Self, bool) {
+        let quick = std::env::args().any(|a| a == "--quick")
+            || std::env::var_os("BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0");
+        let settings = if quick {
+            Self {
+                calls: 20,
+                registrations: 10,
+                bulk: 64 * report::MIB,
+                runs: 1,
+            }
+        } else {
+            Self {
+                calls: 100,
+                registrations: 30,
+                bulk: 256 * report::MIB,
+                runs: 3,
+            }
+        };
+        (settings, quick)
+    }
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == raw::SINK_FLAG) {
+        return raw::sink_process_main();
+    }
+    let (settings, quick) = Settings::from_env();
+    eprintln!(
+        "calls bench: {} mode, {} calls, {} × {} MiB per contender",
+        if quick { "quick" } else { "full" },
+        settings.calls,
+        settings.runs,
+        settings.bulk / report::MIB
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Peers and endpoints dropped outside `block_on` still find the runtime.
+    let _entered = runtime.enter();
+    let raw = runtime.block_on(raw::RawPair::new())?;
+    let sink_process = raw::SinkProcess::start()?;
+    let mut best = raw::Best::default();
+
+    let world = runtime.block_on(inproc::World::start())?;
+    let mut rows = runtime.block_on(world.latencies(settings))?;
+    let lib = runtime.block_on(world.throughput(settings, &raw, &sink_process, &mut best))?;
+    drop(world);
+    // The CLI runs in processes of its own; this thread waits on them, and
+    // measures raw quinn again before each run.
+    let cli = cli::throughput(settings, &mut |bytes| {
+        best.add(
+            Variant::Library,
+            runtime.block_on(raw.push(Variant::Library, bytes))?,
+        );
+        let two = runtime.block_on(sink_process.push(bytes))?;
+        best.two_processes = best.two_processes.max(two);
+        Ok(())
+    });
+    drop(sink_process);
+
+    let yardstick = best.yardstick();
+    for variant in Variant::ALL {
+        rows.push(Row::info(variant.describe(), mib_s(best.get(variant))));
+    }
+    rows.push(Row::info(
+        "raw quinn, library windows, sink in a second process",
+        format!(
+            "{} = {:.2}× raw quinn",
+            mib_s(best.two_processes),
+            best.two_processes / yardstick
+        ),
+    ));
+    rows.push(Row::ratio(
+        "peer library direct call (Peer::call → Listener sink) ÷ raw quinn",
+        lib,
+        yardstick,
+        0.9,
+    ));
+    const CLI: &str = "peer CLI (`peer call` stdin → `peer listen` stdout) ÷ raw quinn";
+    match cli {
+        Ok(rate) => {
+            rows.push(Row::ratio(CLI, rate, yardstick, 0.8));
+            rows.push(Row::info(
+                "peer CLI ÷ raw quinn with the sink in a second process",
+                format!("{:.2}×", rate / best.two_processes),
+            ));
+        }
+        Err(e) => rows.push(Row::failed(CLI, format!("not measured: {e:#}"), "≥ 0.8")),
+    }
+    report::print_table(&rows, settings);
+    Ok(())
+}
