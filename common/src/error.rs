@@ -87,4 +87,68 @@ pub mod close {
     pub const SHUTDOWN: u32 = 3;
     /// The server is at a limit.
     pub const BUSY: u32 = 4;
+
+    use std::time::Duration;
+
+    /// The longest reconnect spread a server may ask for; a larger figure in
+    /// a close reason (it comes from the network) is cut to this. It keeps
+    /// the promise that a `listen` is registered again within 20 s of the
+    /// server's return (`CLI.md`).
+    pub const MAX_SHUTDOWN_SPREAD: Duration = Duration::from_secs(15);
+
+    /// The reason a server sends with [`SHUTDOWN`]: its peers should spread
+    /// their first reconnection uniformly over `spread`, so a restarted
+    /// server is not met by all of them in the same second. Plain text, so
+    /// older peers and packet captures still read it.
+    pub fn shutdown_reason(spread: Duration) -> Vec<u8> {
+        format!(
+            "server shutting down; reconnect within {} ms",
+            spread.min(MAX_SHUTDOWN_SPREAD).as_millis()
+        )
+        .into_bytes()
+    }
+
+    /// The spread in a [`SHUTDOWN`] reason made by [`shutdown_reason`],
+    /// at most [`MAX_SHUTDOWN_SPREAD`]; `None` when the reason has none.
+    pub fn shutdown_spread(reason: &[u8]) -> Option<Duration> {
+        let text = std::str::from_utf8(reason).ok()?;
+        let ms = text
+            .split_once("reconnect within ")?
+            .1
+            .strip_suffix(" ms")?;
+        let ms: u64 = ms.parse().ok()?;
+        Some(Duration::from_millis(ms).min(MAX_SHUTDOWN_SPREAD))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_shutdown_spread_survives_its_reason() {
+            for ms in [0, 3, 8_000] {
+                let spread = Duration::from_millis(ms);
+                assert_eq!(shutdown_spread(&shutdown_reason(spread)), Some(spread));
+            }
+        }
+
+        #[test]
+        fn a_shutdown_spread_is_capped_and_garbage_has_none() {
+            let huge = b"server shutting down; reconnect within 99999999999 ms";
+            assert_eq!(shutdown_spread(huge), Some(MAX_SHUTDOWN_SPREAD));
+            assert_eq!(
+                shutdown_spread(&shutdown_reason(Duration::from_secs(3600))),
+                Some(MAX_SHUTDOWN_SPREAD)
+            );
+            for bad in [
+                &b"server shutting down"[..],
+                b"reconnect within -5 ms",
+                b"reconnect within 5",
+                b"reconnect within 1e3 ms",
+                b"\xff\xfe",
+            ] {
+                assert_eq!(shutdown_spread(bad), None, "{bad:?}");
+            }
+        }
+    }
 }

@@ -82,9 +82,10 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     reconnect_jitter: f64,
     /// Longest first wait (seconds) before reconnecting when the server
-    /// closed the link (a clean shutdown tells every peer at once).
-    #[arg(long, default_value_t = 8.0)]
-    close_jitter: f64,
+    /// closed the link (a clean shutdown tells every peer at once). Default:
+    /// what the server asks for in its close (as `peer listen` does).
+    #[arg(long)]
+    close_jitter: Option<f64>,
     /// Skip the restart drills.
     #[arg(long)]
     no_restart: bool,
@@ -155,13 +156,25 @@ async fn main() -> Result<()> {
     let keygen_s = started.elapsed().as_secs_f64();
     eprintln!("{} keys in {keygen_s:.1} s", args.peers);
 
+    // Setup latency of the server link on an idle server (the cost of a
+    // Retry shows here when the server is told to always ask for one).
+    let handshake = phases::handshake_latency(&clients, server.addr, 200).await;
+    if let Some((median, p99, n)) = handshake {
+        eprintln!(
+            "handshakes one at a time: median {:.2} ms, p99 {:.2} ms ({n})",
+            median.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+
     let shared = Arc::new(swarm::Shared::default());
     shared.first_retry_ms.store(
         (args.reconnect_jitter.max(0.0) * 1000.0) as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
     shared.close_retry_ms.store(
-        (args.close_jitter.max(0.0) * 1000.0) as u64,
+        args.close_jitter
+            .map_or(swarm::FOLLOW_SERVER, |s| (s.max(0.0) * 1000.0) as u64),
         std::sync::atomic::Ordering::Relaxed,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -222,6 +235,7 @@ async fn main() -> Result<()> {
     server.stop(Duration::from_secs(30));
 
     let report = Report {
+        handshake,
         peers: args.peers,
         sources: args.sources,
         keygen_s,

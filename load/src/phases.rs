@@ -49,6 +49,25 @@ pub(crate) async fn wait_until(limit: Duration, pred: impl Fn() -> bool) -> bool
     pred()
 }
 
+/// Handshake times on an idle server, one at a time: (median, 99th
+/// percentile, count). One at a time from one source, the server never asks
+/// for a Retry, unless it was started with `--retry-above-pending 0`.
+pub(crate) async fn handshake_latency(
+    clients: &[Arc<Client>],
+    server: SocketAddr,
+    n: usize,
+) -> Option<(Duration, Duration, usize)> {
+    let mut times = vec![];
+    for c in clients.iter().take(n) {
+        if let Ok(t) = crate::swarm::handshake_time(c, server).await {
+            times.push(t);
+        }
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    (!times.is_empty()).then(|| (at(0.5), at(0.99), times.len()))
+}
+
 /// What the ramp did.
 pub(crate) struct Ramp {
     /// Sessions registered at the end.

@@ -10,6 +10,8 @@ pub(crate) struct Report {
     pub(crate) peers: usize,
     /// Source addresses used.
     pub(crate) sources: u8,
+    /// Handshake time on an idle server, one at a time: median, p99, count.
+    pub(crate) handshake: Option<(std::time::Duration, std::time::Duration, usize)>,
     /// Seconds spent generating keys and TLS configs.
     pub(crate) keygen_s: f64,
     /// The ramp.
@@ -55,6 +57,17 @@ impl Report {
             (
                 "peers registered".into(),
                 format!("{n} of {}", self.peers),
+                "",
+            ),
+            (
+                "server link setup, idle server, one at a time".into(),
+                self.handshake.map_or("-".into(), |(m, p, n)| {
+                    format!(
+                        "median {:.2} ms, p99 {:.2} ms ({n} handshakes)",
+                        m.as_secs_f64() * 1e3,
+                        p.as_secs_f64() * 1e3
+                    )
+                }),
                 "",
             ),
             (
@@ -160,6 +173,8 @@ impl Report {
             "sources": self.sources,
             "registered": self.ramp.registered,
             "key_generation_s": self.keygen_s,
+            "handshake_median_ms": self.handshake.map(|(m, _, _)| m.as_secs_f64() * 1e3),
+            "handshake_p99_ms": self.handshake.map(|(_, p, _)| p.as_secs_f64() * 1e3),
             "ramp_s": self.ramp.took.as_secs_f64(),
             "ramp_udp_drops": self.ramp.drops,
             "registrations_per_s": self.ramp.registered as f64 / self.ramp.took.as_secs_f64(),

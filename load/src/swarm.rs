@@ -6,11 +6,13 @@
 //! A session behaves like `peer listen` on the server link: it registers
 //! with presence, accepts every call offer, and when its connection is lost
 //! (a stateless reset from a restarted server, or a close) comes back with
-//! jittered backoff: the first attempt after 0–1 s (`--reconnect-jitter`),
-//! or 0–8 s when the server closed the link (`--close-jitter`: a shutdown
-//! tells every peer at once, a restart's resets reach each at its next
-//! keep-alive, already spread over 8 s), then a random wait up to a cap that doubles from 2 s to 30 s ("full
-//! jitter"), at most 200 failed
+//! jittered backoff: the first attempt after 0–1 s (`--reconnect-jitter`;
+//! a restart's resets reach each peer at its next keep-alive, already spread
+//! over 8 s), or, when the server closed the link, after a wait spread over
+//! what the server asked for in its close (a second per 1,500 sessions by
+//! default, as `peer listen` honours; `--close-jitter S` overrides it), then
+//! a random wait up to a cap that doubles from 2 s to 30 s ("full jitter"),
+//! at most 200 failed
 //! attempts in a row. (A cap of 3 s, as `peer listen` has, is enough for
 //! ten thousand peers; a hundred thousand reconnecting at once with it keep
 //! a server busy refusing them.)
@@ -62,6 +64,7 @@ pub(crate) struct Shared {
     /// The same after the server closed the link (`--close-jitter`): every
     /// peer learns of a shutdown at once, so they spread themselves out;
     /// after a reset they already are (each at its next keep-alive).
+    /// [`FOLLOW_SERVER`]: the spread the server asked for in its close.
     pub(crate) close_retry_ms: AtomicU64,
     /// Why connections ended, by reason (`reset`, `timed_out`, `closed`, …).
     pub(crate) endings: Mutex<std::collections::BTreeMap<&'static str, usize>>,
@@ -214,6 +217,21 @@ pub(crate) async fn requests(conn: &quinn::Connection, msgs: &[Message]) -> Resu
     .map_err(|_| anyhow!("requests timed out"))?
 }
 
+/// One handshake with the server and an immediate close: how long setting
+/// up the server link takes (with a Retry round trip when the server asks).
+pub(crate) async fn handshake_time(c: &Client, server: SocketAddr) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    let connecting = c
+        .endpoint
+        .connect_with(c.config.clone(), server, tls::SERVER_NAME)?;
+    let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow!("handshake timed out"))??;
+    let took = start.elapsed();
+    conn.close(0u32.into(), b"measured");
+    Ok(took)
+}
+
 async fn connect_and_register(
     c: &Client,
     server: SocketAddr,
@@ -266,6 +284,26 @@ async fn serve_offers(conn: quinn::Connection, shared: Arc<Shared>) {
     }
 }
 
+/// How long to spread the first reconnection after a link ended `why`, in
+/// ms, when the server closed it (`None` otherwise).
+fn close_spread_ms(why: Option<&quinn::ConnectionError>, shared: &Shared) -> Option<u64> {
+    use quinn::ConnectionError as E;
+    let reason = match why? {
+        E::ApplicationClosed(c) => &c.reason[..],
+        E::ConnectionClosed(_) => &[][..],
+        _ => return None,
+    };
+    Some(match shared.close_retry_ms.load(Ordering::Relaxed) {
+        FOLLOW_SERVER => common::error::close::shutdown_spread(reason)
+            .unwrap_or(Duration::from_secs(1))
+            .as_millis() as u64,
+        ms => ms,
+    })
+}
+
+/// [`Shared::close_retry_ms`]: take the spread from the server's close reason.
+pub(crate) const FOLLOW_SERVER: u64 = u64::MAX;
+
 /// A peer's whole life: register, answer offers, and after a lost
 /// connection come back with jittered backoff. Ends when `stop` is set or
 /// after 200 failed attempts in a row.
@@ -276,7 +314,8 @@ pub(crate) async fn session(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
-    let mut closed_by_server = false;
+    // Set when the server closed the link: the longest first wait, in ms.
+    let mut close_spread: Option<u64> = None;
     while !*stop.borrow() && failures < 200 {
         let addr = server
             .lock()
@@ -293,13 +332,7 @@ pub(crate) async fn session(
                 }
                 shared.registered.fetch_sub(1, Ordering::SeqCst);
                 let why = conn.close_reason();
-                closed_by_server = matches!(
-                    why,
-                    Some(
-                        quinn::ConnectionError::ApplicationClosed(_)
-                            | quinn::ConnectionError::ConnectionClosed(_)
-                    )
-                );
+                close_spread = close_spread_ms(why.as_ref(), &shared);
                 shared.ended(why);
                 if let Ok(mut slot) = c.conn.lock() {
                     *slot = None;
@@ -307,11 +340,13 @@ pub(crate) async fn session(
             }
             Err(_) => failures += 1,
         }
-        // The first wait after a lost link is uniform in 0..--reconnect-jitter;
+        // The first wait after a lost link is uniform in 0..--reconnect-jitter
+        // (after a server close: 0..the spread the server asked for);
         // after failures, full jitter under a cap doubling from 2 s to 30 s.
         let cap = match failures {
-            0 if closed_by_server => shared.close_retry_ms.load(Ordering::Relaxed).max(1),
-            0 => shared.first_retry_ms.load(Ordering::Relaxed).max(1),
+            0 => close_spread
+                .unwrap_or_else(|| shared.first_retry_ms.load(Ordering::Relaxed))
+                .max(1),
             n => (1000u64 << n.min(5)).min(30_000),
         };
         let wait = rand::thread_rng().gen_range(0..cap);

@@ -3,7 +3,8 @@
 //! Two tasks:
 //! - the **presence loop** keeps a `listen` session on the server: connect,
 //!   register, answer call offers by [`Policy`], and when the server goes away,
-//!   say so, reconnect with jittered backoff and register again. Errors that
+//!   say so, reconnect with jittered backoff (after a clean server shutdown,
+//!   first a wait spread over what the server asked) and register again. Errors that
 //!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
 //! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
 //!   connections only from keys of calls we accepted, and hands the first one
@@ -134,6 +135,17 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
             server: server.clone(),
         });
         lost = true;
+        // A clean shutdown reaches every peer at once; coming back in the
+        // same second would meet the next server as a herd.
+        if let Some(spread) = link.shutdown_spread() {
+            let wait = spread.mul_f64(rand::random::<f64>());
+            debug!(
+                ?wait,
+                ?spread,
+                "the server shut down; waiting before reconnecting"
+            );
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

@@ -179,6 +179,20 @@ impl ServerLink {
         self.conn.accept_bi().await.map_err(|e| self.lost(e))
     }
 
+    /// When the server closed this link because it is shutting down: the
+    /// time over which to spread the first reconnection (what the server
+    /// asked for, at most 15 s; 1 s from a server that asked nothing).
+    pub(crate) fn shutdown_spread(&self) -> Option<Duration> {
+        match self.conn.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code == close::SHUTDOWN.into() =>
+            {
+                Some(close::shutdown_spread(&c.reason).unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
+    }
+
     /// The server's address as configured.
     pub(crate) fn server(&self) -> &str {
         &self.server

@@ -191,9 +191,13 @@ impl Server {
             }
         }
         sweeper.abort();
-        info!("shutting down");
+        // Peers are told to spread their return, so the next server is not
+        // met by all of them in one second (`Limits::reconnect_rate`).
+        let sessions = lock(&self.state.registry).sessions();
+        let spread = self.state.limits.shutdown_spread(sessions);
+        info!(sessions, spread_ms = spread.as_millis(), "shutting down");
         self.endpoint
-            .close(close::SHUTDOWN.into(), b"server shutting down");
+            .close(close::SHUTDOWN.into(), &close::shutdown_reason(spread));
         // The close frames leave at once; waiting for every connection to
         // drain (3 PTOs each) would only keep a restart waiting.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;

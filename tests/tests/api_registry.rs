@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use common::error::close;
+use common::Message;
 use peer::{ErrorKind, Event, Peer, Policy};
-use tests::inproc::{within, TestServer};
+use tests::inproc::{within, RawClient, TestServer};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -90,6 +92,48 @@ async fn binding_survives_restart_and_listen_comes_back() {
         .expect("outcome")
         .expect_err("taken");
     assert_eq!(err.kind(), ErrorKind::NameTaken, "the binding is durable");
+}
+
+/// A clean stop tells every peer at once; the close asks them to spread
+/// their return over one second per `reconnect_rate` sessions, so the next
+/// server is not met by all of them in the same second.
+#[tokio::test]
+async fn a_clean_stop_asks_peers_to_spread_their_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = TestServer::start_with(
+        dir.path().to_owned(),
+        "127.0.0.1:0".parse().expect("addr"),
+        |limits| limits.reconnect_rate = 2,
+    )
+    .await;
+    let clients = [
+        RawClient::connect(&server).await,
+        RawClient::connect(&server).await,
+        RawClient::connect(&server).await,
+    ];
+    for (i, c) in clients.iter().enumerate() {
+        let reply = c
+            .request(&Message::Register {
+                name: format!("spread{i}"),
+                presence: true,
+            })
+            .await;
+        assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    }
+    server.stop().await;
+    for c in &clients {
+        let why = within(T, "the close", c.conn.closed()).await;
+        let quinn::ConnectionError::ApplicationClosed(close) = why else {
+            panic!("closed by the application: {why:?}");
+        };
+        assert_eq!(close.error_code, close::SHUTDOWN.into());
+        assert_eq!(
+            close::shutdown_spread(&close.reason),
+            Some(Duration::from_millis(1500)),
+            "3 sessions at 2 per second: {:?}",
+            String::from_utf8_lossy(&close.reason)
+        );
+    }
 }
 
 #[tokio::test]
