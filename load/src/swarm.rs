@@ -221,15 +221,21 @@ pub(crate) async fn requests(conn: &quinn::Connection, msgs: &[Message]) -> Resu
 /// up the server link takes (with a Retry round trip when the server asks).
 pub(crate) async fn handshake_time(c: &Client, server: SocketAddr) -> Result<Duration> {
     let start = std::time::Instant::now();
-    let connecting = c
-        .endpoint
-        .connect_with(c.config.clone(), server, tls::SERVER_NAME)?;
-    let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
-        .await
-        .map_err(|_| anyhow!("handshake timed out"))??;
+    let conn = connect(c, server).await?;
     let took = start.elapsed();
     conn.close(0u32.into(), b"measured");
     Ok(took)
+}
+
+/// A QUIC connection to the server as `c`, handshake done (bounded).
+async fn connect(c: &Client, server: SocketAddr) -> Result<quinn::Connection> {
+    let connecting = c
+        .endpoint
+        .connect_with(c.config.clone(), server, tls::SERVER_NAME)?;
+    tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow!("handshake timed out"))?
+        .map_err(Into::into)
 }
 
 async fn connect_and_register(
@@ -237,12 +243,7 @@ async fn connect_and_register(
     server: SocketAddr,
     shared: &Shared,
 ) -> Result<quinn::Connection> {
-    let connecting = c
-        .endpoint
-        .connect_with(c.config.clone(), server, tls::SERVER_NAME)?;
-    let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
-        .await
-        .map_err(|_| anyhow!("handshake timed out"))??;
+    let conn = connect(c, server).await?;
     let register = Message::Register {
         name: c.name.clone(),
         presence: true,
