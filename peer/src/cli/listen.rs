@@ -34,6 +34,14 @@ pub(crate) struct ListenArgs {
     max_file_size: u64,
 }
 
+impl ListenArgs {
+    /// Whether this listener serves many calls at once (every mode but the
+    /// default, which pipes one call to stdin/stdout).
+    pub(crate) fn serves_many_calls(&self) -> bool {
+        self.echo || self.exec.is_some() || self.receive_dir.is_some()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Mode {
     Stdio(Arc<AtomicBool>),
