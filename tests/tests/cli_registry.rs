@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tests::proc::{LocalWorld as World, PeerHome};
+use tests::proc::{LocalWorld as World, PeerHome, ServerProc};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -184,7 +184,7 @@ fn metrics_count_what_happened() {
         .unwrap()
         .port();
     let metrics = format!("127.0.0.1:{port}");
-    let server = tests::proc::ServerProc::start(
+    let server = ServerProc::start(
         None,
         "127.0.0.1:0",
         &dir.path().join("server"),
@@ -209,4 +209,26 @@ fn metrics_count_what_happened() {
         text.contains("rendezvous_errors_total{kind=\"not_found\"} 1"),
         "{text}"
     );
+}
+
+/// `--threads 1` (one worker thread, the fastest lookups per core) is a
+/// whole server too: register, look up, broker a call.
+#[test]
+fn a_single_threaded_server_serves_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(
+        None,
+        "127.0.0.1:0",
+        &dir.path().join("server"),
+        &["--threads", "1"],
+    );
+    let alice = PeerHome::new(dir.path().join("alice"), &server);
+    let mut listener = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
+    listener.wait_for(T, "registered");
+    let bob = PeerHome::new(dir.path().join("bob"), &server);
+    let out = bob.run(None, &["lookup", "alice"], T);
+    assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
+    let out = bob.run(Some("bob"), &["call", "alice"], T);
+    assert!(out.status.success(), "{}", out.log);
+    assert_eq!(out.event("connected")["path"], "direct");
 }
