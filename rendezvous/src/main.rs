@@ -52,8 +52,9 @@ struct Cli {
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
-    #[arg(long, env = "RENDEZVOUS_THREADS", default_value_t = 0)]
-    threads: usize,
+    #[arg(long, env = "RENDEZVOUS_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    threads: u16,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -134,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build(),
         n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .worker_threads(usize::from(n))
             .enable_all()
             .build(),
     }
