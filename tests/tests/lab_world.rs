@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::lab::udp::Probe;
-use tests::lab::{leftover_namespaces, stale_namespaces, sweep_stale_namespaces, Lab, Nat};
+use tests::lab::{
+    leftover_namespaces, stale_namespaces, sweep_stale_namespaces, Lab, Nat, PREFIX, STALE_AFTER,
+};
 
 const PROBE_PORT: u16 = 40000;
 
@@ -144,25 +146,33 @@ fn no_namespaces_are_left_behind_even_when_a_test_panics() {
 }
 
 /// A test binary killed before its guards ran (a CI timeout, ^C) leaves its
-/// namespaces behind. The next lab process finds them by their owner's pid,
-/// says so and deletes them; namespaces of live processes stay.
+/// namespaces behind. The next lab process finds them by their owner's pid
+/// and age, says so and deletes them; namespaces of live processes, and
+/// young ones (maybe another pid namespace's live lab), stay.
 #[test]
 fn namespaces_of_dead_processes_are_swept() {
     let Some(lab) = Lab::new("sweep") else {
         return;
     };
     // No process ever has a pid above the kernel's limit, 2^22.
-    let dead = format!("{}4194399x0-inet", tests::lab::PREFIX);
+    let owner = format!("{PREFIX}4194399t");
+    let dead = format!("{owner}000000x0-inet");
     assert!(Command::new("ip")
         .args(["netns", "add", &dead])
         .status()
         .unwrap()
         .success());
-    assert!(stale_namespaces().contains(&dead));
-    let swept = sweep_stale_namespaces();
-    assert!(swept.contains(&dead), "{swept:?}");
+    // Young: not stale yet (a live lab elsewhere could look like this).
+    assert!(stale_namespaces(&owner, STALE_AFTER).is_empty());
+    assert!(sweep_stale_namespaces(&owner, STALE_AFTER).is_empty());
+    assert_eq!(leftover_namespaces(&dead), vec![dead.clone()]);
+    // Old enough (an age of zero stands in for ten minutes here).
+    let swept = sweep_stale_namespaces(&owner, Duration::ZERO);
+    assert_eq!(swept, vec![dead.clone()]);
     assert!(leftover_namespaces(&dead).is_empty(), "{dead} was deleted");
-    // This process's own lab is alive: not stale, not swept.
-    assert!(!swept.iter().any(|ns| ns.starts_with(&lab.id)));
+    // This process's own lab is alive: never stale, whatever its age.
+    assert!(!stale_namespaces(PREFIX, Duration::ZERO)
+        .iter()
+        .any(|ns| ns.starts_with(&lab.id)));
     assert!(!leftover_namespaces(&lab.id).is_empty());
 }

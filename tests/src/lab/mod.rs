@@ -24,7 +24,7 @@
 //! `i` is `192.168.i.0/24` (a second segment `192.168.(100+i).0/24`); a
 //! carrier NAT's inside is `100.64.i.0/24`.
 //!
-//! Names: every namespace of a lab starts with `rdvlab<pid>x<n>-`, so tests
+//! Names: every namespace of a lab starts with `rdvlab<pid>t<tag>x<n>-`, so tests
 //! can run in parallel and a leak is easy to find ([`leftover_namespaces`];
 //! [`stale_namespaces`] of killed processes are swept before a process's
 //! first lab). Interfaces are created directly inside their namespaces, so
@@ -61,7 +61,7 @@ pub const SERVER: &str = "198.18.0.2:7700";
 
 /// One test's internet. See the module docs.
 pub struct Lab {
-    /// Prefix of this lab's namespaces, `rdvlab<pid>x<n>-`.
+    /// Prefix of this lab's namespaces, `rdvlab<pid>t<tag>x<n>-`.
     pub id: String,
     inet: String,
     namespaces: Vec<String>,
@@ -144,20 +144,35 @@ pub fn leftover_namespaces(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// The process id in a lab namespace's name (`rdvlab<pid>x<n>-...`).
+/// The process id in a lab namespace's name (`rdvlab<pid>t<tag>x<n>-...`).
 pub fn owner_pid(namespace: &str) -> Option<u32> {
     let rest = namespace.strip_prefix(PREFIX)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
 
-/// Lab namespaces left by processes that no longer run (a test binary that
-/// was killed before its guards ran). Never those of a live test.
-pub fn stale_namespaces() -> Vec<String> {
-    leftover_namespaces(PREFIX)
+/// How old a namespace of a process that no longer runs here must be before
+/// it counts as stale. A machine's `/run/netns` may be shared with other CI
+/// jobs in other pid namespaces, whose live labs look "dead" from here; no
+/// lab lives this long, so an old one is a leftover, never a live lab.
+pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Namespaces starting with `prefix` left by processes that no longer run
+/// (a test binary killed before its guards ran) and at least `min_age`
+/// old. Never those of a live test of this machine.
+pub fn stale_namespaces(prefix: &str, min_age: Duration) -> Vec<String> {
+    leftover_namespaces(prefix)
         .into_iter()
         .filter(|ns| {
             owner_pid(ns).is_some_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists())
+        })
+        .filter(|ns| {
+            // The entry's time is the namespace's creation.
+            std::fs::metadata(format!("/run/netns/{ns}"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age)
         })
         .collect()
 }
@@ -195,12 +210,12 @@ pub fn delete_namespace(ns: &str) -> Result<(), String> {
     Err(format!("{ns}: {why}"))
 }
 
-/// Deletes the namespaces of lab processes that no longer run (a test binary
-/// killed before its guards ran: a CI timeout, ^C) and says so on stderr.
-/// Done once per process, before its first lab, so leftovers of an earlier
-/// run never meet this one's. Returns what it found.
-pub fn sweep_stale_namespaces() -> Vec<String> {
-    let stale = stale_namespaces();
+/// Deletes the [`stale_namespaces`] starting with `prefix` and says so on
+/// stderr. Every lab process does this once, before its first lab, for
+/// `PREFIX` and [`STALE_AFTER`], so leftovers of a killed run are cleared.
+/// Returns what it found.
+pub fn sweep_stale_namespaces(prefix: &str, min_age: Duration) -> Vec<String> {
+    let stale = stale_namespaces(prefix, min_age);
     if stale.is_empty() {
         return stale;
     }
@@ -220,6 +235,19 @@ pub fn sweep_stale_namespaces() -> Vec<String> {
     stale
 }
 
+/// This process's part of its labs' names: its pid, for [`owner_pid`], and
+/// a random tag, so that processes with the same pid in other pid namespaces
+/// (CI jobs sharing `/run/netns`) never pick the same names.
+fn process_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{}t{:06x}", std::process::id(), h.finish() & 0xff_ffff)
+    })
+}
+
 impl Lab {
     /// A lab with just the internet router, or `None` when the machine
     /// cannot run the lab (and `CI` is not set; then this panics).
@@ -236,11 +264,11 @@ impl Lab {
             return None;
         }
         static SWEPT: OnceLock<Vec<String>> = OnceLock::new();
-        SWEPT.get_or_init(sweep_stale_namespaces);
+        SWEPT.get_or_init(|| sweep_stale_namespaces(PREFIX, STALE_AFTER));
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{PREFIX}{}x{}-",
-            std::process::id(),
+            process_tag(),
             COUNT.fetch_add(1, Ordering::Relaxed)
         );
         let mut lab = Self {
@@ -364,6 +392,7 @@ mod tests {
     #[test]
     fn owner_pid_reads_the_pid_out_of_a_lab_name() {
         assert_eq!(owner_pid("rdvlab4242x7-inet"), Some(4242));
+        assert_eq!(owner_pid("rdvlab4242t00beefx7-inet"), Some(4242));
         assert_eq!(owner_pid("rdvlab17probe"), Some(17));
         assert_eq!(owner_pid("other4242x7-inet"), None);
         assert_eq!(owner_pid("rdvlabx7-inet"), None);
