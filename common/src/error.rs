@@ -120,6 +120,13 @@ pub mod close {
         Some(Duration::from_millis(ms).min(MAX_SHUTDOWN_SPREAD))
     }
 
+    /// How long a peer spreads its first reconnection over after a
+    /// [`SHUTDOWN`] close with `reason`: what the server asked for, or 1 s
+    /// from a server that asked nothing.
+    pub fn reconnect_spread(reason: &[u8]) -> Duration {
+        shutdown_spread(reason).unwrap_or(Duration::from_secs(1))
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -148,6 +155,7 @@ pub mod close {
                 b"\xff\xfe",
             ] {
                 assert_eq!(shutdown_spread(bad), None, "{bad:?}");
+                assert_eq!(reconnect_spread(bad), Duration::from_secs(1));
             }
         }
     }

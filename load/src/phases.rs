@@ -138,6 +138,25 @@ pub(crate) struct Rate {
     pub(crate) server_cores: f64,
 }
 
+impl Rate {
+    /// The rate of `ok` answers since `start`, and the server's CPU since
+    /// it stood at `cpu0` seconds.
+    fn since(
+        ok: &AtomicUsize,
+        failed: &AtomicUsize,
+        start: Instant,
+        cpu0: f64,
+        server: &ServerProc,
+    ) -> Self {
+        let secs = start.elapsed().as_secs_f64();
+        Self {
+            per_second: ok.load(Ordering::Relaxed) as f64 / secs,
+            failed: failed.load(Ordering::Relaxed),
+            server_cores: (server.cpu_secs() - cpu0) / secs,
+        }
+    }
+}
+
 /// Lookups of random names from random sessions for `time`: `workers`
 /// loops, each sending `batch` lookups at once on one connection (batch 1:
 /// one at a time, every lookup its own packets; batch 8: a contact list
@@ -190,12 +209,7 @@ pub(crate) async fn lookups(
         });
     }
     while tasks.join_next().await.is_some() {}
-    let secs = start.elapsed().as_secs_f64();
-    Rate {
-        per_second: ok.load(Ordering::Relaxed) as f64 / secs,
-        failed: failed.load(Ordering::Relaxed),
-        server_cores: (server.cpu_secs() - cpu0) / secs,
-    }
+    Rate::since(&ok, &failed, start, cpu0, server)
 }
 
 /// `total` calls between pairs (load-2k calls load-2k+1, which accepts),
@@ -239,12 +253,7 @@ pub(crate) async fn calls(
         });
     }
     while tasks.join_next().await.is_some() {}
-    let secs = start.elapsed().as_secs_f64();
-    Rate {
-        per_second: ok.load(Ordering::Relaxed) as f64 / secs,
-        failed: failed.load(Ordering::Relaxed),
-        server_cores: (server.cpu_secs() - cpu0) / secs,
-    }
+    Rate::since(&ok, &failed, start, cpu0, server)
 }
 
 /// One lookup from every session at a uniformly random moment within

@@ -295,9 +295,7 @@ fn close_spread_ms(why: Option<&quinn::ConnectionError>, shared: &Shared) -> Opt
         _ => return None,
     };
     Some(match shared.close_retry_ms.load(Ordering::Relaxed) {
-        FOLLOW_SERVER => common::error::close::shutdown_spread(reason)
-            .unwrap_or(Duration::from_secs(1))
-            .as_millis() as u64,
+        FOLLOW_SERVER => common::error::close::reconnect_spread(reason).as_millis() as u64,
         ms => ms,
     })
 }

@@ -180,14 +180,14 @@ impl ServerLink {
     }
 
     /// When the server closed this link because it is shutting down: the
-    /// time over which to spread the first reconnection (what the server
-    /// asked for, at most 15 s; 1 s from a server that asked nothing).
+    /// time over which to spread the first reconnection
+    /// ([`close::reconnect_spread`]).
     pub(crate) fn shutdown_spread(&self) -> Option<Duration> {
         match self.conn.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(c)
                 if c.error_code == close::SHUTDOWN.into() =>
             {
-                Some(close::shutdown_spread(&c.reason).unwrap_or(Duration::from_secs(1)))
+                Some(close::reconnect_spread(&c.reason))
             }
             _ => None,
         }
