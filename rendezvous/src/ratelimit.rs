@@ -3,9 +3,14 @@
 //! [`RateLimiter::check`] takes `now`, so the rules are unit-tested on a fake
 //! clock. Buckets that have refilled completely are forgotten by
 //! [`RateLimiter::sweep`], so memory stays bounded by active sources.
+//!
+//! A "source" is what one party can cheaply multiply: an IPv4 address, or an
+//! IPv6 **/64** ([`source_key`]) — one host routinely holds a whole /64, so
+//! counting per /128 would void every per-IP limit.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::config::Rate;
@@ -16,14 +21,30 @@ struct Bucket {
     last: Instant,
 }
 
-/// Token buckets keyed by source IP.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rate: Rate,
-    buckets: HashMap<IpAddr, Bucket>,
+/// The key every per-source limit counts under: an IPv4 address as it is
+/// (IPv4-mapped IPv6 turned into IPv4 first), an IPv6 address cut to its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
 }
 
-impl RateLimiter {
+/// Token buckets keyed by source ([`source_key`] of an IP by default; any
+/// key, e.g. `(source, callee)`, for other limits).
+#[derive(Debug)]
+pub struct RateLimiter<K = IpAddr> {
+    rate: Rate,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: Hash + Eq> RateLimiter<K> {
     /// Limiter with `rate` per source.
     pub fn new(rate: Rate) -> Self {
         Self {
@@ -32,10 +53,11 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip` at `now`; false when the source must slow down.
-    pub fn check(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Takes one token for `key` at `now`; false when it must slow down.
+    /// For IP keys, pass [`source_key`]`(ip)` (or use [`RateLimiter::check`]).
+    pub fn check_key(&mut self, key: K, now: Instant) -> bool {
         let rate = self.rate;
-        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+        let bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: f64::from(rate.burst),
             last: now,
         });
@@ -50,6 +72,11 @@ impl RateLimiter {
         }
     }
 
+    /// The rate this limiter applies.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
     /// Forgets sources whose bucket is full again (they would start full anyway).
     pub fn sweep(&mut self, now: Instant) {
         let rate = self.rate;
@@ -62,6 +89,14 @@ impl RateLimiter {
     /// Sources currently tracked.
     pub fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+impl RateLimiter<IpAddr> {
+    /// Takes one token for the source of `ip` ([`source_key`]) at `now`;
+    /// false when the source must slow down.
+    pub fn check(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.check_key(source_key(ip), now)
     }
 }
 
@@ -91,5 +126,29 @@ mod tests {
         );
         rl.sweep(t0 + Duration::from_secs(10));
         assert_eq!(rl.tracked(), 0);
+    }
+
+    #[test]
+    fn one_ipv6_slash64_is_one_source() {
+        let mut rl = RateLimiter::new(Rate {
+            burst: 2,
+            per_second: 0.001,
+        });
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(rl.check(a, t0) && rl.check(b, t0));
+        assert!(
+            !rl.check(b, t0),
+            "a second address of the /64 shares the bucket"
+        );
+        assert!(rl.check(other, t0), "the next /64 is another source");
+        assert_eq!(source_key(a), source_key(b));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            source_key(mapped),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
     }
 }
