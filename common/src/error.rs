@@ -43,6 +43,11 @@ pub enum ErrorKind {
     Busy,
     /// Anything else; the message says what.
     Internal,
+    /// The known_peers file cannot be read or written, or has a line that is
+    /// not `NAME FINGERPRINT`; the call stops and the file is left as it is.
+    /// Peer-local: never sent by a server (and last, so the wire indices of
+    /// the kinds above do not move).
+    KnownPeers,
 }
 
 impl ErrorKind {
@@ -65,6 +70,7 @@ impl ErrorKind {
             Self::Replaced => "replaced",
             Self::Busy => "busy",
             Self::Internal => "internal",
+            Self::KnownPeers => "known_peers",
         }
     }
 }

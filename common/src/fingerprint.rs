@@ -68,6 +68,10 @@ pub struct ParseFingerprintError {
     pub text: String,
 }
 
+/// Parses the one text form: exactly 64 hex digits, as [`fmt::Display`]
+/// writes them. Uppercase digits are accepted too (the bytes they name are
+/// the same, and comparison is always on bytes); nothing else is: no sign, no
+/// `0x`, no separators, no surrounding whitespace.
 impl FromStr for Fingerprint {
     type Err = ParseFingerprintError;
 
@@ -75,15 +79,29 @@ impl FromStr for Fingerprint {
         let err = || ParseFingerprintError {
             text: s.chars().take(80).collect(),
         };
-        let t = s.trim();
-        if t.len() != 64 || !t.is_ascii() {
+        let digits = s.as_bytes();
+        if digits.len() != 64 {
             return Err(err());
         }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| err())?;
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (hex_digit(pair[0]), hex_digit(pair[1])) else {
+                return Err(err());
+            };
+            *byte = hi << 4 | lo;
         }
         Ok(Self(out))
+    }
+}
+
+/// The value of one hex digit; `None` for anything else (`u8::from_str_radix`
+/// would also take a leading `+`).
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -106,5 +124,21 @@ mod tests {
         for t in ["", "abc", &"g".repeat(64), &"a".repeat(63), &"é".repeat(32)] {
             assert!(t.parse::<Fingerprint>().is_err(), "{t}");
         }
+    }
+
+    #[test]
+    fn only_the_canonical_form_parses() {
+        let text = Fingerprint([0x0a; 32]).to_string();
+        // `u8::from_str_radix("+a", 16)` is Ok(10): a sign in any byte slot
+        // must not make a second spelling of the same key.
+        let plus = format!("+a{}", &text[2..]);
+        let plus_later = format!("{}+a{}", &text[..10], &text[12..]);
+        let spaced = format!(" {}", &text[1..]);
+        let padded = format!("{text}\n");
+        let prefixed = format!("0x{}", &text[2..]);
+        for t in [&plus, &plus_later, &spaced, &padded, &prefixed] {
+            assert!(t.parse::<Fingerprint>().is_err(), "{t:?} parsed");
+        }
+        assert_eq!(text.parse::<Fingerprint>(), Ok(Fingerprint([0x0a; 32])));
     }
 }

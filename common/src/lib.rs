@@ -16,6 +16,7 @@
 //! - [`framing`]: length-prefixed postcard frames with a size limit.
 //! - [`candidates`]: which addresses a peer may be told to send to.
 //! - [`error`]: the error kinds of the command-line contract.
+//! - [`text`]: remote text made safe to print on a terminal.
 
 pub mod candidates;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod framing;
 pub mod identity;
 pub mod messages;
 pub mod names;
+pub mod text;
 pub mod tls;
 
 pub use error::ErrorKind;
@@ -31,3 +33,4 @@ pub use fingerprint::Fingerprint;
 pub use identity::{Identity, IdentityError};
 pub use messages::{Message, PeerMessage};
 pub use names::{validate_name, InvalidName};
+pub use text::escape_for_terminal;

@@ -56,6 +56,18 @@ pub enum Error {
         /// The known_peers file.
         file: PathBuf,
     },
+    /// The known_peers file cannot be read or written, or a line of it is
+    /// not `NAME FINGERPRINT` (or repeats a name). Fails closed: the call
+    /// stops and the file is left untouched.
+    #[error("known_peers file {}{}: {reason}", file.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    KnownPeers {
+        /// The file.
+        file: PathBuf,
+        /// The 1-based line at fault, if a line is.
+        line: Option<usize>,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// No path to the callee authenticated in time.
     #[error("could not reach {name}: {tried}")]
     Unreachable {
@@ -96,6 +108,7 @@ impl Error {
             Self::VersionMismatch { .. } => ErrorKind::VersionMismatch,
             Self::Replaced => ErrorKind::Replaced,
             Self::KeyChanged { .. } => ErrorKind::KeyChanged,
+            Self::KnownPeers { .. } => ErrorKind::KnownPeers,
             Self::Unreachable { .. } => ErrorKind::Unreachable,
             Self::InvalidName(_) => ErrorKind::InvalidName,
             Self::Protocol(_) => ErrorKind::Protocol,

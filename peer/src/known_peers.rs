@@ -3,15 +3,33 @@
 //! The server vouches for a name's key, but a lying (or reset) server could
 //! hand out another key for a name we know. So the first key seen for a name
 //! is recorded, and a different one later is refused with `key_changed`
-//! unless the user says to accept it. One line per contact: `NAME FINGERPRINT`;
-//! `#` starts a comment. Writes are atomic (temp file + rename).
+//! unless the user says to accept it.
+//!
+//! The file holds one `NAME FINGERPRINT` per line (a valid name, the
+//! fingerprint's one text form, nothing else); lines starting with `#` and
+//! blank lines are comments. It **fails closed**: a file that cannot be read,
+//! a line that is neither, or a name listed twice is an error of kind
+//! `known_peers` naming the file and line, the call stops, and the file is
+//! not touched — a contact whose line is broken must not silently become
+//! "new" (and then accept any key).
+//!
+//! Updates take an exclusive lock on `<file>.lock`, re-read the file under
+//! it, change the one line (or append one), write a fresh temp file in the
+//! same folder, fsync it, rename it over the file and fsync the folder; so
+//! concurrent `listen`/`call` processes lose no update and a crash leaves
+//! the old file or the new one. Comments and blank lines survive.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::Fingerprint;
+use common::{validate_name, Fingerprint};
 
 use crate::error::{Error, Result};
+
+/// The first line of a file this module creates.
+const HEADER: &str = "# peers this machine has called or been called by: NAME FINGERPRINT";
 
 /// What the file says about a name and a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +42,28 @@ pub enum Check {
     Changed(Fingerprint),
 }
 
+impl Check {
+    /// Compares `key` with what is `recorded` for a name.
+    pub fn of(recorded: Option<Fingerprint>, key: &Fingerprint) -> Self {
+        match recorded {
+            None => Self::New,
+            Some(k) if k == *key => Self::Known,
+            Some(k) => Self::Changed(k),
+        }
+    }
+}
+
 /// The known_peers file.
 #[derive(Debug, Clone)]
 pub struct KnownPeers {
     path: PathBuf,
+}
+
+/// A file as read: its lines, and where each name is.
+struct Parsed {
+    lines: Vec<String>,
+    /// Name → (index into `lines`, key).
+    entries: BTreeMap<String, (usize, Fingerprint)>,
 }
 
 impl KnownPeers {
@@ -41,60 +77,130 @@ impl KnownPeers {
         &self.path
     }
 
-    fn read(&self) -> Result<BTreeMap<String, Fingerprint>> {
+    fn error(&self, line: Option<usize>, reason: impl Into<String>) -> Error {
+        Error::KnownPeers {
+            file: self.path.clone(),
+            line,
+            reason: reason.into(),
+        }
+    }
+
+    fn read(&self) -> Result<Parsed> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(self.error(None, format!("cannot be read: {e}"))),
         };
-        let mut map = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            let mut parts = line.split_whitespace();
-            if let (Some(name), Some(fp)) = (parts.next(), parts.next()) {
-                if let Ok(fp) = fp.parse() {
-                    map.insert(name.to_owned(), fp);
-                }
+        self.parse(&text)
+    }
+
+    fn parse(&self, text: &str) -> Result<Parsed> {
+        let mut parsed = Parsed {
+            lines: Vec::new(),
+            entries: BTreeMap::new(),
+        };
+        for (i, line) in text.lines().enumerate() {
+            parsed.lines.push(line.to_owned());
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
             }
+            let (name, key) = self.parse_entry(i + 1, trimmed)?;
+            if let Some((first, _)) = parsed.entries.get(&name) {
+                return Err(self.error(
+                    Some(i + 1),
+                    format!(
+                        "{name} is listed again (first on line {}); keep one line per name",
+                        first + 1
+                    ),
+                ));
+            }
+            parsed.entries.insert(name, (i, key));
         }
-        Ok(map)
+        Ok(parsed)
+    }
+
+    fn parse_entry(&self, line_no: usize, line: &str) -> Result<(String, Fingerprint)> {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(key), None) = (words.next(), words.next(), words.next()) else {
+            return Err(self.error(
+                Some(line_no),
+                "expected NAME FINGERPRINT (or a # comment); fix or remove the line",
+            ));
+        };
+        validate_name(name).map_err(|e| self.error(Some(line_no), e.to_string()))?;
+        let key = key
+            .parse()
+            .map_err(|e: common::fingerprint::ParseFingerprintError| {
+                self.error(Some(line_no), e.to_string())
+            })?;
+        Ok((name.to_owned(), key))
     }
 
     /// Compares `key` with the record for `name`.
     pub fn check(&self, name: &str, key: &Fingerprint) -> Result<Check> {
-        Ok(match self.read()?.get(name) {
-            None => Check::New,
-            Some(k) if k == key => Check::Known,
-            Some(k) => Check::Changed(*k),
-        })
+        Ok(Check::of(self.get(name)?, key))
     }
 
     /// The recorded key of `name`.
     pub fn get(&self, name: &str) -> Result<Option<Fingerprint>> {
-        Ok(self.read()?.get(name).copied())
+        Ok(self.read()?.entries.get(name).map(|(_, k)| *k))
     }
 
-    /// Records (or replaces) the key of `name`.
+    /// Records (or replaces) the key of `name`, under the file's lock.
     pub fn record(&self, name: &str, key: &Fingerprint) -> Result<()> {
-        let mut map = self.read()?;
-        if map.get(name) == Some(key) {
-            return Ok(());
+        validate_name(name)?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating its folder", e))?;
+        let lock = self.lock(&dir).map_err(|e| io("locking", e))?;
+        let mut parsed = self.read()?;
+        let line = format!("{name} {key}");
+        match parsed.entries.get(name) {
+            Some((_, k)) if k == key => return Ok(()),
+            Some((i, _)) => parsed.lines[*i] = line,
+            None => {
+                if parsed.lines.is_empty() {
+                    parsed.lines.push(HEADER.to_owned());
+                }
+                parsed.lines.push(line);
+            }
         }
-        map.insert(name.to_owned(), *key);
-        let mut text =
-            String::from("# peers this machine has called or been called by: NAME FINGERPRINT\n");
-        for (n, k) in &map {
-            text.push_str(&format!("{n} {k}\n"));
-        }
-        let ctx = |e| Error::io(format!("writing {}", self.path.display()), e);
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(ctx)?;
-        }
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, text).map_err(ctx)?;
-        std::fs::rename(&tmp, &self.path).map_err(ctx)
+        let mut text = parsed.lines.join("\n");
+        text.push('\n');
+        self.replace(&dir, &text).map_err(|e| io("writing", e))?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// Holds the exclusive lock on `<file>.lock` until the returned file is
+    /// dropped. A separate file, because the data file itself is replaced.
+    fn lock(&self, dir: &Path) -> std::io::Result<File> {
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(name))?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// Writes `text` to a fresh temp file beside the file, fsyncs it, renames
+    /// it over the file and fsyncs the folder.
+    fn replace(&self, dir: &Path, text: &str) -> std::io::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".known_peers.")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        File::open(dir)?.sync_all()
     }
 
     /// The error for a changed key.
@@ -109,21 +215,5 @@ impl KnownPeers {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_check_change() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kp = KnownPeers::new(dir.path().join("sub/known_peers"));
-        let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
-        assert_eq!(kp.check("alice", &a).expect("check"), Check::New);
-        kp.record("alice", &a).expect("record");
-        assert_eq!(kp.check("alice", &a).expect("check"), Check::Known);
-        assert_eq!(kp.check("alice", &b).expect("check"), Check::Changed(a));
-        kp.record("bob", &b).expect("record");
-        kp.record("alice", &b).expect("replace");
-        assert_eq!(kp.get("alice").expect("get"), Some(b));
-        assert_eq!(kp.get("bob").expect("get"), Some(b));
-    }
-}
+#[path = "known_peers_tests.rs"]
+mod tests;
