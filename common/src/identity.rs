@@ -53,6 +53,14 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key path is a symlink to nothing.
+    #[error("identity file {path} is a symlink to {target}, which does not exist; remove the link or create its target")]
+    DanglingSymlink {
+        /// The key path.
+        path: PathBuf,
+        /// Where the link points.
+        target: PathBuf,
+    },
     /// Making the certificate failed (should not happen with a good key).
     #[error("cannot make a certificate: {0}")]
     Certificate(String),
@@ -67,36 +75,59 @@ impl Identity {
     }
 
     /// Loads the identity at `path`, creating it (and its folder) on first use.
+    ///
+    /// A symlink at `path` is followed when it points at a key; one pointing
+    /// nowhere is an error (creating through it would write wherever it
+    /// points, or nowhere at all), never a retry.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
         let io_err = |source| IdentityError::Io {
             path: path.to_owned(),
             source,
         };
-        match fs::read_to_string(path) {
-            Ok(pem) => {
-                check_private(path)?;
-                let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| IdentityError::BadKey {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
-                if !key.is_compatible(&rcgen::PKCS_ED25519) {
-                    return Err(IdentityError::BadKey {
-                        path: path.to_owned(),
-                        reason: "not an Ed25519 key".into(),
-                    });
-                }
-                Self::from_key(&key)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-                    .map_err(|e| IdentityError::Certificate(e.to_string()))?;
-                write_private(path, key.serialize_pem().as_bytes()).map_err(io_err)?;
-                // Read back: if another process won the race to create the
-                // key, its key is the one on disk and the one to use.
-                Self::load_or_create(path)
-            }
-            Err(e) => Err(io_err(e)),
+        if let Some(id) = Self::load(path)? {
+            return Ok(id);
         }
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(IdentityError::DanglingSymlink {
+                path: path.to_owned(),
+                target: fs::read_link(path).unwrap_or_default(),
+            });
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        write_private(path, key.serialize_pem().as_bytes()).map_err(io_err)?;
+        // Read back once: if another process won the race to create the
+        // key, its key is the one on disk and the one to use.
+        Self::load(path)?.ok_or_else(|| {
+            io_err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the key file vanished right after it was created",
+            ))
+        })
+    }
+
+    /// The identity at `path`, or `None` if there is no file there.
+    fn load(path: &Path) -> Result<Option<Self>, IdentityError> {
+        let pem = match fs::read_to_string(path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        check_private(path)?;
+        let bad = |reason: String| IdentityError::BadKey {
+            path: path.to_owned(),
+            reason,
+        };
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        if !key.is_compatible(&rcgen::PKCS_ED25519) {
+            return Err(bad("not an Ed25519 key".into()));
+        }
+        Self::from_key(&key).map(Some)
     }
 
     fn from_key(key: &rcgen::KeyPair) -> Result<Self, IdentityError> {
@@ -169,35 +200,36 @@ fn check_private(_path: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Writes a new file only its owner can read, atomically (temp file + rename),
-/// creating the folder (0700) if needed. Never overwrites an existing key.
+/// Writes a new file only its owner can read (0600 from its creation): a
+/// fresh, uniquely named temp file in the same folder, fsynced, linked into
+/// place (never over an existing key), then the folder fsynced. Creates the
+/// folder (0700) if needed. A temp file left by a crash has another name and
+/// is in no one's way.
 fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut file = opts.open(&tmp)?;
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    let mut temp = tempfile::Builder::new();
+    temp.prefix(".identity-").suffix(".tmp");
+    #[cfg(unix)]
+    temp.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    let mut file = temp.tempfile_in(dir)?;
     file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    // hard_link fails if the target exists, so two processes creating the key
-    // at once cannot overwrite each other: the loser reads the winner's key.
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+    file.as_file().sync_all()?;
+    // No-clobber (link + unlink), so two processes creating the key at once
+    // cannot overwrite each other: the loser reads the winner's key.
+    match file.persist_noclobber(path) {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e.error),
     }
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -249,5 +281,92 @@ mod tests {
         write_private(&path, b"not a key").expect("write");
         let err = Identity::load_or_create(&path).expect_err("garbage");
         assert!(matches!(err, IdentityError::BadKey { .. }), "{err}");
+    }
+
+    /// Runs the test named `name` (in this module) in a child process with
+    /// `CHILD_ENV` set, so that a stack overflow there (it aborts the whole
+    /// process) shows as this test failing instead of killing the run.
+    #[cfg(unix)]
+    fn in_child_process(name: &str, dir: &Path) -> std::process::Output {
+        let exe = std::env::current_exe().expect("test binary");
+        let child = std::process::Command::new(exe)
+            .args(["--exact", &format!("identity::tests::{name}"), "--nocapture"])
+            .env(CHILD_ENV, dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the test binary");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(out) => out.expect("child output"),
+            Err(_) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                panic!("the child test did not finish within 60 s");
+            }
+        }
+    }
+
+    const CHILD_ENV: &str = "IDENTITY_TEST_CHILD_DIR";
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_symlink_is_a_clear_error() {
+        if let Some(dir) = std::env::var_os(CHILD_ENV) {
+            // The child: this is where the old code recursed until the
+            // stack overflowed.
+            let path = Path::new(&dir).join("key.pem");
+            let err = Identity::load_or_create(&path).expect_err("dangling symlink");
+            assert!(
+                matches!(err, IdentityError::DanglingSymlink { .. }),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("symlink") && msg.contains("missing.pem"), "{msg}");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        std::os::unix::fs::symlink(dir.path().join("missing.pem"), &path).expect("symlink");
+        let out = in_child_process("a_dangling_symlink_is_a_clear_error", dir.path());
+        assert!(
+            out.status.success(),
+            "child failed ({:?}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.path().join("missing.pem").exists(), "nothing created");
+        // A symlink to a real key still works.
+        let real = dir.path().join("real.pem");
+        let id = Identity::load_or_create(&real).expect("create");
+        let linked = dir.path().join("linked.pem");
+        std::os::unix::fs::symlink(&real, &linked).expect("symlink");
+        let again = Identity::load_or_create(&linked).expect("load through link");
+        assert_eq!(id.fingerprint(), again.fingerprint());
+    }
+
+    #[test]
+    fn a_stale_temp_file_does_not_block_creation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        // What a crashed earlier run with our pid (PID 1 in a container) left.
+        let stale = path.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&stale, b"half a key").expect("stale temp");
+        let id = Identity::load_or_create(&path).expect("create despite the stale temp");
+        let again = Identity::load_or_create(&path).expect("load");
+        assert_eq!(id.fingerprint(), again.fingerprint());
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let stale_name = format!("key.tmp{}", std::process::id());
+        assert_eq!(names, ["key.pem".to_owned(), stale_name], "no new temp left");
     }
 }

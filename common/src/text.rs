@@ -108,7 +108,8 @@ mod tests {
             '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}',
         ] {
             assert!(is_bidi_control(c), "{:x}", c as u32);
-            let escaped = escape_for_terminal(&format!("x{c}y"));
+            let raw = format!("x{c}y");
+            let escaped = escape_for_terminal(&raw);
             assert!(!escaped.chars().any(is_unsafe_for_terminal), "{escaped}");
             assert_eq!(escaped, format!("x\\u{{{:x}}}y", c as u32));
         }
