@@ -290,7 +290,11 @@ mod tests {
     fn in_child_process(name: &str, dir: &Path) -> std::process::Output {
         let exe = std::env::current_exe().expect("test binary");
         let child = std::process::Command::new(exe)
-            .args(["--exact", &format!("identity::tests::{name}"), "--nocapture"])
+            .args([
+                "--exact",
+                &format!("identity::tests::{name}"),
+                "--nocapture",
+            ])
             .env(CHILD_ENV, dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -327,7 +331,10 @@ mod tests {
                 "{err}"
             );
             let msg = err.to_string();
-            assert!(msg.contains("symlink") && msg.contains("missing.pem"), "{msg}");
+            assert!(
+                msg.contains("symlink") && msg.contains("missing.pem"),
+                "{msg}"
+            );
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -367,6 +374,10 @@ mod tests {
             .collect();
         names.sort();
         let stale_name = format!("key.tmp{}", std::process::id());
-        assert_eq!(names, ["key.pem".to_owned(), stale_name], "no new temp left");
+        assert_eq!(
+            names,
+            ["key.pem".to_owned(), stale_name],
+            "no new temp left"
+        );
     }
 }

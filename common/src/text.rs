@@ -81,7 +81,12 @@ mod tests {
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {
-        for t in ["alice", "stored 5 bytes at /tmp/x y.txt", "ünïcødé 日本", ""] {
+        for t in [
+            "alice",
+            "stored 5 bytes at /tmp/x y.txt",
+            "ünïcødé 日本",
+            "",
+        ] {
             assert!(matches!(escape_for_terminal(t), Cow::Borrowed(s) if s == t));
         }
     }
@@ -93,7 +98,10 @@ mod tests {
             escape_for_terminal("\u{1b}[2Jboom\r"),
             "\\u{1b}[2Jboom\\u{d}"
         );
-        assert_eq!(escape_for_terminal("\0\u{7f}\u{9b}"), "\\u{0}\\u{7f}\\u{9b}");
+        assert_eq!(
+            escape_for_terminal("\0\u{7f}\u{9b}"),
+            "\\u{0}\\u{7f}\\u{9b}"
+        );
         assert_eq!(escape_for_terminal("bob\u{2028}x"), "bob\\u{2028}x");
     }
 

@@ -251,14 +251,16 @@ pub async fn send_file(
     }
 }
 
-/// A file name we accept from a sender: one plain path component, printable,
-/// not hidden, at most 255 bytes. It is still only used inside the receive dir.
+/// A file name we accept from a sender: one plain path component, printable
+/// (no control characters, no bidi controls that would make
+/// `invoice\u{202e}fdp.exe` show as `invoiceexe.pdf`), not hidden, at most
+/// 255 bytes. It is still only used inside the receive dir.
 pub fn safe_file_name(name: &str) -> Option<&str> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
         && !name.contains(['/', '\\', '\0'])
-        && !name.chars().any(char::is_control)
+        && !name.chars().any(common::text::is_unsafe_for_terminal)
         && Path::new(name).components().count() == 1;
     ok.then_some(name)
 }
@@ -304,8 +306,15 @@ async fn receive_into(
         message,
     };
     let Some(name) = safe_file_name(&name) else {
+        let shown: String = name.chars().take(300).collect();
+        let why = if name.chars().any(common::text::is_unsafe_for_terminal) {
+            "it contains control or bidi (text direction) characters"
+        } else {
+            "it must be a plain file name (no folders, not hidden, at most 255 bytes)"
+        };
         return Err(refuse(format!(
-            "refused file name {name:?}: it must be a plain file name"
+            "refused file name \"{}\": {why}",
+            common::escape_for_terminal(&shown)
         )));
     };
     if size > max_size {
@@ -396,6 +405,12 @@ mod tests {
             "x\0y",
             "a\nb",
             &"x".repeat(256),
+            "invoice\u{202e}fdp.exe",
+            "a\u{2066}b",
+            "a\u{200f}b",
+            "a\u{61c}b",
+            "a\u{1b}[31mb",
+            "a\u{85}b",
         ] {
             assert!(safe_file_name(bad).is_none(), "{bad:?}");
         }

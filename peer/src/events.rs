@@ -4,6 +4,12 @@
 //! restored server, incoming calls, connections) on a broadcast channel
 //! ([`crate::Peer::events`]); the CLI adds its own (pong, lookup, call_ended)
 //! and prints them all. Field names are part of the command-line contract.
+//!
+//! Names, reasons, messages and paths in events may come from the network
+//! (a server, a caller, a sender). Both printed forms are safe for a
+//! terminal: [`Event::human`] escapes control and bidi characters as
+//! `\u{..}`; [`Event::json_line`] has serde's escapes for control characters
+//! and `\uXXXX` ones for bidi controls, so the parsed values are unchanged.
 
 use serde::Serialize;
 
@@ -128,8 +134,20 @@ impl Event {
         }
     }
 
-    /// A human-readable line for the plain (non-JSON) output.
+    /// One JSON line, safe to print: see the module docs.
+    pub fn json_line(&self) -> serde_json::Result<String> {
+        let line = serde_json::to_string(self)?;
+        Ok(common::text::escape_json_bidi(&line).into_owned())
+    }
+
+    /// A human-readable line for the plain (non-JSON) output, with remote
+    /// text escaped ([`common::escape_for_terminal`]).
     pub fn human(&self) -> String {
+        let line = self.human_raw();
+        common::escape_for_terminal(&line).into_owned()
+    }
+
+    fn human_raw(&self) -> String {
         match self {
             Self::Registered {
                 name,
@@ -138,7 +156,7 @@ impl Event {
             } => format!("registered as {name} (server sees us at {observed_addr})"),
             Self::IncomingCall { from, fingerprint } => format!(
                 "incoming call from {from} ({})",
-                &fingerprint[..fingerprint.len().min(16)]
+                fingerprint.get(..16).unwrap_or(fingerprint)
             ),
             Self::CallRefused { from, reason } => format!("refused call from {from}: {reason}"),
             Self::Connected {
@@ -218,5 +236,60 @@ mod tests {
         }
         let v = serde_json::to_value(Event::RendezvousLost { server: "s".into() }).expect("json");
         assert_eq!(v["event"], "rendezvous_lost");
+    }
+
+    fn hostile_events() -> Vec<Event> {
+        let evil = "bob\n\u{1b}[2K\u{202e}txt.exe\u{2066}\u{200f}";
+        vec![
+            Event::IncomingCall {
+                from: evil.into(),
+                fingerprint: "ab".into(),
+            },
+            Event::CallRefused {
+                from: "eve".into(),
+                reason: evil.into(),
+            },
+            Event::FileReceived {
+                peer: "eve".into(),
+                path: format!("/inbox/{evil}"),
+                bytes: 1,
+            },
+            Event::Error {
+                kind: "rejected".into(),
+                message: evil.into(),
+            },
+            Event::Lookup {
+                name: evil.into(),
+                online: true,
+                fingerprint: "ab".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn human_lines_escape_control_and_bidi_characters() {
+        for e in hostile_events() {
+            let line = e.human();
+            assert!(
+                !line.chars().any(common::text::is_unsafe_for_terminal),
+                "{line:?}"
+            );
+            assert!(line.contains("\\u{202e}txt.exe"), "{line}");
+            assert!(line.contains("bob\\u{a}\\u{1b}[2K"), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_lines_escape_bidi_and_keep_the_values() {
+        for e in hostile_events() {
+            let line = e.json_line().expect("json");
+            assert!(
+                !line.chars().any(common::text::is_unsafe_for_terminal),
+                "{line:?}"
+            );
+            assert!(line.contains("\\u202etxt.exe"), "{line}");
+            let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(parsed, serde_json::to_value(&e).expect("json"), "{line}");
+        }
     }
 }

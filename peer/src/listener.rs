@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::candidates::{canonical, punch_targets};
 use common::framing::{read_frame, write_frame, MAX_FRAME};
-use common::Message;
+use common::{validate_name, Fingerprint, Message};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
@@ -180,16 +180,11 @@ async fn answer_offer(
         debug!("ignoring a malformed call offer");
         return;
     };
-    peer.emit(Event::IncomingCall {
-        from: from.clone(),
-        fingerprint: fingerprint.to_string(),
-    });
-    let known = peer
-        .inner
-        .known
-        .check(&from, &fingerprint)
-        .unwrap_or(Check::New);
-    if let Decision::Reject(reason) = policy.decide(&from, &fingerprint, known) {
+    let decision = match vet_offer(&peer, &from, &fingerprint) {
+        Ok(known) => policy.decide(&from, &fingerprint, known),
+        Err(reason) => Decision::Reject(reason),
+    };
+    if let Decision::Reject(reason) = decision {
         let _ = write_frame(
             &mut send,
             &Message::Reject {
@@ -199,6 +194,9 @@ async fn answer_offer(
         )
         .await;
         let _ = send.finish();
+        // A refused name may be anything a server sent: cut and escape it.
+        let from: String = from.chars().take(64).collect();
+        let from = common::escape_for_terminal(&from).into_owned();
         peer.emit(Event::CallRefused { from, reason });
         return;
     }
@@ -250,6 +248,25 @@ async fn answer_offer(
             () = connected.notified() => break,
         }
     }
+}
+
+/// Checks an offer's caller before any policy: its name must keep the name
+/// rules (a lying server could send `bob <key>` or a newline, to forge a
+/// known_peers line) and known_peers must be readable (fail closed: a broken
+/// file never makes a caller "new"). `Err` is the reason to refuse with.
+fn vet_offer(peer: &Peer, from: &str, fingerprint: &Fingerprint) -> Result<Check, String> {
+    if let Err(e) = validate_name(from) {
+        debug!("refusing an offer with an invalid caller name: {e}");
+        return Err("the caller's name breaks the name rules".into());
+    }
+    peer.emit(Event::IncomingCall {
+        from: from.to_owned(),
+        fingerprint: fingerprint.to_string(),
+    });
+    peer.inner.known.check(from, fingerprint).map_err(|e| {
+        peer.emit(Event::error(&e));
+        "the callee cannot read its known_peers file".to_owned()
+    })
 }
 
 /// Lets in peer connections for calls we accepted; refuses the rest.

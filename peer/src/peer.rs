@@ -18,7 +18,7 @@ use crate::call_state::{AttemptFailure, CallState};
 use crate::config::PeerConfig;
 use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
 use crate::error::{Error, Result};
-use crate::known_peers::KnownPeers;
+use crate::known_peers::{Check, KnownPeers};
 use crate::server_link::{unexpected, ServerLink};
 use crate::Event;
 
@@ -176,14 +176,17 @@ impl Peer {
             .await?
         {
             Message::LookupResult {
-                name,
+                name: answered,
                 online,
                 fingerprint,
-            } => Ok(LookupInfo {
-                name,
+            } if answered == name => Ok(LookupInfo {
+                name: answered,
                 online,
                 fingerprint,
             }),
+            Message::LookupResult { .. } => Err(Error::Protocol(format!(
+                "the server answered a lookup of {name} about another name"
+            ))),
             other => Err(unexpected(other, "Lookup")),
         }
     }
@@ -220,6 +223,10 @@ impl Peer {
         options: &CallOptions,
         deadline: tokio::time::Instant,
     ) -> Result<Call> {
+        // Read known_peers before asking: a file that cannot be read or has
+        // a bad line stops the call (fail closed), never makes `to` "new".
+        let known = &self.inner.known;
+        let recorded = known.get(to)?;
         let candidates = self.inner.socket.local_candidates();
         let state = CallState::start(to, Instant::now());
         let answer = link
@@ -228,17 +235,8 @@ impl Peer {
                 candidates,
             })
             .await?;
-        let known = &self.inner.known;
         let state = state
-            .on_answer(
-                answer,
-                |fp| {
-                    known
-                        .check(to, fp)
-                        .unwrap_or(crate::known_peers::Check::New)
-                },
-                options.accept_new_key,
-            )
+            .on_answer(answer, |fp| Check::of(recorded, fp), options.accept_new_key)
             .map_err(|e| match e {
                 Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
                     name,

@@ -110,7 +110,9 @@ pub(crate) async fn send(
     let stored = result?;
     out.event(&ended(&call, size, 0));
     if !out.json {
-        eprintln!("sent {} ({size} bytes) to {name}: {stored}", file.display());
+        // `stored` is the receiver's words.
+        let line = format!("sent {} ({size} bytes) to {name}: {stored}", file.display());
+        eprintln!("{}", common::escape_for_terminal(&line));
     }
     call.close();
     Ok(())

@@ -18,7 +18,7 @@ pub(crate) struct Out {
 impl Out {
     pub(crate) fn event(&self, e: &Event) {
         if self.json {
-            match serde_json::to_string(e) {
+            match e.json_line() {
                 Ok(line) => eprintln!("{line}"),
                 Err(err) => {
                     eprintln!("{{\"event\":\"error\",\"kind\":\"internal\",\"message\":\"{err}\"}}")
@@ -34,7 +34,13 @@ impl Out {
         if self.json {
             self.event(&Event::error(e));
         } else {
-            eprintln!("peer: {} ({})", e, e.kind());
+            // The message may carry a server's or peer's words.
+            let message = e.to_string();
+            eprintln!(
+                "peer: {} ({})",
+                common::escape_for_terminal(&message),
+                e.kind()
+            );
         }
     }
 
