@@ -195,8 +195,10 @@ async fn a_broken_known_peers_file_refuses_calls_on_both_sides() {
     );
     assert_eq!(std::fs::read_to_string(&alice_file).expect("read"), broken);
 
-    // The caller's file is broken: the call stops before it is made.
+    // The caller's file is broken: the call stops before it is made (the
+    // callee never hears of it).
     std::fs::remove_file(&alice_file).expect("rm");
+    while alice.events.try_recv().is_ok() {}
     let bob_file = bob.dir.path().join("known_peers");
     std::fs::write(&bob_file, broken).expect("write");
     let result = within(T, "call", bob.peer.call("alice", CallOptions::default())).await;
@@ -204,6 +206,9 @@ async fn a_broken_known_peers_file_refuses_calls_on_both_sides() {
     assert_eq!(err.kind(), ErrorKind::KnownPeers, "{err}");
     assert!(err.to_string().contains("line 2"), "{err}");
     assert_eq!(std::fs::read_to_string(&bob_file).expect("read"), broken);
+    while let Ok(e) = alice.events.try_recv() {
+        assert!(!matches!(e, Event::IncomingCall { .. }), "the call was made: {e:?}");
+    }
 
     // Both files fixed: the call goes through and both sides record it.
     std::fs::write(&bob_file, "# contacts\n").expect("write");
