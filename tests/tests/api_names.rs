@@ -179,7 +179,9 @@ async fn a_broken_known_peers_file_refuses_calls_on_both_sides() {
     let alice_file = alice.dir.path().join("known_peers");
     std::fs::write(&alice_file, broken).expect("write");
     let result = within(T, "call", bob.peer.call("alice", CallOptions::default())).await;
-    let err = result.err().expect("the callee must refuse");
+    let Err(err) = result else {
+        panic!("the callee must refuse")
+    };
     assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     assert!(err.to_string().contains("known_peers"), "{err}");
     let ev = alice
@@ -202,12 +204,17 @@ async fn a_broken_known_peers_file_refuses_calls_on_both_sides() {
     let bob_file = bob.dir.path().join("known_peers");
     std::fs::write(&bob_file, broken).expect("write");
     let result = within(T, "call", bob.peer.call("alice", CallOptions::default())).await;
-    let err = result.err().expect("the caller must stop");
+    let Err(err) = result else {
+        panic!("the caller must stop")
+    };
     assert_eq!(err.kind(), ErrorKind::KnownPeers, "{err}");
     assert!(err.to_string().contains("line 2"), "{err}");
     assert_eq!(std::fs::read_to_string(&bob_file).expect("read"), broken);
     while let Ok(e) = alice.events.try_recv() {
-        assert!(!matches!(e, Event::IncomingCall { .. }), "the call was made: {e:?}");
+        assert!(
+            !matches!(e, Event::IncomingCall { .. }),
+            "the call was made: {e:?}"
+        );
     }
 
     // Both files fixed: the call goes through and both sides record it.
