@@ -67,7 +67,8 @@ async fn not_found_offline_and_rejected() {
         .expect_err("not found");
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
-    // carol registered once, then left: offline.
+    // carol registered once, then left: offline. While she listens she is
+    // callable (so "offline" below is her leaving, not a name nobody can call).
     let carol = server.peer("carol").await;
     let mut l = carol.peer.listen(Policy::AcceptAll).expect("listen");
     let mut ev = carol.peer.events();
@@ -75,6 +76,32 @@ async fn not_found_offline_and_rejected() {
         while !matches!(ev.recv().await, Ok(Event::Registered { .. })) {}
     })
     .await;
+    let placed = within(
+        T,
+        "call carol",
+        bob.peer.call("carol", CallOptions::default()),
+    )
+    .await
+    .expect("carol is callable while she listens");
+    assert_eq!(placed.peer, "carol");
+    assert_eq!(placed.fingerprint, carol.peer.fingerprint());
+    // The listener hands the call over with the caller's first stream.
+    let _stream = placed
+        .open(&PeerMessage::Ping { seq: 7 })
+        .await
+        .expect("open a stream");
+    let answered = within(T, "carol's listener gets the call", l.accept())
+        .await
+        .expect("still listening")
+        .expect("carol's side of the call");
+    assert_eq!(answered.peer, "bob");
+    assert_eq!(answered.fingerprint, bob.peer.fingerprint());
+    let (purpose, _, _) = within(T, "bob's stream", answered.accept())
+        .await
+        .expect("a stream")
+        .expect("its first frame");
+    assert_eq!(purpose, PeerMessage::Ping { seq: 7 });
+    placed.close();
     drop(l);
     drop(carol);
     let err = within(T, "offline", async {
@@ -107,8 +134,6 @@ async fn not_found_offline_and_rejected() {
         .call("dave", CallOptions::default())
         .await
         .expect("erin is allowed");
-    l = erin.peer.listen(Policy::AcceptAll).expect("listen"); // keeps `l` used; erin is callable too
-    drop(l);
 }
 
 #[tokio::test]
@@ -142,13 +167,23 @@ async fn changed_key_is_refused_unless_accepted() {
     );
 }
 
+/// A fake callee (see [`fake_callee`]); it stays registered and answering
+/// until dropped.
+struct FakeCallee {
+    /// The candidates of the `Dial` the server sent it, once it has.
+    dial: tokio::sync::oneshot::Receiver<Vec<std::net::SocketAddr>>,
+    /// Dropping it lets the fake go.
+    _release: tokio::sync::oneshot::Sender<()>,
+}
+
 /// A fake callee: registered (presence) with one key, but its UDP socket
-/// answers peer handshakes with another key, or not at all.
+/// answers peer handshakes with another key, or not at all. It accepts the
+/// first offer and reports the `Dial` it gets.
 async fn fake_callee(
     server: &TestServer,
     name: &str,
     answers_with: Option<&Identity>,
-) -> tokio::task::JoinHandle<Vec<std::net::SocketAddr>> {
+) -> FakeCallee {
     let raw = RawClient::connect_with(
         server,
         Arc::new(Identity::generate().expect("id")),
@@ -173,6 +208,8 @@ async fn fake_callee(
         })
         .await;
     assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    let (dial_tx, dial) = tokio::sync::oneshot::channel();
+    let (_release, release) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut send, mut recv, offer) = raw.next_offer().await;
         assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
@@ -186,11 +223,12 @@ async fn fake_callee(
         let Message::Dial { candidates, .. } = dial else {
             panic!("{dial:?}")
         };
-        // Keep the endpoint alive while the caller tries.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = dial_tx.send(candidates);
+        // Stay registered and answering until the test drops the fake.
+        let _ = release.await;
         drop(raw);
-        candidates
-    })
+    });
+    FakeCallee { dial, _release }
 }
 
 #[tokio::test]
@@ -265,7 +303,7 @@ async fn server_forwards_only_vetted_candidates() {
         })
         .await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");
-    let seen = within(T, "dial", fake).await.expect("fake callee");
+    let seen = within(T, "dial", fake.dial).await.expect("fake callee");
     let observed = caller.endpoint.local_addr().expect("addr");
     assert_eq!(
         seen,
