@@ -69,6 +69,11 @@ impl KnownPeers {
         })
     }
 
+    /// Every (name, key) recorded, in name order.
+    pub(crate) fn entries(&self) -> Result<Vec<(String, Fingerprint)>> {
+        Ok(self.read()?.into_iter().collect())
+    }
+
     /// The recorded key of `name`.
     pub fn get(&self, name: &str) -> Result<Option<Fingerprint>> {
         Ok(self.read()?.get(name).copied())

@@ -100,7 +100,12 @@ impl Peer {
             validate_name(name)?;
         }
         let identity = Arc::new(Identity::load_or_create(&config.identity)?);
-        let socket = Socket::bind(config.bind, identity.clone(), config.timing.clone())?;
+        let socket = Socket::bind(
+            config.bind,
+            identity.clone(),
+            config.timing.clone(),
+            &config.limits,
+        )?;
         let (events, _) = broadcast::channel(1024);
         let known = KnownPeers::new(config.known_peers.clone());
         let inner = Arc::new(Inner {
@@ -145,6 +150,7 @@ impl Peer {
             }
         }
         let link = ServerLink::connect(&self.inner.socket, &self.inner.config).await?;
+        self.inner.socket.set_server(link.conn.remote_address());
         let took = link.connect_time;
         if register {
             let name = self.name()?;
@@ -238,6 +244,7 @@ impl Peer {
                         .unwrap_or(crate::known_peers::Check::New)
                 },
                 options.accept_new_key,
+                link.conn.remote_address(),
             )
             .map_err(|e| match e {
                 Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
