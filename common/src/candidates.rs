@@ -251,7 +251,10 @@ mod tests {
         // multicast, broadcast and unspecified still are not.
         let lo = a("127.0.0.1:7700");
         assert_eq!(targets(&[a("127.0.0.1:5")], lo), vec![a("127.0.0.1:5")]);
-        assert_eq!(targets(&[a("[::1]:5")], a("[::1]:7700")), vec![a("[::1]:5")]);
+        assert_eq!(
+            targets(&[a("[::1]:5")], a("[::1]:7700")),
+            vec![a("[::1]:5")]
+        );
         for bad in ["224.0.0.1:5", "255.255.255.255:5", "0.0.0.0:5"] {
             assert!(targets(&[a(bad)], lo).is_empty(), "{bad}");
         }
@@ -277,10 +280,7 @@ mod tests {
         assert_eq!(forward(v6, &claimed, a("[2001:db8:1:2::9]:1")).len(), 3);
         assert_eq!(forward(v6, &claimed, a("[2001:db8:1:3::1]:1")), vec![v6]);
         assert_eq!(forward(v6, &claimed, bob), vec![v6]);
-        assert!(same_network(
-            a("127.0.0.1:1"),
-            a("127.0.0.1:2")
-        ));
+        assert!(same_network(a("127.0.0.1:1"), a("127.0.0.1:2")));
         assert!(!same_network(a("127.0.0.1:1"), a("127.0.0.2:1")));
     }
 }

@@ -305,7 +305,12 @@ mod tests {
     fn deadline_while_dialing_lists_silent_candidates() {
         let t0 = Instant::now();
         let s = CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), |_| Check::Known, false, SERVER)
+            .on_answer(
+                accepted(&["198.51.100.1:1"]),
+                |_| Check::Known,
+                false,
+                SERVER,
+            )
             .expect("dialing");
         let err = s.on_deadline();
         assert!(
@@ -349,9 +354,10 @@ mod tests {
     fn a_lying_server_cannot_make_the_caller_dial_thousands_or_loopback() {
         let t0 = Instant::now();
         let mut flood: Vec<SocketAddr> = vec![a("127.0.0.1:22")];
-        flood.extend((0..9_000u32).map(|i| {
-            SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9))
-        }));
+        flood.extend(
+            (0..9_000u32)
+                .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9))),
+        );
         flood.extend((0..100u8).map(|i| SocketAddr::from(([224, 0, 0, i], 9))));
         let answer = Message::CallAccepted {
             call_id: 1,
@@ -365,7 +371,9 @@ mod tests {
             panic!("{s:?}");
         };
         assert_eq!(pending.len(), MAX_LOCAL_CANDIDATES, "{pending:?}");
-        assert!(pending.iter().all(|p| common::candidates::is_local_candidate(*p)));
+        assert!(pending
+            .iter()
+            .all(|p| common::candidates::is_local_candidate(*p)));
         // Only a loopback first slot: nothing to dial over a public server...
         let err = CallState::start("alice", t0)
             .on_answer(accepted(&["127.0.0.1:5"]), |_| Check::New, false, SERVER)
@@ -380,6 +388,8 @@ mod tests {
                 a("127.0.0.1:7700"),
             )
             .expect("loopback server, loopback callee");
-        assert!(matches!(s, CallState::Dialing { ref pending, .. } if pending == &[a("127.0.0.1:5")]));
+        assert!(
+            matches!(s, CallState::Dialing { ref pending, .. } if pending == &[a("127.0.0.1:5")])
+        );
     }
 }

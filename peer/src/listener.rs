@@ -151,6 +151,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
     let reg = link.register(name, true).await?;
+    // Before `Registered`: a contact calling on that event is exempt already.
     crate::approve::send(peer, &link, policy).await;
     peer.emit(Event::Registered {
         name: name.to_owned(),
@@ -325,11 +326,11 @@ async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, E
         Ok(Err(e)) => {
             debug!(%remote, "peer handshake failed: {e}");
             return None;
-        },
+        }
         Err(_) => {
             debug!(%remote, "peer handshake timed out");
             return None;
-        },
+        }
     };
     let fp = remote_fingerprint(&conn)?;
     let Some(expected) = inner.socket.expected.find(&fp, remote) else {
@@ -344,7 +345,7 @@ async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, E
         _ => {
             debug!(%remote, "peer connection closed before use (a duplicate path)");
             return None;
-        },
+        }
     };
     // One accepted offer is one call: a second connection of this key
     // (the call already up, or its window spent) finds nothing left.

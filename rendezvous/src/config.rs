@@ -51,14 +51,18 @@ pub struct Limits {
     pub lookup_rate: Rate,
     /// Calls per source IP (default 50, 10/s).
     pub call_rate: Rate,
-    /// Call offers from one source to one callee (default 10, 1/s): a
-    /// person redials a few times, a flood from one source should not spend
-    /// the callee's whole budget below. Checked first.
+    /// Call offers from one source to one callee (default 30, 2/s): a
+    /// person redials a few times, and many honest callers can share one
+    /// carrier-NAT address (twenty people calling one popular callee at
+    /// once must get through), but one source should not spend the callee's
+    /// whole budget below. Checked first.
     pub offer_rate_per_source: Rate,
-    /// Call offers to one callee from all sources together (default 30,
-    /// 2/s): each offer takes one of the callee's 64 stream slots for up to
-    /// `answer_timeout`, so many sources could otherwise keep it busy. Calls
-    /// from keys the callee pre-approved (its contacts) are not counted.
+    /// Call offers to one callee from all sources together (default 60,
+    /// 4/s): each offer takes one of the callee's 64 stream slots until it
+    /// answers (at most `answer_timeout`), so many sources could otherwise
+    /// keep it busy. Twice the per-source budget: one source alone cannot
+    /// spend it. Calls from keys the callee pre-approved (its contacts) are
+    /// not counted, so a flood cannot lock them out.
     pub offer_rate_per_callee: Rate,
     /// Most time writing the Dial frame to a callee may take (default 5 s):
     /// a callee granting no flow-control credit would otherwise park the
@@ -143,12 +147,12 @@ impl Default for Limits {
                 per_second: 10.0,
             },
             offer_rate_per_source: Rate {
-                burst: 10,
-                per_second: 1.0,
-            },
-            offer_rate_per_callee: Rate {
                 burst: 30,
                 per_second: 2.0,
+            },
+            offer_rate_per_callee: Rate {
+                burst: 60,
+                per_second: 4.0,
             },
             dial_write_timeout: Duration::from_secs(5),
             rate_sweep_interval: Duration::from_secs(30),

@@ -284,10 +284,7 @@ mod tests {
             "not a listen session"
         );
         r.register(id, "alice", true).expect("listen");
-        assert_eq!(
-            r.approve(id, keys),
-            Ok(common::messages::MAX_APPROVED)
-        );
+        assert_eq!(r.approve(id, keys), Ok(common::messages::MAX_APPROVED));
         let (_, s) = r.present("alice").expect("online");
         assert!(s.approved.contains(&Fingerprint([0; 32])));
         assert_eq!(r.approve(id, vec![fp, fp]), Ok(1));

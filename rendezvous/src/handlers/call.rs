@@ -80,12 +80,10 @@ pub(crate) async fn handle(
     let Some((callee_conn, callee_observed, approved)) = callee else {
         return Message::error(ErrorKind::Offline, format!("{to} is not online"));
     };
-    let checked = lock(&state.rates).offers.check(
-        caller.observed.ip(),
-        owner,
-        approved,
-        Instant::now(),
-    );
+    let checked =
+        lock(&state.rates)
+            .offers
+            .check(caller.observed.ip(), owner, approved, Instant::now());
     if let Err(why) = checked {
         state.metrics.rate_limited.inc();
         return offer_refused(why, &to);
@@ -188,14 +186,21 @@ async fn ask(
 /// grants no flow-control credit cannot hold the call (and its caller).
 async fn send_dial(state: &State, mut send: quinn::SendStream, dial: &Message, call_id: u64) {
     let timeout = state.limits.dial_write_timeout;
-    match tokio::time::timeout(timeout, write_frame(&mut send, dial, state.limits.max_frame)).await
+    match tokio::time::timeout(
+        timeout,
+        write_frame(&mut send, dial, state.limits.max_frame),
+    )
+    .await
     {
         Ok(Ok(())) => {
             let _ = send.finish();
         }
         Ok(Err(e)) => debug!(call_id, "Dial not sent: {e}"),
         Err(_) => {
-            debug!(call_id, "Dial not taken within {timeout:?}; giving up on it");
+            debug!(
+                call_id,
+                "Dial not taken within {timeout:?}; giving up on it"
+            );
             let _ = send.reset(common::error::close::PROTOCOL.into());
         }
     }
