@@ -7,8 +7,10 @@
 //! The keys are the known_peers entries (for an `--accept-from` list, only
 //! those of the listed names), at most [`MAX_APPROVED`].
 
+use std::sync::atomic::Ordering;
+
 use common::messages::MAX_APPROVED;
-use common::{Fingerprint, Message};
+use common::{ErrorKind, Fingerprint, Message};
 use tracing::debug;
 
 use crate::peer::Peer;
@@ -37,7 +39,15 @@ pub(crate) fn pre_approved(policy: &Policy, entries: &[(String, Fingerprint)]) -
 
 /// Sends the pre-approved keys on `link`. A failure only costs the
 /// contacts their exemption from the per-callee limits: logged, not fatal.
+///
+/// A server that predates [`Message::Approve`] answers it as a malformed
+/// request (kind `protocol`) and closes the link; it is not asked again by
+/// this peer, so the listener reconnects once instead of in a loop.
 pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
+    let unsupported = &peer.inner.approve_unsupported;
+    if unsupported.load(Ordering::Relaxed) {
+        return;
+    }
     let entries = match peer.inner.known.entries() {
         Ok(entries) => entries,
         Err(e) => return debug!("not sending approvals: {e}"),
@@ -48,6 +58,13 @@ pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
     }
     match link.request(&Message::Approve { fingerprints }).await {
         Ok(Message::Approved { count }) => debug!(count, "pre-approved callers sent"),
+        Ok(Message::Error {
+            kind: ErrorKind::Protocol,
+            message,
+        }) => {
+            debug!("the server does not take approvals ({message}); not sending them again");
+            unsupported.store(true, Ordering::Relaxed);
+        }
         Ok(other) => debug!("the server answered Approve with {}", other.kind_name()),
         Err(e) => debug!("approvals not sent: {e}"),
     }

@@ -7,11 +7,16 @@
 //!   first a wait spread over what the server asked) and register again. Errors that
 //!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
 //! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
-//!   connections only from keys of calls we accepted, and hands the first one
-//!   that opens a stream to the [`Listener`].
+//!   connections only from keys of calls we accepted, a bounded number of
+//!   handshakes at once, and hands the first one that opens a stream to the
+//!   [`Listener`]: one accepted offer is one call, later connections of
+//!   that key are refused.
 //!
 //! On accept, the callee sends punch datagrams toward the caller's vetted
-//! candidates ([`crate::punch`]) until the caller gets through.
+//! candidates ([`crate::punch`], [`common::candidates::targets`]) until the
+//! caller gets through. After each registration it tells the server whose
+//! calls it accepts anyway (`approve`). Every write of the call exchange
+//! has [`crate::Timing::write_timeout`].
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) known: KnownPeers,
     /// The one-shot server link (lookup, call), made on first use.
     link: Mutex<Option<(ServerLink, bool)>>,
+    /// The server refused [`Message::Approve`] (it predates it): not sent again.
+    pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
     /// Where accepted calls go while listening.
     pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
 }
@@ -115,6 +117,7 @@ impl Peer {
             events,
             known,
             link: Mutex::new(None),
+            approve_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::listener::accept_loop(Arc::downgrade(&inner)));
