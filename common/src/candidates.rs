@@ -5,8 +5,12 @@
 //! the peer's claim), then at most [`MAX_LOCAL_CANDIDATES`] of the addresses
 //! the peer claims for itself, and only if they are private (RFC 1918),
 //! link-local or unique-local (IPv6 fc00::/7) — addresses that stay inside the
-//! sender's own network. The server applies [`vet`]; peers apply
-//! [`is_local_candidate`] again to what they receive, as a second lock.
+//! sender's own network — and only when both peers sit behind one public
+//! address ([`same_network`]): a stranger's LAN addresses would otherwise
+//! make the callee probe hosts of its own LAN. The server applies
+//! [`forward`]. Both peers apply [`targets`] to what they receive, caller and
+//! callee alike, so a buggy or hostile server still cannot make them send
+//! packets to loopback, multicast, broadcast, or more than 1 + 8 addresses.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -38,6 +42,35 @@ pub fn is_local_candidate(addr: SocketAddr) -> bool {
     }
 }
 
+/// Whether `addr` may be the first (server-observed) candidate: a unicast
+/// address with a port. Loopback only when `loopback_ok` (the server link
+/// itself runs over loopback, as in tests); multicast, broadcast and the
+/// unspecified address never.
+pub fn is_observed_candidate(addr: SocketAddr, loopback_ok: bool) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match canonical(addr).ip() {
+        IpAddr::V4(ip) => {
+            !(ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified())
+                && (loopback_ok || !ip.is_loopback())
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_multicast() || ip.is_unspecified()) && (loopback_ok || !ip.is_loopback())
+        }
+    }
+}
+
+/// Whether two observed addresses are one network: the same IPv4 address
+/// (one NAT) or the same IPv6 /64 (one LAN).
+pub fn same_network(a: SocketAddr, b: SocketAddr) -> bool {
+    match (canonical(a).ip(), canonical(b).ip()) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => x == y,
+        (IpAddr::V6(x), IpAddr::V6(y)) => (u128::from(x) >> 64) == (u128::from(y) >> 64),
+        _ => false,
+    }
+}
+
 /// The candidate list to hand the other side: `observed` first, then the
 /// acceptable claimed ones, deduplicated, at most `max_local` of them.
 pub fn vet(observed: SocketAddr, claimed: &[SocketAddr], max_local: usize) -> Vec<SocketAddr> {
@@ -54,30 +87,52 @@ pub fn vet(observed: SocketAddr, claimed: &[SocketAddr], max_local: usize) -> Ve
     out
 }
 
-/// The addresses a callee may send punch datagrams to, from the caller's
-/// candidates as the server sent them: the first (the address the server
-/// observed) and at most [`MAX_LOCAL_CANDIDATES`] private, link-local or
-/// unique-local ones. The callee's own check behind the server's [`vet`]:
-/// even a buggy or hostile server cannot make a listener send packets to an
-/// arbitrary public host.
-pub fn punch_targets(candidates: &[SocketAddr]) -> Vec<SocketAddr> {
-    let mut targets: Vec<SocketAddr> = Vec::new();
+/// What the server forwards of one side's candidates to the other: `from`'s
+/// observed address, and its vetted local ones only when `from` and `to`
+/// are one network ([`same_network`]). Across networks a private address
+/// names a host in the *receiver's* LAN, not the sender's.
+pub fn forward(
+    from_observed: SocketAddr,
+    from_claimed: &[SocketAddr],
+    to_observed: SocketAddr,
+) -> Vec<SocketAddr> {
+    let max_local = if same_network(from_observed, to_observed) {
+        MAX_LOCAL_CANDIDATES
+    } else {
+        0
+    };
+    vet(from_observed, from_claimed, max_local)
+}
+
+/// The addresses a peer may send packets to (the caller dials them, the
+/// callee punches them), from the other side's candidates as the server
+/// sent them: the first (the address the server observed) if
+/// [`is_observed_candidate`] accepts it, then at most
+/// [`MAX_LOCAL_CANDIDATES`] private, link-local or unique-local ones,
+/// deduplicated. `server` is the server link's remote address: loopback is
+/// accepted in the first slot only when it is loopback too.
+pub fn targets(candidates: &[SocketAddr], server: SocketAddr) -> Vec<SocketAddr> {
+    let loopback_ok = canonical(server).ip().is_loopback();
+    let mut out: Vec<SocketAddr> = Vec::new();
     let (observed, rest) = match candidates.split_first() {
-        Some((first, rest)) if first.port() != 0 => (Some(canonical(*first)), rest),
+        Some((first, rest)) if is_observed_candidate(*first, loopback_ok) => {
+            (Some(canonical(*first)), rest)
+        }
         Some((_, rest)) => (None, rest),
         None => (None, candidates),
     };
-    targets.extend(observed);
+    out.extend(observed);
+    let local_start = out.len();
     for addr in rest.iter().copied().filter(|a| is_local_candidate(*a)) {
         let addr = canonical(addr);
-        if targets.len() > MAX_LOCAL_CANDIDATES {
+        if out.len() - local_start >= MAX_LOCAL_CANDIDATES {
             break;
         }
-        if !targets.contains(&addr) {
-            targets.push(addr);
+        if !out.contains(&addr) {
+            out.push(addr);
         }
     }
-    targets
+    out
 }
 
 #[cfg(test)]
@@ -132,8 +187,10 @@ mod tests {
         assert!(!out.contains(&a("8.8.8.8:53")));
     }
 
+    const PUBLIC_SERVER: &str = "192.0.2.1:7700";
+
     #[test]
-    fn a_listener_punches_only_the_observed_address_and_private_ones() {
+    fn a_peer_sends_only_to_the_observed_address_and_private_ones() {
         let from_server = [
             a("198.51.100.7:4000"), // observed: public, allowed
             a("203.0.113.9:53"),    // a public "local" candidate: never
@@ -144,7 +201,7 @@ mod tests {
             a("10.0.0.1:0"),        // port 0: never
         ];
         assert_eq!(
-            punch_targets(&from_server),
+            targets(&from_server, a(PUBLIC_SERVER)),
             vec![
                 a("198.51.100.7:4000"),
                 a("192.168.1.20:4000"),
@@ -154,7 +211,76 @@ mod tests {
         let many: Vec<_> = std::iter::once(a("198.51.100.7:1"))
             .chain((1..=40).map(|i| a(&format!("10.0.0.{i}:9"))))
             .collect();
-        assert_eq!(punch_targets(&many).len(), 1 + MAX_LOCAL_CANDIDATES);
-        assert!(punch_targets(&[]).is_empty());
+        assert_eq!(
+            targets(&many, a(PUBLIC_SERVER)).len(),
+            1 + MAX_LOCAL_CANDIDATES
+        );
+        assert!(targets(&[], a(PUBLIC_SERVER)).is_empty());
+    }
+
+    #[test]
+    fn thousands_of_candidates_become_at_most_nine() {
+        let flood: Vec<SocketAddr> = (0..9_000u32)
+            .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9)))
+            .collect();
+        let out = targets(&flood, a(PUBLIC_SERVER));
+        assert_eq!(out.len(), 1 + MAX_LOCAL_CANDIDATES);
+        let public: Vec<SocketAddr> = (0..9_000u32)
+            .map(|i| SocketAddr::from(([203, 0, (i >> 8) as u8, i as u8], 9)))
+            .collect();
+        assert_eq!(targets(&public, a(PUBLIC_SERVER)), vec![public[0]]);
+    }
+
+    #[test]
+    fn the_first_slot_is_never_loopback_multicast_broadcast_or_unspecified() {
+        for bad in [
+            "127.0.0.1:5",
+            "[::1]:5",
+            "224.0.0.1:5",
+            "[ff02::1]:5",
+            "255.255.255.255:5",
+            "0.0.0.0:5",
+            "[::]:5",
+            "[::ffff:127.0.0.1]:5",
+            "198.51.100.7:0",
+        ] {
+            let out = targets(&[a(bad), a("192.168.1.2:5")], a(PUBLIC_SERVER));
+            assert_eq!(out, vec![a("192.168.1.2:5")], "{bad}");
+        }
+        // Over a loopback server link (tests, one machine), loopback is fine;
+        // multicast, broadcast and unspecified still are not.
+        let lo = a("127.0.0.1:7700");
+        assert_eq!(targets(&[a("127.0.0.1:5")], lo), vec![a("127.0.0.1:5")]);
+        assert_eq!(
+            targets(&[a("[::1]:5")], a("[::1]:7700")),
+            vec![a("[::1]:5")]
+        );
+        for bad in ["224.0.0.1:5", "255.255.255.255:5", "0.0.0.0:5"] {
+            assert!(targets(&[a(bad)], lo).is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_candidates_are_forwarded_only_within_one_network() {
+        let claimed = [a("192.168.1.2:4000"), a("[fd00::2]:4000")];
+        let bob = a("198.51.100.7:4000");
+        let same_nat = a("198.51.100.7:5123");
+        let elsewhere = a("203.0.113.9:4000");
+        assert_eq!(
+            forward(bob, &claimed, same_nat),
+            vec![bob, a("192.168.1.2:4000"), a("[fd00::2]:4000")]
+        );
+        assert_eq!(forward(bob, &claimed, elsewhere), vec![bob]);
+        assert_eq!(
+            forward(a("[::ffff:198.51.100.7]:1"), &claimed, same_nat).len(),
+            3,
+            "an IPv4-mapped observed address is the same IPv4 address"
+        );
+        let v6 = a("[2001:db8:1:2::1]:4000");
+        assert_eq!(forward(v6, &claimed, a("[2001:db8:1:2::9]:1")).len(), 3);
+        assert_eq!(forward(v6, &claimed, a("[2001:db8:1:3::1]:1")), vec![v6]);
+        assert_eq!(forward(v6, &claimed, bob), vec![v6]);
+        assert!(same_network(a("127.0.0.1:1"), a("127.0.0.1:2")));
+        assert!(!same_network(a("127.0.0.1:1"), a("127.0.0.2:1")));
     }
 }

@@ -13,6 +13,8 @@
 //!  | <--- LookupResult / Error    |   online + fingerprint, never an address
 //!  | Call{to,candidates} -------> |   (see below)
 //!  | <--- CallAccepted / Error    |
+//!  | Approve{fingerprints} -----> |   a listen's pre-approved callers (known
+//!  | <--- Approved{count} / Error |   contacts): their calls skip the per-callee limits
 //! ```
 //!
 //! A call, with the callee's `listen` session (server-opened stream):
@@ -41,6 +43,11 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{ErrorKind, Fingerprint};
+
+/// Most keys one [`Message::Approve`] may carry (the server refuses more):
+/// 100 × 32 bytes = 3.2 KiB, inside a small (4 KiB) request frame, and the
+/// most a server keeps per listening session.
+pub const MAX_APPROVED: usize = 100;
 
 /// A message of the rendezvous protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +126,21 @@ pub enum Message {
         /// The caller's observed address, then its vetted local ones.
         candidates: Vec<SocketAddr>,
     },
+    /// Listener → server, after `Register { presence: true }`: the keys
+    /// this listener accepts calls from anyway (its known contacts, its
+    /// `--accept-from` names' keys). Their calls are not counted against the
+    /// per-callee offer limits, so strangers ringing it cannot lock its
+    /// contacts out. At most [`MAX_APPROVED`]; each Approve replaces the
+    /// last.
+    Approve {
+        /// The pre-approved callers' keys.
+        fingerprints: Vec<Fingerprint>,
+    },
+    /// Server → listener: the [`Message::Approve`] list is in force.
+    Approved {
+        /// How many keys it holds.
+        count: u32,
+    },
     /// Either way: the request failed.
     Error {
         /// What kind of failure.
@@ -142,6 +164,8 @@ impl Message {
             Self::Reject { .. } => "Reject",
             Self::CallAccepted { .. } => "CallAccepted",
             Self::Dial { .. } => "Dial",
+            Self::Approve { .. } => "Approve",
+            Self::Approved { .. } => "Approved",
             Self::Error { .. } => "Error",
         }
     }
@@ -187,4 +211,36 @@ pub enum PeerMessage {
         /// Where it was stored, or why not.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn approve_and_approved_round_trip(
+            keys in proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_APPROVED),
+            count in any::<u32>(),
+        ) {
+            for msg in [
+                Message::Approve { fingerprints: keys.iter().copied().map(Fingerprint).collect() },
+                Message::Approved { count },
+            ] {
+                let bytes = postcard::to_allocvec(&msg).expect("encode");
+                let back: Message = postcard::from_bytes(&bytes).expect("decode");
+                prop_assert_eq!(back, msg);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_approve_fits_in_a_small_frame() {
+        let msg = Message::Approve {
+            fingerprints: vec![Fingerprint([0xff; 32]); MAX_APPROVED],
+        };
+        let len = postcard::to_allocvec(&msg).expect("encode").len();
+        assert!(len <= 4 * 1024 - 64, "{len}");
+    }
 }

@@ -60,6 +60,10 @@ fn messages() -> Vec<Message> {
             call_id: u64::MAX,
             candidates: cands,
         },
+        Message::Approve {
+            fingerprints: vec![fp; 3],
+        },
+        Message::Approved { count: 3 },
         Message::error(ErrorKind::RateLimited, "slow down"),
     ]
 }

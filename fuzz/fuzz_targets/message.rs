@@ -3,22 +3,27 @@
 //! what a server sends: names and the candidate addresses it may punch.
 #![no_main]
 
-use common::candidates::{is_local_candidate, punch_targets, MAX_LOCAL_CANDIDATES};
+use common::candidates::{
+    is_local_candidate, is_observed_candidate, targets, MAX_LOCAL_CANDIDATES,
+};
 use common::framing::decode_body;
 use common::{validate_name, Message};
 use common_fuzz::check_round_trip;
 use libfuzzer_sys::fuzz_target;
 
 fn check_targets(candidates: &[std::net::SocketAddr]) {
-    let targets = punch_targets(candidates);
-    assert!(targets.len() <= 1 + MAX_LOCAL_CANDIDATES, "{targets:?}");
-    for (i, t) in targets.iter().enumerate() {
-        assert!(t.port() != 0, "punch target with port 0: {targets:?}");
-        assert!(!targets[..i].contains(t), "duplicate target: {targets:?}");
-        if i > 0 {
+    // A server on loopback (tests) and one on a public address.
+    for server in ["127.0.0.1:7700", "198.51.100.1:7700"] {
+        let server: std::net::SocketAddr = server.parse().expect("addr");
+        let loopback_ok = server.ip().is_loopback();
+        let targets = targets(candidates, server);
+        assert!(targets.len() <= 1 + MAX_LOCAL_CANDIDATES, "{targets:?}");
+        for (i, t) in targets.iter().enumerate() {
+            assert!(t.port() != 0, "target with port 0: {targets:?}");
+            assert!(!targets[..i].contains(t), "duplicate target: {targets:?}");
             assert!(
-                is_local_candidate(*t),
-                "public local candidate: {targets:?}"
+                is_local_candidate(*t) || (i == 0 && is_observed_candidate(*t, loopback_ok)),
+                "target neither observed nor local: {targets:?}"
             );
         }
     }

@@ -54,6 +54,9 @@ impl ServerProc {
             ])
             .args(["--register-rate", lifted, "--lookup-rate", lifted])
             .args(["--call-rate", lifted])
+            // The calls phase rings each callee many times from one address.
+            .args(["--offer-rate-per-source", lifted])
+            .args(["--offer-rate-per-callee", lifted])
             .args(&launch.extra)
             // The server's own log level: warnings, unless told otherwise.
             .env(

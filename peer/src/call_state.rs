@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::candidates::targets;
 use common::{ErrorKind, Fingerprint, Message};
 
 use crate::error::Error;
@@ -75,12 +76,17 @@ impl CallState {
     }
 
     /// The server answered. `known` is what known_peers says about the
-    /// callee's key; `accept_new_key` overrides a change.
+    /// callee's key; `accept_new_key` overrides a change. `server` is the
+    /// server link's remote address: the candidates are vetted by
+    /// [`common::candidates::targets`] (at most 1 observed + 8 local, no
+    /// loopback first unless the server is on loopback), so a lying server
+    /// cannot make this peer dial thousands of hosts.
     pub fn on_answer(
         self,
         answer: Message,
         known: impl FnOnce(&Fingerprint) -> Check,
         accept_new_key: bool,
+        server: SocketAddr,
     ) -> Result<Self, Error> {
         let Self::Requesting { to, sent_at } = self else {
             return Err(Error::Protocol("call answer in the wrong state".into()));
@@ -101,16 +107,14 @@ impl CallState {
                         });
                     }
                 }
-                let mut pending: Vec<SocketAddr> = Vec::new();
-                for c in candidates {
-                    if !pending.contains(&c) {
-                        pending.push(c);
-                    }
-                }
+                let pending = targets(&candidates, server);
                 if pending.is_empty() {
                     return Err(Error::Unreachable {
                         name: to,
-                        tried: "the server gave no address to try".into(),
+                        tried: format!(
+                            "the server gave no address to try (of {} given, none acceptable)",
+                            candidates.len()
+                        ),
                     });
                 }
                 Ok(Self::Dialing {
@@ -224,10 +228,16 @@ fn unreachable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::candidates::MAX_LOCAL_CANDIDATES;
 
     fn a(s: &str) -> SocketAddr {
         s.parse().expect("addr")
     }
+
+    const SERVER: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        7700,
+    );
 
     fn accepted(cands: &[&str]) -> Message {
         Message::CallAccepted {
@@ -245,6 +255,7 @@ mod tests {
                 accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
                 |_| Check::New,
                 false,
+                SERVER,
             )
             .expect("dialing");
         let s = s
@@ -271,6 +282,7 @@ mod tests {
                 accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
                 |_| Check::New,
                 false,
+                SERVER,
             )
             .expect("dialing");
         let s = s
@@ -293,7 +305,12 @@ mod tests {
     fn deadline_while_dialing_lists_silent_candidates() {
         let t0 = Instant::now();
         let s = CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), |_| Check::Known, false)
+            .on_answer(
+                accepted(&["198.51.100.1:1"]),
+                |_| Check::Known,
+                false,
+                SERVER,
+            )
             .expect("dialing");
         let err = s.on_deadline();
         assert!(
@@ -310,20 +327,69 @@ mod tests {
                 Message::error(ErrorKind::Offline, "alice is not online"),
                 |_| Check::New,
                 false,
+                SERVER,
             )
             .expect_err("offline");
         assert_eq!(err.kind(), ErrorKind::Offline);
         let changed = |_: &Fingerprint| Check::Changed(Fingerprint([1; 32]));
         let err = CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), changed, false)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, false, SERVER)
             .expect_err("changed");
         assert_eq!(err.kind(), ErrorKind::KeyChanged);
         assert!(CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), changed, true)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, true, SERVER)
             .is_ok());
         let err = CallState::start("alice", t0)
-            .on_answer(Message::Lookup { name: "x".into() }, |_| Check::New, false)
+            .on_answer(
+                Message::Lookup { name: "x".into() },
+                |_| Check::New,
+                false,
+                SERVER,
+            )
             .expect_err("odd");
         assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn a_lying_server_cannot_make_the_caller_dial_thousands_or_loopback() {
+        let t0 = Instant::now();
+        let mut flood: Vec<SocketAddr> = vec![a("127.0.0.1:22")];
+        flood.extend(
+            (0..9_000u32)
+                .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9))),
+        );
+        flood.extend((0..100u8).map(|i| SocketAddr::from(([224, 0, 0, i], 9))));
+        let answer = Message::CallAccepted {
+            call_id: 1,
+            fingerprint: Fingerprint([7; 32]),
+            candidates: flood,
+        };
+        let s = CallState::start("alice", t0)
+            .on_answer(answer, |_| Check::New, false, SERVER)
+            .expect("dialing");
+        let CallState::Dialing { pending, .. } = s else {
+            panic!("{s:?}");
+        };
+        assert_eq!(pending.len(), MAX_LOCAL_CANDIDATES, "{pending:?}");
+        assert!(pending
+            .iter()
+            .all(|p| common::candidates::is_local_candidate(*p)));
+        // Only a loopback first slot: nothing to dial over a public server...
+        let err = CallState::start("alice", t0)
+            .on_answer(accepted(&["127.0.0.1:5"]), |_| Check::New, false, SERVER)
+            .expect_err("nothing acceptable");
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        // ...but fine when the server link itself is on loopback (tests).
+        let s = CallState::start("alice", t0)
+            .on_answer(
+                accepted(&["127.0.0.1:5"]),
+                |_| Check::New,
+                false,
+                a("127.0.0.1:7700"),
+            )
+            .expect("loopback server, loopback callee");
+        assert!(
+            matches!(s, CallState::Dialing { ref pending, .. } if pending == &[a("127.0.0.1:5")])
+        );
     }
 }

@@ -23,6 +23,8 @@ pub struct PeerConfig {
     pub bind: SocketAddr,
     /// Timings.
     pub timing: Timing,
+    /// Limits on what callers may hold open at this peer.
+    pub limits: Limits,
     /// Protocol identifier offered to the server. Leave the default; tests
     /// change it to check version-mismatch reporting.
     pub server_alpn: Vec<u8>,
@@ -50,6 +52,16 @@ pub struct Timing {
     pub reconnect_max: Duration,
     /// How long a callee keeps accepting connections for a call it accepted (default 20 s).
     pub accept_window: Duration,
+    /// Time the server has to send each frame of a call offer (default 10 s).
+    pub offer_timeout: Duration,
+    /// Time a caller's QUIC handshake with this listener may take (default 10 s).
+    pub peer_handshake_timeout: Duration,
+    /// Time a caller has to open its first stream once connected (default 10 s).
+    pub first_stream_timeout: Duration,
+    /// Most time one frame write of the call exchange (Accept, Reject) may
+    /// take (default 5 s). A server that grants no flow-control credit
+    /// would otherwise park the task for good.
+    pub write_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -63,6 +75,34 @@ impl Default for Timing {
             peer_idle_timeout: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(3),
             accept_window: Duration::from_secs(20),
+            offer_timeout: Duration::from_secs(10),
+            peer_handshake_timeout: Duration::from_secs(10),
+            first_stream_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What callers may hold open at a listening peer (see each field for the
+/// default and why).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most incoming peer handshakes at once (default 16). Only keys of
+    /// accepted calls pass the handshake, but each costs a TLS handshake
+    /// first; a caller dials at most 9 candidates, so 16 leaves room for
+    /// two calls arriving together. Past it, new attempts are refused.
+    pub max_peer_handshakes: usize,
+    /// Most streams one call may have open at once (default 16): in
+    /// `--exec` mode each is an `sh -c`, in `--receive-dir` mode an upload.
+    /// A caller's further streams wait until one ends.
+    pub max_streams_per_call: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_peer_handshakes: 16,
+            max_streams_per_call: 16,
         }
     }
 }
@@ -79,6 +119,7 @@ impl PeerConfig {
             known_peers: dir.join("known_peers"),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             timing: Timing::default(),
+            limits: Limits::default(),
             server_alpn: common::tls::SERVER_ALPN.to_vec(),
         }
     }

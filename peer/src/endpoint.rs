@@ -17,12 +17,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::config::Timing;
+use crate::config::{Limits, Timing};
 use crate::error::{Error, Result};
 
 /// A call this peer accepted and now expects a connection for.
 #[derive(Debug, Clone)]
 pub(crate) struct Expected {
+    /// Tells this entry apart from other calls of the same key.
+    pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) candidates: Vec<SocketAddr>,
@@ -33,19 +35,46 @@ pub(crate) struct Expected {
 }
 
 /// The calls being expected, shared with the TLS verifier.
+///
+/// One accepted offer is one call: the first connection of its key that
+/// opens a stream [`ExpectedCalls::claim`]s the entry, and later ones find
+/// nothing. (A caller dials all candidates at once; the connections that
+/// lose the race close without opening a stream and claim nothing.)
 #[derive(Debug, Default)]
-pub(crate) struct ExpectedCalls(Mutex<Vec<Expected>>);
+pub(crate) struct ExpectedCalls {
+    list: Mutex<Vec<Expected>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
 
 impl ExpectedCalls {
     fn lock(&self) -> MutexGuard<'_, Vec<Expected>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A fresh id for a new [`Expected`].
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds `e`, or replaces the entry with its id (if not claimed yet:
+    /// a claimed call stays claimed).
     pub(crate) fn add(&self, e: Expected) {
         let now = Instant::now();
         let mut list = self.lock();
         list.retain(|x| x.expires > now);
-        list.push(e);
+        match list.iter_mut().find(|x| x.id == e.id) {
+            Some(slot) => *slot = e,
+            None => list.push(e),
+        }
+    }
+
+    /// Like [`ExpectedCalls::add`], but only replaces: does nothing once
+    /// the call was claimed or expired.
+    pub(crate) fn update(&self, e: Expected) {
+        if let Some(slot) = self.lock().iter_mut().find(|x| x.id == e.id) {
+            *slot = e;
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -60,19 +89,26 @@ impl ExpectedCalls {
             .any(|x| x.expires > now && x.fingerprint == *fp)
     }
 
-    /// The expected call a connection from `fp` at `from` belongs to
-    /// (preferring one whose candidates include `from`).
-    pub(crate) fn find(&self, fp: &Fingerprint, from: SocketAddr) -> Option<Expected> {
+    fn best(list: &[Expected], fp: &Fingerprint, from: SocketAddr) -> Option<usize> {
         let now = Instant::now();
+        let live = |x: &Expected| x.expires > now && x.fingerprint == *fp;
+        list.iter()
+            .position(|x| live(x) && x.candidates.contains(&from))
+            .or_else(|| list.iter().position(live))
+    }
+
+    /// The expected call a connection from `fp` at `from` belongs to
+    /// (preferring one whose candidates include `from`), left in place.
+    pub(crate) fn find(&self, fp: &Fingerprint, from: SocketAddr) -> Option<Expected> {
         let list = self.lock();
-        let live = || {
-            list.iter()
-                .filter(|x| x.expires > now && x.fingerprint == *fp)
-        };
-        live()
-            .find(|x| x.candidates.contains(&from))
-            .or_else(|| live().next())
-            .cloned()
+        Self::best(&list, fp, from).map(|i| list[i].clone())
+    }
+
+    /// Like [`ExpectedCalls::find`], but takes the entry out: this
+    /// connection is the call, no other may be.
+    pub(crate) fn claim(&self, fp: &Fingerprint, from: SocketAddr) -> Option<Expected> {
+        let mut list = self.lock();
+        Self::best(&list, fp, from).map(|i| list.remove(i))
     }
 }
 
@@ -81,13 +117,23 @@ pub(crate) struct Socket {
     pub(crate) endpoint: quinn::Endpoint,
     udp: Arc<dyn quinn::AsyncUdpSocket>,
     pub(crate) expected: Arc<ExpectedCalls>,
+    /// Incoming peer handshakes in flight ([`Limits::max_peer_handshakes`]).
+    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+    /// The remote address of the last server link made (its loopback-ness
+    /// decides whether loopback candidates may be used).
+    server: Mutex<Option<SocketAddr>>,
     identity: Arc<Identity>,
     timing: Timing,
 }
 
 impl Socket {
     /// Binds the socket and makes the endpoint (client and server roles).
-    pub(crate) fn bind(addr: SocketAddr, identity: Arc<Identity>, timing: Timing) -> Result<Self> {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        identity: Arc<Identity>,
+        timing: Timing,
+        limits: &Limits,
+    ) -> Result<Self> {
         let std_socket = std::net::UdpSocket::bind(addr)
             .map_err(|e| Error::io(format!("binding UDP {addr}"), e))?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
@@ -101,7 +147,7 @@ impl Socket {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(peer_transport(&timing, None));
+        server_config.transport_config(peer_transport(&timing, None, limits.max_streams_per_call));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -113,6 +159,8 @@ impl Socket {
             endpoint,
             udp,
             expected,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_peer_handshakes)),
+            server: Mutex::new(None),
             identity,
             timing,
         })
@@ -158,8 +206,22 @@ impl Socket {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(peer_transport(&self.timing, rtt_hint));
+        config.transport_config(peer_transport(&self.timing, rtt_hint, CALLER_STREAMS));
         Ok(config)
+    }
+
+    /// Notes the remote address of a server link just made.
+    pub(crate) fn set_server(&self, addr: SocketAddr) {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// The remote address of the last server link (unspecified before any:
+    /// then loopback candidates are not used).
+    pub(crate) fn server(&self) -> SocketAddr {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Sends one punch datagram to each target from the one socket.
@@ -207,13 +269,22 @@ impl Socket {
     }
 }
 
-fn peer_transport(timing: &Timing, rtt_hint: Option<Duration>) -> Arc<quinn::TransportConfig> {
+/// Streams a callee may open toward a caller (the caller's side of a call).
+const CALLER_STREAMS: u32 = 256;
+
+/// A peer connection's transport; `streams` is how many streams the other
+/// side may have open at once.
+fn peer_transport(
+    timing: &Timing,
+    rtt_hint: Option<Duration>,
+    streams: u32,
+) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(timing.peer_keep_alive))
         .max_idle_timeout(timing.peer_idle_timeout.try_into().ok())
         .max_concurrent_uni_streams(0u32.into())
-        .max_concurrent_bidi_streams(256u32.into());
+        .max_concurrent_bidi_streams(streams.into());
     if let Some(rtt) = rtt_hint {
         transport.initial_rtt(rtt.clamp(Duration::from_millis(5), Duration::from_millis(333)));
     }

@@ -142,6 +142,16 @@ impl KnownPeers {
         Ok(Check::of(self.get(name)?, key))
     }
 
+    /// Every (name, key) recorded, in name order.
+    pub(crate) fn entries(&self) -> Result<Vec<(String, Fingerprint)>> {
+        Ok(self
+            .read()?
+            .entries
+            .into_iter()
+            .map(|(name, (_, key))| (name, key))
+            .collect())
+    }
+
     /// The recorded key of `name`.
     pub fn get(&self, name: &str) -> Result<Option<Fingerprint>> {
         Ok(self.read()?.entries.get(name).map(|(_, k)| *k))

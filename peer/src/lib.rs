@@ -30,12 +30,14 @@
 //! - `listener`: presence with reconnection, call offers, accepting peers.
 //! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
 //! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
-//! - `server_link`: requests to the rendezvous server.
+//! - `server_link`: requests to the rendezvous server; `approve`: the
+//!   pre-approved callers a `listen` tells the server.
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
 //! - [`known_peers`]: contacts' pinned keys.
 //! - [`events`], [`error`], [`config`].
 
 pub mod app;
+mod approve;
 mod call;
 pub mod call_state;
 pub mod config;
@@ -51,7 +53,7 @@ mod server_link;
 
 pub use call::{Call, Path};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
-pub use config::{default_config_dir, PeerConfig, Timing};
+pub use config::{default_config_dir, Limits, PeerConfig, Timing};
 pub use error::{Error, Result};
 pub use events::Event;
 pub use listener::Listener;

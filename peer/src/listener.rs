@@ -7,16 +7,21 @@
 //!   first a wait spread over what the server asked) and register again. Errors that
 //!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
 //! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
-//!   connections only from keys of calls we accepted, and hands the first one
-//!   that opens a stream to the [`Listener`].
+//!   connections only from keys of calls we accepted, a bounded number of
+//!   handshakes at once, and hands the first one that opens a stream to the
+//!   [`Listener`]: one accepted offer is one call, later connections of
+//!   that key are refused.
 //!
 //! On accept, the callee sends punch datagrams toward the caller's vetted
-//! candidates ([`crate::punch`]) until the caller gets through.
+//! candidates ([`crate::punch`], [`common::candidates::targets`]) until the
+//! caller gets through. After each registration it tells the server whose
+//! calls it accepts anyway (`approve`). Every write of the call exchange
+//! has [`crate::Timing::write_timeout`].
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use common::candidates::{canonical, punch_targets};
+use common::candidates::{canonical, targets};
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{validate_name, Fingerprint, Message};
 use tokio::sync::{mpsc, Notify};
@@ -31,11 +36,6 @@ use crate::policy::{Decision, Policy};
 use crate::punch::PunchSchedule;
 use crate::server_link::ServerLink;
 use crate::Event;
-
-/// Time the server has to send an offer's frames.
-const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a caller has to open its first stream once connected.
-const FIRST_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Incoming calls of a listening peer.
 pub struct Listener {
@@ -100,7 +100,7 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
     let mut backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
     let mut lost = false;
     loop {
-        let link = match connect_and_register(&peer, &name).await {
+        let link = match connect_and_register(&peer, &name, &policy).await {
             Ok(link) => link,
             Err(e) if e.is_transient() => {
                 peer.emit(Event::error(&e));
@@ -149,9 +149,12 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
     }
 }
 
-async fn connect_and_register(peer: &Peer, name: &str) -> Result<ServerLink> {
+async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Result<ServerLink> {
     let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
+    peer.inner.socket.set_server(link.conn.remote_address());
     let reg = link.register(name, true).await?;
+    // Before `Registered`: a contact calling on that event is exempt already.
+    crate::approve::send(peer, &link, policy).await;
     peer.emit(Event::Registered {
         name: name.to_owned(),
         fingerprint: reg.fingerprint.to_string(),
@@ -169,7 +172,7 @@ async fn answer_offer(
     mut recv: quinn::RecvStream,
 ) {
     let offer = tokio::time::timeout(
-        OFFER_TIMEOUT,
+        peer.inner.config.timing.offer_timeout,
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
@@ -185,14 +188,10 @@ async fn answer_offer(
         Err(reason) => Decision::Reject(reason),
     };
     if let Decision::Reject(reason) = decision {
-        let _ = write_frame(
-            &mut send,
-            &Message::Reject {
-                reason: reason.clone(),
-            },
-            MAX_FRAME,
-        )
-        .await;
+        let reject = Message::Reject {
+            reason: reason.clone(),
+        };
+        let _ = write_answer(&peer, &mut send, &reject).await;
         let _ = send.finish();
         // A refused name may be anything a server sent: cut and escape it.
         let from: String = from.chars().take(64).collect();
@@ -200,27 +199,58 @@ async fn answer_offer(
         peer.emit(Event::CallRefused { from, reason });
         return;
     }
+    accepted(&peer, send, recv, from, fingerprint).await;
+}
+
+/// Writes the answer to an offer, within [`crate::Timing::write_timeout`]:
+/// a server that grants no flow-control credit cannot park the task.
+async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) -> Result<()> {
+    let timeout = peer.inner.config.timing.write_timeout;
+    match tokio::time::timeout(timeout, write_frame(send, msg, MAX_FRAME)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Protocol(format!("writing {}: {e}", msg.kind_name()))),
+        Err(_) => {
+            debug!("the server took no {} within {timeout:?}", msg.kind_name());
+            Err(Error::Protocol(format!(
+                "{} not written within {timeout:?}",
+                msg.kind_name()
+            )))
+        }
+    }
+}
+
+/// An offer we accept: expect the caller, answer, then punch toward it
+/// until it connects.
+async fn accepted(
+    peer: &Peer,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    from: String,
+    fingerprint: common::Fingerprint,
+) {
     let socket = &peer.inner.socket;
+    let timing = &peer.inner.config.timing;
     let connected = Arc::new(Notify::new());
     let now = Instant::now();
     let expected = Expected {
+        id: socket.expected.next_id(),
         name: from,
         fingerprint,
         candidates: vec![],
         offered_at: now,
-        expires: now + peer.inner.config.timing.accept_window,
+        expires: now + timing.accept_window,
         connected: connected.clone(),
     };
     socket.expected.add(expected.clone());
     let accept = Message::Accept {
         candidates: socket.local_candidates(),
     };
-    if write_frame(&mut send, &accept, MAX_FRAME).await.is_err() {
+    if write_answer(peer, &mut send, &accept).await.is_err() {
         return;
     }
     let _ = send.finish();
     let dial = tokio::time::timeout(
-        OFFER_TIMEOUT,
+        timing.offer_timeout,
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
@@ -228,10 +258,10 @@ async fn answer_offer(
         debug!("no Dial after accepting a call");
         return;
     };
-    // Second lock: the server already vetted these; only the observed
-    // address (first) and private ones are ever punched.
-    let targets = punch_targets(&candidates);
-    socket.expected.add(Expected {
+    // Our own check behind the server's: only the observed address (first,
+    // never loopback or multicast) and private ones are ever punched.
+    let targets = targets(&candidates, socket.server());
+    socket.expected.update(Expected {
         candidates: targets.clone(),
         ..expected
     });
@@ -270,6 +300,9 @@ fn vet_offer(peer: &Peer, from: &str, fingerprint: &Fingerprint) -> Result<Check
 }
 
 /// Lets in peer connections for calls we accepted; refuses the rest.
+/// At most [`crate::Limits::max_peer_handshakes`] are handled at once;
+/// attempts past it are dropped unanswered (the caller's QUIC stack sends
+/// them again).
 pub(crate) async fn accept_loop(inner: Weak<Inner>) {
     loop {
         let Some(endpoint) = inner.upgrade().map(|i| i.socket.endpoint.clone()) else {
@@ -286,42 +319,73 @@ pub(crate) async fn accept_loop(inner: Weak<Inner>) {
             incoming.refuse();
             continue;
         }
-        tokio::spawn(accept_one(strong, incoming));
+        let Ok(permit) = strong.socket.handshakes.clone().try_acquire_owned() else {
+            debug!(remote = %incoming.remote_address(), "dropping a connection attempt: too many handshakes");
+            incoming.ignore();
+            continue;
+        };
+        tokio::spawn(async move {
+            let conn = accept_one(&strong, incoming).await;
+            drop(permit);
+            if let Some((call, expected)) = conn {
+                hand_over(&strong, call, &expected).await;
+            }
+        });
     }
 }
 
-async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
+/// Handshake, then the first stream, which makes this connection the call
+/// its key was expected for ([`crate::endpoint::ExpectedCalls::claim`]).
+async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, Expected)> {
     let remote = canonical(incoming.remote_address());
-    let Ok(connecting) = incoming.accept() else {
-        return;
-    };
-    let conn = match tokio::time::timeout(OFFER_TIMEOUT, connecting).await {
+    let timing = &inner.config.timing;
+    let connecting = incoming.accept().ok()?;
+    let conn = match tokio::time::timeout(timing.peer_handshake_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return debug!(%remote, "peer handshake failed: {e}"),
-        Err(_) => return debug!(%remote, "peer handshake timed out"),
+        Ok(Err(e)) => {
+            debug!(%remote, "peer handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            debug!(%remote, "peer handshake timed out");
+            return None;
+        }
     };
-    let Some(fp) = remote_fingerprint(&conn) else {
-        return;
-    };
+    let fp = remote_fingerprint(&conn)?;
     let Some(expected) = inner.socket.expected.find(&fp, remote) else {
-        conn.close(
-            common::error::close::PROTOCOL.into(),
-            b"no call expected from this key",
-        );
-        return;
+        conn.close(NOT_EXPECTED.into(), b"no call expected from this key");
+        return None;
     };
     expected.connected.notify_one();
-    let setup = expected.offered_at.elapsed();
     // A caller dials all candidates at once and keeps the first that
     // authenticates; the others close without opening a stream.
-    let first = match tokio::time::timeout(FIRST_STREAM_TIMEOUT, conn.accept_bi()).await {
+    let first = match tokio::time::timeout(timing.first_stream_timeout, conn.accept_bi()).await {
         Ok(Ok(stream)) => stream,
-        _ => return debug!(%remote, "peer connection closed before use (a duplicate path)"),
+        _ => {
+            debug!(%remote, "peer connection closed before use (a duplicate path)");
+            return None;
+        }
     };
-    if let Err(e) = inner.known.record(&expected.name, &fp) {
+    // One accepted offer is one call: a second connection of this key
+    // (the call already up, or its window spent) finds nothing left.
+    let Some(expected) = inner.socket.expected.claim(&fp, remote) else {
+        debug!(%remote, "refusing a second connection for one accepted call");
+        conn.close(NOT_EXPECTED.into(), b"this call is already connected");
+        return None;
+    };
+    let setup = expected.offered_at.elapsed();
+    let call = Call::new(conn, expected.name.clone(), fp, setup).with_first_stream(first);
+    Some((call, expected))
+}
+
+/// The close code for a connection no accepted call is waiting for.
+const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;
+
+/// Records the caller's key and hands the call to the [`Listener`].
+async fn hand_over(inner: &Inner, call: Call, expected: &Expected) {
+    if let Err(e) = inner.known.record(&expected.name, &expected.fingerprint) {
         debug!("cannot record {} in known_peers: {e}", expected.name);
     }
-    let call = Call::new(conn, expected.name, fp, setup).with_first_stream(first);
     let _ = inner.events.send(call.connected_event());
     let tx = inner
         .incoming

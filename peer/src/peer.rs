@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) known: KnownPeers,
     /// The one-shot server link (lookup, call), made on first use.
     link: Mutex<Option<(ServerLink, bool)>>,
+    /// The server refused [`Message::Approve`] (it predates it): not sent again.
+    pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
     /// Where accepted calls go while listening.
     pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
 }
@@ -100,7 +102,12 @@ impl Peer {
             validate_name(name)?;
         }
         let identity = Arc::new(Identity::load_or_create(&config.identity)?);
-        let socket = Socket::bind(config.bind, identity.clone(), config.timing.clone())?;
+        let socket = Socket::bind(
+            config.bind,
+            identity.clone(),
+            config.timing.clone(),
+            &config.limits,
+        )?;
         let (events, _) = broadcast::channel(1024);
         let known = KnownPeers::new(config.known_peers.clone());
         let inner = Arc::new(Inner {
@@ -110,6 +117,7 @@ impl Peer {
             events,
             known,
             link: Mutex::new(None),
+            approve_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::listener::accept_loop(Arc::downgrade(&inner)));
@@ -145,6 +153,7 @@ impl Peer {
             }
         }
         let link = ServerLink::connect(&self.inner.socket, &self.inner.config).await?;
+        self.inner.socket.set_server(link.conn.remote_address());
         let took = link.connect_time;
         if register {
             let name = self.name()?;
@@ -236,7 +245,12 @@ impl Peer {
             })
             .await?;
         let state = state
-            .on_answer(answer, |fp| Check::of(recorded, fp), options.accept_new_key)
+            .on_answer(
+                answer,
+                |fp| Check::of(recorded, fp),
+                options.accept_new_key,
+                link.conn.remote_address(),
+            )
             .map_err(|e| match e {
                 Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
                     name,

@@ -51,6 +51,23 @@ pub struct Limits {
     pub lookup_rate: Rate,
     /// Calls per source IP (default 50, 10/s).
     pub call_rate: Rate,
+    /// Call offers from one source to one callee (default 30, 2/s): a
+    /// person redials a few times, and many honest callers can share one
+    /// carrier-NAT address (twenty people calling one popular callee at
+    /// once must get through), but one source should not spend the callee's
+    /// whole budget below. Checked first.
+    pub offer_rate_per_source: Rate,
+    /// Call offers to one callee from all sources together (default 60,
+    /// 4/s): each offer takes one of the callee's 64 stream slots until it
+    /// answers (at most `answer_timeout`), so many sources could otherwise
+    /// keep it busy. Twice the per-source budget: one source alone cannot
+    /// spend it. Calls from keys the callee pre-approved (its contacts) are
+    /// not counted, so a flood cannot lock them out.
+    pub offer_rate_per_callee: Rate,
+    /// Most time writing the Dial frame to a callee may take (default 5 s):
+    /// a callee granting no flow-control credit would otherwise park the
+    /// call's task, and its caller, for good.
+    pub dial_write_timeout: Duration,
     /// How often token buckets that have filled up again are forgotten
     /// (default 30 s): memory for rate limits is bounded by the sources
     /// active in the last interval.
@@ -129,6 +146,15 @@ impl Default for Limits {
                 burst: 50,
                 per_second: 10.0,
             },
+            offer_rate_per_source: Rate {
+                burst: 30,
+                per_second: 2.0,
+            },
+            offer_rate_per_callee: Rate {
+                burst: 60,
+                per_second: 4.0,
+            },
+            dial_write_timeout: Duration::from_secs(5),
             rate_sweep_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             answer_timeout: Duration::from_secs(15),

@@ -9,10 +9,11 @@
 //!
 //! - [`config`]: every limit and timing, with defaults.
 //! - [`server`]: the QUIC driver (accept, authenticate, dispatch streams).
-//! - `handlers/`: one file per request (`register`, `lookup`, `call`).
+//! - `handlers/`: one file per request (`register`, `lookup`, `call`, `approve`).
 //! - [`registry`]: sessions and presence (pure, unit-tested).
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
+//! - `offers`: call offers per (source, callee) and per callee (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
 //! - `transport`: the QUIC endpoint (TLS, transport limits, stateless resets, socket buffers).
@@ -36,6 +37,7 @@ pub mod config;
 mod handlers;
 pub mod http;
 pub mod metrics;
+mod offers;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

@@ -49,6 +49,12 @@ struct Cli {
     /// Calls per source IP, as BURST/PER_SECOND.
     #[arg(long, env = "RENDEZVOUS_CALL_RATE", default_value_t = Limits::default().call_rate, value_parser = parse_rate)]
     call_rate: Rate,
+    /// Call offers from one source IP (IPv6: /64) to one callee, as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_OFFER_RATE_PER_SOURCE", default_value_t = Limits::default().offer_rate_per_source, value_parser = parse_rate)]
+    offer_rate_per_source: Rate,
+    /// Call offers to one callee from everyone (its pre-approved contacts not counted), as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_OFFER_RATE_PER_CALLEE", default_value_t = Limits::default().offer_rate_per_callee, value_parser = parse_rate)]
+    offer_rate_per_callee: Rate,
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
@@ -152,6 +158,8 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     config.limits.register_rate = cli.register_rate;
     config.limits.lookup_rate = cli.lookup_rate;
     config.limits.call_rate = cli.call_rate;
+    config.limits.offer_rate_per_source = cli.offer_rate_per_source;
+    config.limits.offer_rate_per_callee = cli.offer_rate_per_callee;
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();

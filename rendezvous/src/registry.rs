@@ -33,6 +33,10 @@ pub struct Session<H> {
     pub observed: SocketAddr,
     /// The name it registered, if any.
     pub name: Option<String>,
+    /// Keys a `listen` session pre-approved ([`Registry::approve`]): their
+    /// calls skip the per-callee offer limits. At most
+    /// [`common::messages::MAX_APPROVED`].
+    pub approved: Vec<Fingerprint>,
     /// How the driver reaches this session.
     pub handle: H,
 }
@@ -89,6 +93,7 @@ impl<H: Clone> Registry<H> {
             fingerprint,
             observed,
             name: None,
+            approved: Vec::new(),
             handle,
         };
         self.sessions.insert(id, session);
@@ -130,6 +135,33 @@ impl<H: Clone> Registry<H> {
             .filter(|old| *old != id)
             .and_then(|old| self.sessions.get(&old).map(|s| (old, s.handle.clone())));
         Ok(Registered { replaced })
+    }
+
+    /// Sets the keys session `id` pre-approves (replacing the last list).
+    /// Only a session that holds its name's presence may: the list only
+    /// matters for the callee of a call.
+    pub fn approve(
+        &mut self,
+        id: SessionId,
+        mut keys: Vec<Fingerprint>,
+    ) -> Result<usize, RegistryError> {
+        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
+        let present = session
+            .name
+            .as_ref()
+            .is_some_and(|name| self.presence.get(name) == Some(&id));
+        if !present {
+            return Err(RegistryError::NotRegistered);
+        }
+        keys.truncate(common::messages::MAX_APPROVED);
+        keys.sort_unstable();
+        keys.dedup();
+        keys.shrink_to_fit();
+        let count = keys.len();
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.approved = keys;
+        }
+        Ok(count)
     }
 
     /// The `listen` session that holds `name`, if it is online.
@@ -233,5 +265,28 @@ mod tests {
         r.close(id);
         assert_eq!(r.register(id, "alice", true), Err(RegistryError::NoSession));
         assert_eq!(r.sessions(), 0);
+    }
+
+    #[test]
+    fn only_a_listen_session_approves_and_the_list_is_capped() {
+        let mut r: Registry<()> = Registry::default();
+        let fp = Fingerprint([1; 32]);
+        let id = r.open(fp, addr(1), ());
+        let keys: Vec<Fingerprint> = (0..=255u8).map(|i| Fingerprint([i; 32])).collect();
+        assert_eq!(
+            r.approve(id, keys.clone()),
+            Err(RegistryError::NotRegistered)
+        );
+        r.register(id, "alice", false).expect("register");
+        assert_eq!(
+            r.approve(id, keys.clone()),
+            Err(RegistryError::NotRegistered),
+            "not a listen session"
+        );
+        r.register(id, "alice", true).expect("listen");
+        assert_eq!(r.approve(id, keys), Ok(common::messages::MAX_APPROVED));
+        let (_, s) = r.present("alice").expect("online");
+        assert!(s.approved.contains(&Fingerprint([0; 32])));
+        assert_eq!(r.approve(id, vec![fp, fp]), Ok(1));
     }
 }

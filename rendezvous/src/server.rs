@@ -66,6 +66,8 @@ pub(crate) struct Rates {
     pub(crate) register: RateLimiter,
     pub(crate) lookup: RateLimiter,
     pub(crate) call: RateLimiter,
+    /// Call offers per (source, callee) and per callee.
+    pub(crate) offers: crate::offers::OfferLimits,
     connections: HashMap<IpAddr, usize>,
     /// Handshakes in flight per source IP (a subset of `connections`).
     pending: HashMap<IpAddr, usize>,
@@ -139,6 +141,7 @@ impl Server {
             register: RateLimiter::new(limits.register_rate),
             lookup: RateLimiter::new(limits.lookup_rate),
             call: RateLimiter::new(limits.call_rate),
+            offers: crate::offers::OfferLimits::new(&limits),
             connections: HashMap::new(),
             pending: HashMap::new(),
         };
@@ -286,7 +289,10 @@ impl MetricsHandle {
         Tables {
             sessions,
             online,
-            rate_buckets: rates.register.tracked() + rates.lookup.tracked() + rates.call.tracked(),
+            rate_buckets: rates.register.tracked()
+                + rates.lookup.tracked()
+                + rates.call.tracked()
+                + rates.offers.tracked(),
             sources: rates.connections.len(),
             handshakes: rates.pending.values().sum(),
         }
@@ -323,6 +329,7 @@ async fn sweep_rates(state: Arc<State>) {
         rates.register.sweep(now);
         rates.lookup.sweep(now);
         rates.call.sweep(now);
+        rates.offers.sweep(now);
     }
 }
 
@@ -429,6 +436,7 @@ async fn serve_stream(
         }
         Message::Lookup { name } => handlers::lookup::handle(state, id, name),
         Message::Call { to, candidates } => handlers::call::handle(state, id, to, candidates).await,
+        Message::Approve { fingerprints } => handlers::approve::handle(state, id, fingerprints),
         other => {
             let reason = format!("unexpected message {} as a request", other.kind_name());
             return refuse(state, conn, &mut send, &reason).await;

@@ -198,6 +198,18 @@ impl RawClient {
         peer_key: Option<&Identity>,
         local: SocketAddr,
     ) -> Self {
+        Self::connect_tuned(server, identity, peer_key, local, None).await
+    }
+
+    /// Like [`RawClient::connect_from`], with the server link's transport
+    /// set by `transport` (e.g. a callee granting little flow-control credit).
+    pub async fn connect_tuned(
+        server: &TestServer,
+        identity: Arc<Identity>,
+        peer_key: Option<&Identity>,
+        local: SocketAddr,
+        transport: Option<quinn::TransportConfig>,
+    ) -> Self {
         let server_config = peer_key.map(|key| {
             let tls =
                 tls::server_config(key, ClientKeyPolicy::AnyKey, tls::PEER_ALPN).expect("tls");
@@ -214,8 +226,11 @@ impl RawClient {
         )
         .expect("endpoint");
         let tls = tls::client_config(&identity, server.fingerprint, tls::SERVER_ALPN).expect("tls");
-        let config =
+        let mut config =
             quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("quic")));
+        if let Some(transport) = transport {
+            config.transport_config(Arc::new(transport));
+        }
         let conn = endpoint
             .connect_with(config, server.addr, tls::SERVER_NAME)
             .expect("connect")

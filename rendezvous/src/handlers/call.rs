@@ -4,27 +4,40 @@
 //! caller → server   Call { to: "alice", candidates }
 //! server → callee   IncomingCall { call_id, from: "bob", fingerprint }   (new stream, no addresses)
 //! callee → server   Accept { candidates }  |  Reject { reason }
-//! server → caller   CallAccepted { call_id, fingerprint, candidates: alice observed + vetted }
-//! server → callee   Dial { call_id, candidates: bob observed + vetted }  (at the same moment)
-//!             or    Error { kind: not_registered | not_found | offline | rejected | unreachable, .. }
+//! server → caller   CallAccepted { call_id, fingerprint, candidates: alice observed (+ local) }
+//! server → callee   Dial { call_id, candidates: bob observed (+ local) }  (at the same moment)
+//!             or    Error { kind: not_registered | not_found | offline | rate_limited
+//!                                 | rejected | unreachable, .. }
 //! ```
 //!
-//! Nobody learns an address before the callee accepts. Candidate lists are
-//! vetted by [`common::candidates::vet`]: the observed address first, then
-//! at most a few private ones. After the two frames leave, the server keeps
-//! no state about the call.
+//! Nobody learns an address before the callee accepts. Offers are limited
+//! per caller source, then per (source, callee) and per callee
+//! ([`crate::offers`], the callee's pre-approved contacts not counted).
+//! Candidate lists are [`common::candidates::forward`]ed: the observed
+//! address first, then at most a few private ones, and those only between
+//! two peers behind one public address. Every write has a timeout. After the
+//! two frames leave, the server keeps no state about the call.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-use common::candidates::{vet, MAX_LOCAL_CANDIDATES};
+use common::candidates::forward;
 use common::framing::{read_frame, write_frame};
-use common::{ErrorKind, Message};
+use common::{ErrorKind, Fingerprint, Message};
 use tracing::debug;
 
+use crate::offers::OfferRefused;
 use crate::registry::{RegistryError, SessionId};
 use crate::server::{lock, State};
+
+/// Who calls: name, key, observed address.
+struct Caller {
+    name: String,
+    fingerprint: Fingerprint,
+    observed: SocketAddr,
+}
 
 pub(crate) async fn handle(
     state: &Arc<State>,
@@ -39,15 +52,18 @@ pub(crate) async fn handle(
     let caller = {
         let registry = lock(&state.registry);
         match (registry.name_of(id), registry.session(id)) {
-            (Ok(name), Some(s)) => (name.to_owned(), s.fingerprint, s.observed),
+            (Ok(name), Some(s)) => Caller {
+                name: name.to_owned(),
+                fingerprint: s.fingerprint,
+                observed: s.observed,
+            },
             (Err(RegistryError::NotRegistered), _) => {
                 return Message::error(ErrorKind::NotRegistered, "register a name before calling");
             }
             _ => return Message::error(ErrorKind::Internal, "session closed"),
         }
     };
-    let (caller_name, caller_fp, caller_observed) = caller;
-    if !state.allow(caller_observed.ip(), |r| &mut r.call) {
+    if !state.allow(caller.observed.ip(), |r| &mut r.call) {
         return super::rate_limited("calls");
     }
     let owner = match state.store.owner(&to) {
@@ -57,67 +73,43 @@ pub(crate) async fn handle(
         }
         Err(e) => return Message::error(ErrorKind::Internal, format!("name store: {e}")),
     };
-    let callee = lock(&state.registry)
-        .present(&to)
-        .map(|(_, s)| (s.handle.clone(), s.observed));
-    let Some((callee_conn, callee_observed)) = callee else {
+    let callee = lock(&state.registry).present(&to).map(|(_, s)| {
+        let approved = s.approved.contains(&caller.fingerprint);
+        (s.handle.clone(), s.observed, approved)
+    });
+    let Some((callee_conn, callee_observed, approved)) = callee else {
         return Message::error(ErrorKind::Offline, format!("{to} is not online"));
     };
+    let checked =
+        lock(&state.rates)
+            .offers
+            .check(caller.observed.ip(), owner, approved, Instant::now());
+    if let Err(why) = checked {
+        state.metrics.rate_limited.inc();
+        return offer_refused(why, &to);
+    }
     let call_id = state.next_call_id.fetch_add(1, Ordering::Relaxed);
-    let offer = Message::IncomingCall {
-        call_id,
-        from: caller_name.clone(),
-        fingerprint: caller_fp,
+    let (callee_send, answer) = match ask(state, &callee_conn, call_id, &caller, &to).await {
+        Ok(done) => done,
+        Err(reply) => return reply,
     };
-    let max = state.limits.max_frame;
-    let exchange = async {
-        let (mut send, mut recv) = callee_conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &offer, max)
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer: Message = read_frame(&mut recv, max)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, answer))
-    };
-    let (mut callee_send, answer) =
-        match tokio::time::timeout(state.limits.answer_timeout, exchange).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => {
-                debug!(call_id, "callee {to} could not be asked: {e}");
-                return Message::error(
-                    ErrorKind::Offline,
-                    format!("{to} went offline before answering"),
-                );
-            }
-            Err(_) => {
-                return Message::error(
-                    ErrorKind::Unreachable,
-                    format!(
-                        "{to} did not answer within {:?}",
-                        state.limits.answer_timeout
-                    ),
-                );
-            }
-        };
     match answer {
         Message::Accept {
             candidates: callee_candidates,
         } => {
             state.metrics.calls_accepted.inc();
-            debug!(call_id, from = %caller_name, %to, "call accepted");
+            debug!(call_id, from = %caller.name, %to, "call accepted");
             let dial = Message::Dial {
                 call_id,
-                candidates: vet(caller_observed, &candidates, MAX_LOCAL_CANDIDATES),
+                candidates: forward(caller.observed, &candidates, callee_observed),
             };
             // The caller's reply is written by the driver right after we return;
             // the callee's Dial leaves now, so both go out at the same moment.
-            let _ = write_frame(&mut callee_send, &dial, max).await;
-            let _ = callee_send.finish();
+            send_dial(state, callee_send, &dial, call_id).await;
             Message::CallAccepted {
                 call_id,
                 fingerprint: owner,
-                candidates: vet(callee_observed, &callee_candidates, MAX_LOCAL_CANDIDATES),
+                candidates: forward(callee_observed, &callee_candidates, caller.observed),
             }
         }
         Message::Reject { reason } => {
@@ -134,5 +126,82 @@ pub(crate) async fn handle(
                 other.kind_name()
             ),
         ),
+    }
+}
+
+/// The reply for an offer over a per-callee limit.
+fn offer_refused(why: OfferRefused, to: &str) -> Message {
+    let message = match why {
+        OfferRefused::PerSource => format!("too many calls to {to} from your address; slow down"),
+        OfferRefused::PerCallee => format!("{to} is getting too many calls; try again later"),
+    };
+    Message::error(ErrorKind::RateLimited, message)
+}
+
+/// Offers the call to the callee and reads its answer, all within
+/// `answer_timeout`. `Err` is the reply for the caller.
+async fn ask(
+    state: &State,
+    callee: &quinn::Connection,
+    call_id: u64,
+    caller: &Caller,
+    to: &str,
+) -> Result<(quinn::SendStream, Message), Message> {
+    let offer = Message::IncomingCall {
+        call_id,
+        from: caller.name.clone(),
+        fingerprint: caller.fingerprint,
+    };
+    let max = state.limits.max_frame;
+    let exchange = async {
+        let (mut send, mut recv) = callee.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &offer, max)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer: Message = read_frame(&mut recv, max)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, answer))
+    };
+    match tokio::time::timeout(state.limits.answer_timeout, exchange).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => {
+            debug!(call_id, "callee {to} could not be asked: {e}");
+            Err(Message::error(
+                ErrorKind::Offline,
+                format!("{to} went offline before answering"),
+            ))
+        }
+        Err(_) => Err(Message::error(
+            ErrorKind::Unreachable,
+            format!(
+                "{to} did not answer within {:?}",
+                state.limits.answer_timeout
+            ),
+        )),
+    }
+}
+
+/// Writes the Dial to the callee within `dial_write_timeout`: a callee that
+/// grants no flow-control credit cannot hold the call (and its caller).
+async fn send_dial(state: &State, mut send: quinn::SendStream, dial: &Message, call_id: u64) {
+    let timeout = state.limits.dial_write_timeout;
+    match tokio::time::timeout(
+        timeout,
+        write_frame(&mut send, dial, state.limits.max_frame),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(e)) => debug!(call_id, "Dial not sent: {e}"),
+        Err(_) => {
+            debug!(
+                call_id,
+                "Dial not taken within {timeout:?}; giving up on it"
+            );
+            let _ = send.reset(common::error::close::PROTOCOL.into());
+        }
     }
 }

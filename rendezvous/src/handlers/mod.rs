@@ -3,6 +3,7 @@
 //! Each handler takes the shared state and the requesting session and returns
 //! the reply frame; the driver in [`crate::server`] writes it.
 
+pub(crate) mod approve;
 pub(crate) mod call;
 pub(crate) mod lookup;
 pub(crate) mod register;

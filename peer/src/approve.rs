@@ -1,0 +1,93 @@
+//! Telling the server whose calls a `listen` accepts anyway.
+//!
+//! The server limits call offers per callee, so a stranger ringing a user
+//! cannot fill its stream slots. Callers the user has pre-approved are not
+//! counted, so the same flood cannot lock its contacts out: after each
+//! registration the listener sends their keys in [`Message::Approve`].
+//! The keys are the known_peers entries (for an `--accept-from` list, only
+//! those of the listed names), at most [`MAX_APPROVED`].
+
+use std::sync::atomic::Ordering;
+
+use common::messages::MAX_APPROVED;
+use common::{ErrorKind, Fingerprint, Message};
+use tracing::debug;
+
+use crate::peer::Peer;
+use crate::policy::Policy;
+use crate::server_link::ServerLink;
+
+/// The keys `policy` accepts anyway, from the known_peers `entries`:
+/// every known contact's for [`Policy::AcceptAll`], the listed names' for
+/// [`Policy::AllowList`]; deduplicated, at most [`MAX_APPROVED`].
+pub(crate) fn pre_approved(policy: &Policy, entries: &[(String, Fingerprint)]) -> Vec<Fingerprint> {
+    let mut out: Vec<Fingerprint> = Vec::new();
+    for (name, fp) in entries {
+        let listed = match policy {
+            Policy::AcceptAll => true,
+            Policy::AllowList(names) => names.iter().any(|n| n == name),
+        };
+        if listed && !out.contains(fp) {
+            out.push(*fp);
+        }
+        if out.len() == MAX_APPROVED {
+            break;
+        }
+    }
+    out
+}
+
+/// Sends the pre-approved keys on `link`. A failure only costs the
+/// contacts their exemption from the per-callee limits: logged, not fatal.
+///
+/// A server that predates [`Message::Approve`] answers it as a malformed
+/// request (kind `protocol`) and closes the link; it is not asked again by
+/// this peer, so the listener reconnects once instead of in a loop.
+pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
+    let unsupported = &peer.inner.approve_unsupported;
+    if unsupported.load(Ordering::Relaxed) {
+        return;
+    }
+    let entries = match peer.inner.known.entries() {
+        Ok(entries) => entries,
+        Err(e) => return debug!("not sending approvals: {e}"),
+    };
+    let fingerprints = pre_approved(policy, &entries);
+    if fingerprints.is_empty() {
+        return;
+    }
+    match link.request(&Message::Approve { fingerprints }).await {
+        Ok(Message::Approved { count }) => debug!(count, "pre-approved callers sent"),
+        Ok(Message::Error {
+            kind: ErrorKind::Protocol,
+            message,
+        }) => {
+            debug!("the server does not take approvals ({message}); not sending them again");
+            unsupported.store(true, Ordering::Relaxed);
+        }
+        Ok(other) => debug!("the server answered Approve with {}", other.kind_name()),
+        Err(e) => debug!("approvals not sent: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_contacts_or_the_allow_list_capped() {
+        let entries: Vec<(String, Fingerprint)> = (0..=255u8)
+            .map(|i| (format!("n{i}"), Fingerprint([i; 32])))
+            .collect();
+        assert_eq!(
+            pre_approved(&Policy::AcceptAll, &entries).len(),
+            MAX_APPROVED
+        );
+        let list = Policy::AllowList(vec!["n3".into(), "n7".into(), "stranger".into()]);
+        assert_eq!(
+            pre_approved(&list, &entries),
+            vec![Fingerprint([3; 32]), Fingerprint([7; 32])]
+        );
+        assert!(pre_approved(&Policy::AcceptAll, &[]).is_empty());
+    }
+}

@@ -1,0 +1,42 @@
+//! `Approve`: a `listen` session names the callers it accepts anyway.
+//!
+//! ```text
+//! listener → server   Approve { fingerprints }     (after Register { presence: true })
+//! server → listener   Approved { count }
+//!             or      Error { kind: not_registered | protocol, .. }
+//! ```
+//!
+//! Calls from these keys skip the per-callee offer limits
+//! ([`crate::offers`]), so strangers ringing a user cannot lock its
+//! contacts out. At most [`MAX_APPROVED`] keys; each list replaces the last,
+//! and it lives as long as the session.
+
+use std::sync::Arc;
+
+use common::messages::MAX_APPROVED;
+use common::{ErrorKind, Fingerprint, Message};
+
+use crate::registry::{RegistryError, SessionId};
+use crate::server::{lock, State};
+
+pub(crate) fn handle(state: &Arc<State>, id: SessionId, fingerprints: Vec<Fingerprint>) -> Message {
+    if fingerprints.len() > MAX_APPROVED {
+        return Message::error(
+            ErrorKind::Protocol,
+            format!(
+                "{} approved keys; at most {MAX_APPROVED}",
+                fingerprints.len()
+            ),
+        );
+    }
+    match lock(&state.registry).approve(id, fingerprints) {
+        Ok(count) => Message::Approved {
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+        },
+        Err(RegistryError::NotRegistered) => Message::error(
+            ErrorKind::NotRegistered,
+            "only a listen session (Register with presence) may approve callers",
+        ),
+        Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
+    }
+}

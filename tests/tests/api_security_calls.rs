@@ -1,0 +1,362 @@
+//! Calls under abuse, through the `peer` library and a raw client against an
+//! in-process server on loopback: private candidates stay inside one
+//! network, a stranger's flood is rate-limited while a contact gets through,
+//! a callee that takes no bytes cannot hold a call, and one accepted offer
+//! is one call with a bounded number of streams.
+//!
+//! Distinct 127.0.0.0/8 addresses are distinct sources (and networks) to the
+//! server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::{ErrorKind, Identity, Message, PeerMessage};
+use peer::{CallOptions, Event, Peer, Policy};
+use tests::inproc::{listening, serve, within, RawClient, Serve, TestPeer, TestServer};
+
+const T: Duration = Duration::from_secs(15);
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+/// A raw client from `local` registered as `name` (`presence` for a callee).
+async fn raw(server: &TestServer, local: &str, name: &str, presence: bool) -> RawClient {
+    raw_tuned(server, local, name, presence, None).await
+}
+
+async fn raw_tuned(
+    server: &TestServer,
+    local: &str,
+    name: &str,
+    presence: bool,
+    transport: Option<quinn::TransportConfig>,
+) -> RawClient {
+    let id = Arc::new(Identity::generate().expect("id"));
+    let c = RawClient::connect_tuned(server, id, None, a(local), transport).await;
+    let reply = c
+        .request(&Message::Register {
+            name: name.into(),
+            presence,
+        })
+        .await;
+    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    c
+}
+
+/// A raw callee answers one offer with `Accept { candidates }` and returns
+/// the Dial's candidates.
+fn accept_one(
+    callee: RawClient,
+    candidates: Vec<SocketAddr>,
+) -> tokio::task::JoinHandle<Vec<SocketAddr>> {
+    tokio::spawn(async move {
+        let (mut send, mut recv, offer) = callee.next_offer().await;
+        assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
+        write_frame(&mut send, &Message::Accept { candidates }, MAX_FRAME)
+            .await
+            .expect("accept");
+        let dial: Message = read_frame(&mut recv, MAX_FRAME).await.expect("dial");
+        let Message::Dial { candidates, .. } = dial else {
+            panic!("{dial:?}")
+        };
+        candidates
+    })
+}
+
+/// Issue 9 item 4: a private address names a host in the *receiver's* LAN
+/// unless both peers sit behind one public address.
+#[tokio::test]
+async fn private_candidates_cross_only_within_one_network() {
+    let server = TestServer::start().await;
+    let claimed = vec![a("192.168.1.5:4000"), a("[fd00::5]:4000")];
+    let callee_claims = vec![a("10.9.9.9:4000")];
+    for (caller_ip, same) in [("127.0.0.2:0", false), ("127.0.0.1:0", true)] {
+        let name = if same { "alice-same" } else { "alice-other" };
+        let callee = raw(&server, "127.0.0.1:0", name, true).await;
+        let callee_addr = callee.endpoint.local_addr().expect("addr");
+        let dial = accept_one(callee, callee_claims.clone());
+        let caller = raw(&server, caller_ip, &format!("bob-{same}"), false).await;
+        let answer = caller
+            .request(&Message::Call {
+                to: name.into(),
+                candidates: claimed.clone(),
+            })
+            .await;
+        let Message::CallAccepted { candidates, .. } = answer else {
+            panic!("{answer:?}")
+        };
+        let seen = within(T, "dial", dial).await.expect("callee task");
+        let caller_addr = caller.endpoint.local_addr().expect("addr");
+        if same {
+            assert_eq!(seen, [vec![caller_addr], claimed.clone()].concat());
+            assert_eq!(candidates, vec![callee_addr, callee_claims[0]]);
+        } else {
+            assert_eq!(seen, vec![caller_addr], "the caller's LAN stays home");
+            assert_eq!(candidates, vec![callee_addr], "the callee's LAN stays home");
+        }
+    }
+}
+
+/// Issue 9 item 9: strangers from many sources ringing one user get
+/// `rate_limited`; a contact the user pre-approved still gets through.
+#[tokio::test]
+async fn a_strangers_flood_is_rate_limited_while_a_contact_gets_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path().to_owned(), a("127.0.0.1:0"), |l| {
+        l.offer_rate_per_source = rendezvous::Rate {
+            burst: 3,
+            per_second: 0.01,
+        };
+        l.offer_rate_per_callee = rendezvous::Rate {
+            burst: 5,
+            per_second: 0.01,
+        };
+    })
+    .await;
+    let carol = server.peer("carol").await;
+    let alice_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        alice_dir.path().join("known_peers"),
+        format!("carol {}\n", carol.peer.fingerprint()),
+    )
+    .expect("known_peers");
+    let peer = Peer::new(server.peer_config(alice_dir.path(), Some("alice")))
+        .await
+        .expect("peer");
+    let mut alice = TestPeer {
+        events: peer.events(),
+        peer,
+        dir: alice_dir,
+    };
+    let listener = alice
+        .peer
+        .listen(Policy::AllowList(vec!["carol".into()]))
+        .expect("listen");
+    alice
+        .wait_event(T, |e| matches!(e, Event::Registered { .. }))
+        .await;
+    let _serve = serve(listener, Serve::Echo);
+
+    let mut limited = 0;
+    for (i, src) in ["127.0.0.2:0", "127.0.0.3:0", "127.0.0.4:0"]
+        .iter()
+        .enumerate()
+    {
+        let stranger = raw(&server, src, &format!("stranger-{i}"), false).await;
+        let mut last = None;
+        for _ in 0..6 {
+            let answer = stranger
+                .request(&Message::Call {
+                    to: "alice".into(),
+                    candidates: vec![],
+                })
+                .await;
+            match &answer {
+                Message::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                } => limited += 1,
+                Message::Error {
+                    kind: ErrorKind::Rejected,
+                    ..
+                } => {}
+                other => panic!("{other:?}"),
+            }
+            last = Some(answer);
+        }
+        assert!(
+            matches!(
+                last,
+                Some(Message::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                })
+            ),
+            "source {src} keeps ringing: {last:?}"
+        );
+    }
+    // 18 offers: at most 5 rang through (the callee's budget).
+    assert!(limited >= 13, "only {limited} of 18 limited");
+    let call = within(
+        T,
+        "contact's call",
+        carol.peer.call("alice", CallOptions::default()),
+    )
+    .await
+    .expect("a pre-approved contact gets through");
+    assert_eq!(call.fingerprint, alice.peer.fingerprint());
+}
+
+/// Issue 9 item 10: a callee that grants no flow-control credit for the
+/// Dial does not hold the call's task, nor its caller, past the timeout.
+#[tokio::test]
+async fn a_callee_that_takes_no_bytes_cannot_hold_the_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path().to_owned(), a("127.0.0.1:0"), |l| {
+        l.dial_write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Room for the offer (~60 bytes), not for a Dial with 8 IPv6 candidates.
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(100u32.into());
+    let callee = raw_tuned(&server, "127.0.0.1:0", "alice", true, Some(transport)).await;
+    let stuck = tokio::spawn(async move {
+        let (send, _recv) = callee.conn.accept_bi().await.expect("offer stream");
+        // Answer without reading anything: no credit is ever returned.
+        let mut send = send;
+        write_frame(
+            &mut send,
+            &Message::Accept { candidates: vec![] },
+            MAX_FRAME,
+        )
+        .await
+        .expect("accept");
+        // Hold everything open.
+        std::future::pending::<()>().await;
+        drop((send, callee));
+    });
+    let caller = raw(&server, "127.0.0.1:0", "bob", false).await;
+    let many: Vec<SocketAddr> = (1..=8).map(|i| a(&format!("[fd00::{i}]:4000"))).collect();
+    let (mut send, mut recv) = caller.conn.open_bi().await.expect("stream");
+    write_frame(
+        &mut send,
+        &Message::Call {
+            to: "alice".into(),
+            candidates: many,
+        },
+        MAX_FRAME,
+    )
+    .await
+    .expect("write");
+    send.finish().expect("finish");
+    let answer: Message = within(
+        Duration::from_secs(3),
+        "the caller's answer despite a stuck callee",
+        read_frame(&mut recv, MAX_FRAME),
+    )
+    .await
+    .expect("answer");
+    assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");
+    stuck.abort();
+}
+
+/// Connects to `to` with `from`'s key (read from its identity file) and asks
+/// for one ping: `Ok` when a call answered it.
+async fn ping_with_key_of(from: &TestPeer, to: &TestPeer) -> Result<(), String> {
+    let id = Identity::load_or_create(&from.dir.path().join("identity.pem")).expect("identity");
+    let tls = common::tls::client_config(&id, to.peer.fingerprint(), common::tls::PEER_ALPN)
+        .expect("tls");
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic"),
+    ));
+    let endpoint = quinn::Endpoint::client(a("127.0.0.1:0")).expect("endpoint");
+    let addr = to.peer.local_addr().expect("addr");
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(config, addr, common::tls::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &PeerMessage::Ping { seq: 1 }, MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME).await {
+            Ok(PeerMessage::Pong { seq: 1 }) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
+}
+
+/// Issue 9 item 11: after one accepted offer, the caller's key gets one
+/// call, not one per connection for the rest of the accept window.
+#[tokio::test]
+async fn one_accepted_offer_is_one_call() {
+    let server = TestServer::start().await;
+    let (alice, _t) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = server.peer("bob").await;
+    let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
+        .await
+        .expect("call");
+    // The call is made once its first stream opens.
+    let answered = peer::app::ping(
+        &call,
+        1,
+        Duration::from_millis(50),
+        Duration::from_secs(3),
+        |_, _| {},
+    )
+    .await
+    .expect("ping");
+    assert_eq!(answered, 1);
+    let second = ping_with_key_of(&bob, &alice).await;
+    assert!(
+        second.is_err(),
+        "a second connection with the caller's key became a second call"
+    );
+    assert!(
+        echo_roundtrip(&call, b"still the one call").await == b"still the one call",
+        "the first call is untouched"
+    );
+}
+
+async fn echo_roundtrip(call: &peer::Call, data: &[u8]) -> Vec<u8> {
+    let (send, recv) = call.open(&PeerMessage::Pipe).await.expect("stream");
+    let mut out = Vec::new();
+    peer::app::pipe(send, recv, data, &mut out)
+        .await
+        .expect("pipe");
+    out
+}
+
+/// Issue 9 item 11: a call holds at most `max_streams_per_call` streams at
+/// once (each an `sh -c` in `--exec` mode); the next waits for one to end.
+#[tokio::test]
+async fn a_call_holds_a_bounded_number_of_streams() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = server.peer_config(dir.path(), Some("alice"));
+    config.limits.max_streams_per_call = 4;
+    let alice = Peer::new(config).await.expect("peer");
+    let mut events = alice.events();
+    let listener = alice.listen(Policy::AcceptAll).expect("listen");
+    within(T, "registered", async {
+        while !matches!(events.recv().await, Ok(Event::Registered { .. })) {}
+    })
+    .await;
+    let _serve = serve(listener, Serve::Echo);
+    let bob = server.peer("bob").await;
+    let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
+        .await
+        .expect("call");
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (mut send, mut recv) = within(T, "stream", call.open(&PeerMessage::Pipe))
+            .await
+            .expect("stream");
+        // Each stream is live (echoes) before the next opens.
+        send.write_all(b"x").await.expect("write");
+        let mut byte = [0u8; 1];
+        within(T, "echo", recv.read_exact(&mut byte))
+            .await
+            .expect("echo");
+        open.push((send, recv));
+    }
+    let fifth =
+        tokio::time::timeout(Duration::from_millis(500), call.open(&PeerMessage::Pipe)).await;
+    assert!(fifth.is_err(), "a fifth concurrent stream opened");
+    let (mut send, mut recv) = open.pop().expect("one");
+    send.finish().expect("finish");
+    within(T, "end", recv.read_to_end(16)).await.expect("end");
+    within(T, "a stream once one ended", call.open(&PeerMessage::Pipe))
+        .await
+        .expect("stream");
+}
