@@ -43,6 +43,10 @@ pub enum ErrorKind {
     Busy,
     /// Anything else; the message says what.
     Internal,
+    /// The key already holds as many names as the server allows
+    /// (`--max-names-per-key`); use one of them. (Last: the wire form of a
+    /// kind is its index.)
+    TooManyNames,
 }
 
 impl ErrorKind {
@@ -65,6 +69,7 @@ impl ErrorKind {
             Self::Replaced => "replaced",
             Self::Busy => "busy",
             Self::Internal => "internal",
+            Self::TooManyNames => "too_many_names",
         }
     }
 }

@@ -49,6 +49,12 @@ struct Cli {
     /// Calls per source IP, as BURST/PER_SECOND.
     #[arg(long, env = "RENDEZVOUS_CALL_RATE", default_value_t = Limits::default().call_rate, value_parser = parse_rate)]
     call_rate: Rate,
+    /// Most handshakes in flight from one source (an IPv6 /64 is one); past it attempts are dropped, the peers retransmit.
+    #[arg(long, env = "RENDEZVOUS_MAX_PENDING_PER_SOURCE", default_value_t = Limits::default().max_pending_handshakes_per_source)]
+    max_pending_per_source: usize,
+    /// Most names one key may hold; past it registrations get `too_many_names`.
+    #[arg(long, env = "RENDEZVOUS_MAX_NAMES_PER_KEY", default_value_t = Limits::default().max_names_per_key)]
+    max_names_per_key: usize,
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
@@ -152,6 +158,8 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     config.limits.register_rate = cli.register_rate;
     config.limits.lookup_rate = cli.lookup_rate;
     config.limits.call_rate = cli.call_rate;
+    config.limits.max_pending_handshakes_per_source = cli.max_pending_per_source;
+    config.limits.max_names_per_key = cli.max_names_per_key;
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();
