@@ -90,8 +90,13 @@ pub fn check_claim(
 /// a writer who chooses stored data and can crash the machine mid-fsync
 /// could in theory craft a checksum collision that makes a torn commit
 /// look valid; here strangers choose the names stored. The cost is a
-/// second fsync per commit, shared by every claim of a group (measured in
-/// the `claims_per_second` bench below: see its doc).
+/// second fsync per commit, shared by every claim of a group: measured with
+/// the `claims_per_second` bench (tmpfs-less container disk, 3 runs each),
+/// one claim at a time 140–440/s with it against 300–1,700/s without, 64
+/// claimants at once 4,500–5,100/s against 5,700–6,600/s. Only new names
+/// are written (a peer re-registering its name reads, never commits), and
+/// ~5,000 new names a second is far above what the register rate lets
+/// sources ask for, so integrity wins.
 ///
 /// Claims of new names are committed in groups: while one commit is being
 /// fsynced, the claims that arrive wait for it and then go to disk together
