@@ -11,14 +11,19 @@
 //! cost, when Retry is asked, is one extra round trip on the server link only
 //! (never on a call's setup).
 //!
-//! A source that did prove its address may still hold only a few handshakes
-//! at once ([`Quotas::max_pending_per_source`]): a few real hosts stalling
-//! their handshakes must not fill the whole queue. Past that cap the packet
-//! is dropped, never refused — many honest users share one carrier-NAT
-//! address, and their QUIC stacks send the Initial again a moment later.
+//! Once the queue is busy (past [`Quotas::retry_above_pending`]), a source
+//! that did prove its address may still hold only a few handshakes at once
+//! ([`Quotas::max_pending_per_source`]): a few real hosts stalling their
+//! handshakes can fill half the queue at most, never all of it. Past that
+//! cap the packet is dropped, never refused — many honest users share one
+//! carrier-NAT address, and their QUIC stacks send the Initial again a
+//! moment later. (Below the busy mark a source is held only to its
+//! connection quota, so twenty users behind one address calling at once
+//! all connect without waiting a retransmission round per four of them.)
 //! When the queue is full anyway (many sources), a newcomer takes the slot
 //! of the oldest handshake of the source holding the most
-//! ([`Admission::Shed`]), so the queue tends to a fair share per source.
+//! ([`Admission::Shed`]; asked to prove its address first), so the queue
+//! tends to a fair share per source.
 //!
 //! Every count is per source ([`crate::ratelimit::source_key`]: an IPv6
 //! /64 is one source). [`Sources`] keeps the counts and a cancel handle per
@@ -78,8 +83,9 @@ pub struct Quotas {
     pub max_connections: usize,
     /// Most connections from one source.
     pub max_per_ip: usize,
-    /// Above this many handshakes in flight, every unvalidated source is
-    /// asked to Retry (a flood from many spoofed addresses).
+    /// Above this many handshakes in flight (the queue is busy), every
+    /// unvalidated source is asked to Retry (a flood from many spoofed
+    /// addresses), and every source is held to `max_pending_per_source`.
     pub retry_above_pending: usize,
     /// At this many handshakes in flight, new attempts are dropped
     /// unanswered, validated or not ([`Admission::Drop`]), unless one can
@@ -87,8 +93,9 @@ pub struct Quotas {
     /// longer than the server drains before the peers' retransmission
     /// timers fire only multiplies the packets.
     pub max_pending: usize,
-    /// Most handshakes in flight from one source, validated or not; past it
-    /// attempts are dropped (the peers send them again).
+    /// Most handshakes in flight from one source, validated or not, while
+    /// the queue is busy; past it attempts are dropped (the peers send them
+    /// again).
     pub max_pending_per_source: usize,
 }
 
@@ -97,19 +104,23 @@ pub fn decide(load: Load, quotas: Quotas) -> Admission {
     if load.open >= quotas.max_connections || load.from_ip >= quotas.max_per_ip {
         return Admission::Refuse;
     }
-    if load.pending_from_ip >= quotas.max_pending_per_source.max(1) {
+    let busy = load.pending >= quotas.retry_above_pending;
+    if busy && load.pending_from_ip >= quotas.max_pending_per_source.max(1) {
         return Admission::Drop;
     }
     if load.pending >= quotas.max_pending {
-        // Only a proven address may push another out: spoofed Initials
-        // must never cost a real source its handshake.
-        if load.validated && load.pending_from_ip + 1 < load.most_pending_from_one {
-            return Admission::Shed;
+        if load.pending_from_ip + 1 < load.most_pending_from_one {
+            // Only a proven address may push another out (spoofed Initials
+            // must never cost a real source its handshake): prove it first.
+            return match load.validated {
+                true => Admission::Shed,
+                false => Admission::Retry,
+            };
         }
+        // Everyone holds about as many (a herd): wait for the queue.
         return Admission::Drop;
     }
-    if !load.validated && (load.pending_from_ip >= 1 || load.pending >= quotas.retry_above_pending)
-    {
+    if !load.validated && (load.pending_from_ip >= 1 || busy) {
         return Admission::Retry;
     }
     Admission::Accept
@@ -150,6 +161,9 @@ pub struct Sources<H> {
     connections: HashMap<IpAddr, usize>,
     /// Handshakes in flight per source, oldest first.
     pending: HashMap<IpAddr, BTreeMap<u64, H>>,
+    /// How many sources hold each (non-zero) number of handshakes: the
+    /// biggest holder's count without a scan per packet.
+    holders: BTreeMap<usize, usize>,
     pending_total: usize,
     next_id: u64,
 }
@@ -159,6 +173,7 @@ impl<H> Default for Sources<H> {
         Self {
             connections: HashMap::new(),
             pending: HashMap::new(),
+            holders: BTreeMap::new(),
             pending_total: 0,
             next_id: 0,
         }
@@ -186,11 +201,7 @@ impl<H> Sources<H> {
             pending: self.pending_total,
             from_ip: self.connections.get(&source).copied().unwrap_or(0),
             pending_from_ip,
-            most_pending_from_one: if full && validated {
-                self.pending.values().map(BTreeMap::len).max().unwrap_or(0)
-            } else {
-                0
-            },
+            most_pending_from_one: if full { self.most() } else { 0 },
         };
         let admission = decide(load, quotas);
         let shed = match admission {
@@ -202,7 +213,10 @@ impl<H> Sources<H> {
                 let id = self.next_id;
                 self.next_id += 1;
                 *self.connections.entry(source).or_default() += 1;
-                self.pending.entry(source).or_default().insert(id, handle());
+                let handshakes = self.pending.entry(source).or_default();
+                handshakes.insert(id, handle());
+                let n = handshakes.len();
+                self.moved(n - 1, n);
                 self.pending_total += 1;
                 Some(Ticket { source, id })
             }
@@ -217,15 +231,39 @@ impl<H> Sources<H> {
 
     /// Takes the oldest handshake of the source holding the most out of
     /// the pending count; its connection stays counted until it closes.
+    /// (A scan of the sources, once per shed: sheds are admitted
+    /// handshakes, so they come at the server's handshake pace at most.)
     fn shed_from_biggest(&mut self) -> Option<H> {
         let (&source, _) = self.pending.iter().max_by_key(|(_, h)| h.len())?;
         let handshakes = self.pending.get_mut(&source)?;
         let (_, handle) = handshakes.pop_first()?;
-        if handshakes.is_empty() {
+        let n = handshakes.len();
+        if n == 0 {
             self.pending.remove(&source);
         }
+        self.moved(n + 1, n);
         self.pending_total -= 1;
         Some(handle)
+    }
+
+    /// The most handshakes one source holds.
+    fn most(&self) -> usize {
+        self.holders.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// A source's count went from `from` to `to`.
+    fn moved(&mut self, from: usize, to: usize) {
+        if from > 0 {
+            if let Some(k) = self.holders.get_mut(&from) {
+                *k -= 1;
+                if *k == 0 {
+                    self.holders.remove(&from);
+                }
+            }
+        }
+        if to > 0 {
+            *self.holders.entry(to).or_default() += 1;
+        }
     }
 
     /// The handshake of `ticket` ended (connected, failed, or shed); false
@@ -235,10 +273,12 @@ impl<H> Sources<H> {
             return false;
         };
         let was = handshakes.remove(&ticket.id).is_some();
-        if handshakes.is_empty() {
+        let n = handshakes.len();
+        if n == 0 {
             self.pending.remove(&ticket.source);
         }
         if was {
+            self.moved(n + 1, n);
             self.pending_total -= 1;
         }
         was
@@ -323,10 +363,12 @@ mod tests {
     }
 
     #[test]
-    fn a_validated_source_holds_at_most_its_share_and_is_dropped_past_it() {
-        assert_eq!(decide(load(true, 3, 3, 3), Q), Admission::Accept);
-        assert_eq!(decide(load(true, 4, 4, 4), Q), Admission::Drop);
-        assert_eq!(decide(load(false, 4, 4, 4), Q), Admission::Drop);
+    fn in_a_busy_queue_a_source_holds_at_most_its_share_and_is_dropped_past_it() {
+        assert_eq!(decide(load(true, 3, 3, 10), Q), Admission::Accept);
+        assert_eq!(decide(load(true, 4, 4, 10), Q), Admission::Drop);
+        assert_eq!(decide(load(false, 4, 4, 10), Q), Admission::Drop);
+        // A quiet queue lets a crowd behind one address in at once.
+        assert_eq!(decide(load(true, 8, 8, 9), Q), Admission::Accept);
     }
 
     #[test]
@@ -348,8 +390,11 @@ mod tests {
         assert_eq!(decide(full(true, 2, 4), Q), Admission::Shed);
         // Taking a slot must not make this source the bigger one.
         assert_eq!(decide(full(true, 3, 4), Q), Admission::Drop);
+        // A herd (one each): nothing to gain, wait for the queue.
         assert_eq!(decide(full(true, 1, 1), Q), Admission::Drop);
-        assert_eq!(decide(full(false, 0, 4), Q), Admission::Drop);
+        assert_eq!(decide(full(false, 0, 1), Q), Admission::Drop);
+        // An unproven newcomer is asked to prove its address, then sheds.
+        assert_eq!(decide(full(false, 0, 4), Q), Admission::Retry);
     }
 
     #[test]
@@ -357,9 +402,7 @@ mod tests {
         let mut sources = Sources::default();
         let victim = ip("192.0.2.1");
         let accepted = (0..1000)
-            .filter(|_| {
-                sources.admit(victim, false, 0, Q, || ()).admission == Admission::Accept
-            })
+            .filter(|_| sources.admit(victim, false, 0, Q, || ()).admission == Admission::Accept)
             .count();
         assert_eq!(accepted, 1);
         assert_eq!(sources.pending(), 1);
@@ -383,15 +426,19 @@ mod tests {
                 sources.admit(ip(&format!("192.0.2.{s}")), true, 0, q, || ());
             }
         }
-        assert_eq!(sources.pending(), 8 * 4);
-        let ninth = sources.admit(ip("192.0.2.9"), false, 0, q, || ());
-        assert_eq!(ninth.admission, Admission::Accept);
+        assert!(sources.pending() <= 256 + 8 * 4, "{}", sources.pending());
+        let ninth = ip("192.0.2.9");
+        let first = sources.admit(ninth, false, 0, q, || ()).admission;
+        assert_eq!(first, Admission::Retry);
+        let proven = sources.admit(ninth, true, 0, q, || ()).admission;
+        assert_eq!(proven, Admission::Accept);
     }
 
     #[test]
     fn when_full_the_biggest_holder_gives_up_its_oldest_handshake() {
         let q = Quotas {
             max_pending: 6,
+            retry_above_pending: 3,
             ..Q
         };
         let mut sources = Sources::default();
@@ -408,8 +455,8 @@ mod tests {
         let newcomer = ip("192.0.2.3");
         assert_eq!(
             sources.admit(newcomer, false, 0, q, || 9).admission,
-            Admission::Drop,
-            "an unproven address never sheds"
+            Admission::Retry,
+            "an unproven address never sheds: it must prove itself first"
         );
         let shed = sources.admit(newcomer, true, 0, q, || 9);
         assert_eq!(shed.admission, Admission::Shed);
@@ -428,28 +475,32 @@ mod tests {
         }
         assert_eq!(sources.pending(), 3);
         assert!(!sources.connections.contains_key(&big));
+        assert_eq!(sources.most(), 2, "{:?}", sources.holders);
     }
 
     #[test]
     fn two_addresses_of_one_ipv6_slash64_are_one_source() {
         let (a, b) = (ip("2001:db8:5:6::1"), ip("2001:db8:5:6:aaaa::2"));
         let other = ip("2001:db8:5:7::1");
-        let mut sources = Sources::default();
-        assert_eq!(sources.admit(a, false, 0, Q, || ()).admission, Admission::Accept);
-        // The Retry rule: a second handshake of the /64 must prove its address.
-        assert_eq!(sources.admit(b, false, 0, Q, || ()).admission, Admission::Retry);
-        assert_eq!(sources.admit(other, false, 0, Q, || ()).admission, Admission::Accept);
-        // The pending cap and the connection count are per /64 too.
-        for _ in 0..3 {
-            sources.admit(b, true, 0, Q, || ());
-        }
-        assert_eq!(sources.admit(a, true, 0, Q, || ()).admission, Admission::Drop);
-        assert_eq!(sources.sources(), 2);
-        assert_eq!(sources.connections.get(&source_key(b)), Some(&4));
+        // Busy from two handshakes on, so the per-source cap applies.
         let q = Quotas {
-            max_per_ip: 4,
+            retry_above_pending: 2,
             ..Q
         };
-        assert_eq!(sources.admit(a, true, 0, q, || ()).admission, Admission::Refuse);
+        let mut sources = Sources::default();
+        let mut admit = |ip, validated, q| sources.admit(ip, validated, 0, q, || ()).admission;
+        assert_eq!(admit(a, false, q), Admission::Accept);
+        // The Retry rule: a second handshake of the /64 must prove its address.
+        assert_eq!(admit(b, false, q), Admission::Retry);
+        assert_eq!(admit(other, false, q), Admission::Accept);
+        // The pending cap and the connection count are per /64 too.
+        for _ in 0..3 {
+            assert_eq!(admit(b, true, q), Admission::Accept);
+        }
+        assert_eq!(admit(a, true, q), Admission::Drop);
+        let q = Quotas { max_per_ip: 4, ..q };
+        assert_eq!(admit(a, true, q), Admission::Refuse);
+        assert_eq!(sources.sources(), 2);
+        assert_eq!(sources.connections.get(&source_key(b)), Some(&4));
     }
 }

@@ -92,11 +92,13 @@ pub struct Limits {
 
     // Flood hardening (issue 9: handshakes, names, frames, writes).
     /// Most handshakes in flight from one source at once, proven address
-    /// or not (default 4; an IPv6 /64 is one source). Past it new attempts
-    /// are dropped unanswered, never refused: a carrier-NAT address shared
-    /// by many users gets its connections through a retransmission (~1 s)
-    /// later, and 8 hosts stalling handshakes hold 32 slots of the queue,
-    /// not all of it.
+    /// or not, once more than `retry_above_pending` are in flight (default
+    /// 4; an IPv6 /64 is one source). Past it new attempts are dropped
+    /// unanswered, never refused: a carrier-NAT address shared by many
+    /// users gets its connections through a retransmission (~1 s) later,
+    /// and hosts stalling handshakes hold about half the queue at most.
+    /// When the queue is full, a source holding fewer takes the slot of the
+    /// oldest handshake of the source holding the most.
     pub max_pending_handshakes_per_source: usize,
     /// Largest request frame a peer may send, in bytes (default 4 KiB; the
     /// largest real request, a `Call` with a 32-byte name and 9 candidate

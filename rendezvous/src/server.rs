@@ -449,13 +449,20 @@ async fn serve_stream(
         state.metrics.error(*kind);
     }
     // A peer that grants no credit must not park this task.
-    match tokio::time::timeout(state.limits.reply_timeout, write_frame(&mut send, &reply, max)).await
+    match tokio::time::timeout(
+        state.limits.reply_timeout,
+        write_frame(&mut send, &reply, max),
+    )
+    .await
     {
         Ok(_) => {
             let _ = send.finish();
         }
         Err(_) => {
-            debug!(id, "reply not taken within {:?}; resetting the stream", state.limits.reply_timeout);
+            debug!(
+                id,
+                "reply not taken within {:?}; resetting the stream", state.limits.reply_timeout
+            );
             let _ = send.reset(0u32.into());
         }
     }

@@ -193,11 +193,15 @@ impl RedbStore {
                         .get(q.name.as_str())
                         .map_err(backend)?
                         .map(|v| Fingerprint(*v.value()));
-                    let n = held.get(&q.key.0).map_err(backend)?.map_or(0, |v| v.value());
+                    let n = held
+                        .get(&q.key.0)
+                        .map_err(backend)?
+                        .map_or(0, |v| v.value());
                     let claim = check_claim(current, &q.name, q.key, n as usize, q.max_names);
                     if let Ok(Claim::New) = claim {
                         table.insert(q.name.as_str(), &q.key.0).map_err(backend)?;
-                        held.insert(&q.key.0, n.saturating_add(1)).map_err(backend)?;
+                        held.insert(&q.key.0, n.saturating_add(1))
+                            .map_err(backend)?;
                     }
                     outcomes.push((q.ticket, claim));
                 }
@@ -321,7 +325,10 @@ mod tests {
     fn exercise(store: &dyn NameStore) {
         let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
         assert_eq!(store.claim("alice", a, ANY).expect("claim"), Claim::New);
-        assert_eq!(store.claim("alice", a, ANY).expect("again"), Claim::Existing);
+        assert_eq!(
+            store.claim("alice", a, ANY).expect("again"),
+            Claim::Existing
+        );
         assert!(matches!(
             store.claim("alice", b, ANY),
             Err(StoreError::NameTaken { .. })
@@ -399,13 +406,20 @@ mod tests {
     fn names_per_key_are_capped(store: &dyn NameStore) {
         let (a, b) = (Fingerprint([5; 32]), Fingerprint([6; 32]));
         for i in 0..4 {
-            assert_eq!(store.claim(&format!("a{i}"), a, 4).expect("claim"), Claim::New);
+            assert_eq!(
+                store.claim(&format!("a{i}"), a, 4).expect("claim"),
+                Claim::New
+            );
         }
         assert!(matches!(
             store.claim("a4", a, 4),
             Err(StoreError::TooManyNames { max: 4 })
         ));
-        assert_eq!(store.owner("a4").expect("owner"), None, "a refused claim binds nothing");
+        assert_eq!(
+            store.owner("a4").expect("owner"),
+            None,
+            "a refused claim binds nothing"
+        );
         assert_eq!(store.claim("a2", a, 4).expect("own name"), Claim::Existing);
         assert_eq!(store.claim("b0", b, 4).expect("another key"), Claim::New);
         assert_eq!(store.held(a).expect("held"), 4);
@@ -477,7 +491,9 @@ mod tests {
         let store = std::sync::Arc::new(RedbStore::open(&dir.path().join("n.redb")).expect("open"));
         let start = Instant::now();
         for i in 0..200u32 {
-            store.claim(&format!("s{i}"), Fingerprint([1; 32]), ANY).expect("claim");
+            store
+                .claim(&format!("s{i}"), Fingerprint([1; 32]), ANY)
+                .expect("claim");
         }
         let serial = 200.0 / start.elapsed().as_secs_f64();
         let start = Instant::now();

@@ -383,7 +383,12 @@ async fn memory_stays_bounded_under_a_flood_from_many_sources() {
             });
         }
     }
-    within(Duration::from_secs(60), "every stream's first batch", peak.wait()).await;
+    within(
+        Duration::from_secs(60),
+        "every stream's first batch",
+        peak.wait(),
+    )
+    .await;
     let during = server.metrics().tables();
     within(Duration::from_secs(120), "flood", async {
         while tasks.join_next().await.is_some() {}

@@ -114,8 +114,8 @@ fn attempt_handshakes(
 ) {
     for _ in 0..n {
         let id = Identity::generate().unwrap();
-        let tls = common::tls::client_config(&id, server.fingerprint, common::tls::SERVER_ALPN)
-            .unwrap();
+        let tls =
+            common::tls::client_config(&id, server.fingerprint, common::tls::SERVER_ALPN).unwrap();
         let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
         let connecting = endpoint
             .connect_with(config, to, common::tls::SERVER_NAME)
@@ -153,7 +153,10 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
             tick.tick().await;
-            let dropped = metric(&server.metrics().render(), "rendezvous_handshakes_dropped_total");
+            let dropped = metric(
+                &server.metrics().render(),
+                "rendezvous_handshakes_dropped_total",
+            );
             if dropped + server.metrics().tables().handshakes as u64 >= attempts {
                 return;
             }
@@ -167,7 +170,8 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
     let start = Instant::now();
     let registered = tokio::time::timeout(Duration::from_secs(2), async {
         let id = Arc::new(Identity::generate().unwrap());
-        let ninth = RawClient::connect_from(&server, id, None, "127.0.5.9:0".parse().unwrap()).await;
+        let ninth =
+            RawClient::connect_from(&server, id, None, "127.0.5.9:0".parse().unwrap()).await;
         ninth
             .request(&Message::Register {
                 name: "ninth".into(),
@@ -184,7 +188,7 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
     );
     let limits = rendezvous::Limits::default();
     assert!(
-        held <= 8 * limits.max_pending_handshakes_per_source,
+        held <= limits.retry_above_pending + 8 * limits.max_pending_handshakes_per_source,
         "8 stalling sources hold {held} handshakes"
     );
     stalled.abort_all();
@@ -192,7 +196,28 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
 
 #[tokio::test]
 async fn twelve_connections_at_once_from_one_address_all_get_through() {
-    let server = TestServer::start().await;
+    twelve_from_one_address(&TestServer::start().await).await;
+}
+
+/// Also while the queue is busy, when each source is held to its few
+/// handshakes: the others are dropped and come back on retransmission.
+#[tokio::test]
+async fn twelve_at_once_from_one_address_get_through_a_busy_queue_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_with(dir.path().to_owned(), addr, |l| {
+        l.retry_above_pending = 0;
+    })
+    .await;
+    twelve_from_one_address(&server).await;
+    let dropped = metric(
+        &server.metrics().render(),
+        "rendezvous_handshakes_dropped_total",
+    );
+    assert!(dropped > 0, "the per-source cap was not reached");
+}
+
+async fn twelve_from_one_address(server: &TestServer) {
     let results = within(Duration::from_secs(20), "twelve registrations", async {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..12 {

@@ -35,16 +35,32 @@ fn register(name: &str) -> Message {
 #[tokio::test]
 async fn a_second_name_on_one_connection_binds_nothing() {
     let server = TestServer::start().await;
-    let first = raw_as(&server, &Arc::new(Identity::generate().unwrap()), "127.0.6.1").await;
+    let first = raw_as(
+        &server,
+        &Arc::new(Identity::generate().unwrap()),
+        "127.0.6.1",
+    )
+    .await;
     let answer = first.request(&register("first")).await;
     assert!(matches!(answer, Message::Registered { .. }), "{answer:?}");
     let answer = first.request(&register("second")).await;
     assert!(
-        matches!(answer, Message::Error { kind: ErrorKind::Protocol, .. }),
+        matches!(
+            answer,
+            Message::Error {
+                kind: ErrorKind::Protocol,
+                ..
+            }
+        ),
         "{answer:?}"
     );
     // The refused name is still free for anyone.
-    let other = raw_as(&server, &Arc::new(Identity::generate().unwrap()), "127.0.6.2").await;
+    let other = raw_as(
+        &server,
+        &Arc::new(Identity::generate().unwrap()),
+        "127.0.6.2",
+    )
+    .await;
     let answer = other.request(&register("second")).await;
     assert!(
         matches!(answer, Message::Registered { .. }),
@@ -59,7 +75,10 @@ async fn a_key_holds_at_most_four_names() {
     for i in 0..4 {
         let c = raw_as(&server, &id, "127.0.6.3").await;
         let answer = c.request(&register(&format!("mine-{i}"))).await;
-        assert!(matches!(answer, Message::Registered { .. }), "{i}: {answer:?}");
+        assert!(
+            matches!(answer, Message::Registered { .. }),
+            "{i}: {answer:?}"
+        );
     }
     let fifth = raw_as(&server, &id, "127.0.6.3").await;
     match fifth.request(&register("mine-4")).await {
@@ -73,7 +92,12 @@ async fn a_key_holds_at_most_four_names() {
     // Its own names still register, and the fifth is free for another key.
     let answer = fifth.request(&register("mine-2")).await;
     assert!(matches!(answer, Message::Registered { .. }), "{answer:?}");
-    let other = raw_as(&server, &Arc::new(Identity::generate().unwrap()), "127.0.6.4").await;
+    let other = raw_as(
+        &server,
+        &Arc::new(Identity::generate().unwrap()),
+        "127.0.6.4",
+    )
+    .await;
     let answer = other.request(&register("mine-4")).await;
     assert!(matches!(answer, Message::Registered { .. }), "{answer:?}");
 }
@@ -81,15 +105,24 @@ async fn a_key_holds_at_most_four_names() {
 #[tokio::test]
 async fn a_request_over_the_request_limit_is_refused_at_its_header() {
     let server = TestServer::start().await;
-    let c = raw_as(&server, &Arc::new(Identity::generate().unwrap()), "127.0.6.5").await;
+    let c = raw_as(
+        &server,
+        &Arc::new(Identity::generate().unwrap()),
+        "127.0.6.5",
+    )
+    .await;
     let limit = rendezvous::Limits::default().max_request_frame;
     let (mut send, mut recv) = c.conn.open_bi().await.unwrap();
     let header = u32::try_from(limit + 1).unwrap().to_be_bytes();
     send.write_all(&header).await.unwrap();
     // No body, no finish: the header alone is refused, at once.
-    let answer = within(Duration::from_secs(5), "refusal", read_frame(&mut recv, MAX_FRAME))
-        .await
-        .unwrap();
+    let answer = within(
+        Duration::from_secs(5),
+        "refusal",
+        read_frame(&mut recv, MAX_FRAME),
+    )
+    .await
+    .unwrap();
     match answer {
         Message::Error {
             kind: ErrorKind::Protocol,
@@ -128,11 +161,13 @@ async fn a_reply_the_peer_grants_no_credit_for_is_given_up() {
     // The answer cannot be sent; the server resets the stream after its
     // reply timeout instead of waiting for credit forever.
     let mut buf = [0u8; 64];
-    let read = within(Duration::from_secs(12), "the stream's end", recv.read(&mut buf)).await;
-    assert!(
-        matches!(read, Err(quinn::ReadError::Reset(_))),
-        "{read:?}"
-    );
+    let read = within(
+        Duration::from_secs(12),
+        "the stream's end",
+        recv.read(&mut buf),
+    )
+    .await;
+    assert!(matches!(read, Err(quinn::ReadError::Reset(_))), "{read:?}");
 }
 
 /// A `/proc/self/status` figure, in KiB.
@@ -182,16 +217,20 @@ async fn announced_frames_that_never_come_cost_little_memory() {
             held.push((send, recv));
         }
     }
-    within(Duration::from_secs(60), "a lookup on every connection", async {
-        for c in &clients {
-            let answer = c
-                .request(&Message::Lookup {
-                    name: "nobody".into(),
-                })
-                .await;
-            assert!(matches!(answer, Message::Error { .. }), "{answer:?}");
-        }
-    })
+    within(
+        Duration::from_secs(60),
+        "a lookup on every connection",
+        async {
+            for c in &clients {
+                let answer = c
+                    .request(&Message::Lookup {
+                        name: "nobody".into(),
+                    })
+                    .await;
+                assert!(matches!(answer, Message::Error { .. }), "{answer:?}");
+            }
+        },
+    )
     .await;
     let data_mib = status_kib("VmData").saturating_sub(data) / 1024;
     let rss_mib = status_kib("VmRSS").saturating_sub(rss) / 1024;

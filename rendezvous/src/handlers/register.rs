@@ -93,7 +93,12 @@ async fn claim(state: &State, name: &str, fingerprint: common::Fingerprint) -> R
     let max = state.limits.max_names_per_key;
     let claimed =
         tokio::task::spawn_blocking(move || store.claim(&claim_name, fingerprint, max)).await;
-    let failed = || Message::error(ErrorKind::Internal, "the server could not store the name; try again");
+    let failed = || {
+        Message::error(
+            ErrorKind::Internal,
+            "the server could not store the name; try again",
+        )
+    };
     match claimed {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(StoreError::NameTaken { name })) => Err(Message::error(
