@@ -48,6 +48,10 @@ pub enum ErrorKind {
     /// Peer-local: never sent by a server (and last, so the wire indices of
     /// the kinds above do not move).
     KnownPeers,
+    /// The key already holds as many names as the server allows
+    /// (`--max-names-per-key`); use one of them. (Last: the wire form of a
+    /// kind is its index.)
+    TooManyNames,
 }
 
 impl ErrorKind {
@@ -71,6 +75,7 @@ impl ErrorKind {
             Self::Busy => "busy",
             Self::Internal => "internal",
             Self::KnownPeers => "known_peers",
+            Self::TooManyNames => "too_many_names",
         }
     }
 }

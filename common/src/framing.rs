@@ -2,7 +2,10 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of
 //! postcard. The length is checked against the limit **before** anything is
-//! buffered, so a peer announcing 4 GiB costs us nothing. Decoding is a pure
+//! buffered, so a peer announcing 4 GiB costs us nothing, and the body's
+//! buffer grows with the bytes that arrive ([`READ_CHUNK`] at a time), so a
+//! header announcing the limit and then silence costs little more than
+//! the header. Decoding is a pure
 //! function ([`decode`]) so it can be property-tested; [`read_frame`] and
 //! [`write_frame`] drive it over any tokio byte stream (quinn streams are
 //! ones). Timeouts are the caller's business.
@@ -128,15 +131,29 @@ where
         }
     }
     let len = decode_len(&head, max)?;
-    let mut body = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match r.read(&mut body[got..]).await? {
-            0 => return Err(FrameError::Truncated { got, len }),
-            n => got += n,
+    decode_body(&read_body(r, len).await?)
+}
+
+/// The most a frame body's buffer grows by before the bytes for it arrive.
+pub const READ_CHUNK: usize = 4096;
+
+/// Reads a body of `len` bytes, growing the buffer as bytes arrive (at most
+/// [`READ_CHUNK`] ahead of them): a header announcing a large frame that
+/// never comes costs what was sent, not what was announced.
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::new();
+    while body.len() < len {
+        let got = body.len();
+        let want = (len - got).min(READ_CHUNK);
+        body.reserve_exact(want);
+        body.resize(got + want, 0);
+        let n = r.read(&mut body[got..]).await?;
+        body.truncate(got + n);
+        if n == 0 {
+            return Err(FrameError::Truncated { got, len });
         }
     }
-    decode_body(&body)
+    Ok(body)
 }
 
 /// Writes one frame to `w`.
@@ -371,5 +388,54 @@ mod tests {
             read_frame::<Message, _>(&mut b, MAX_FRAME).await,
             Err(FrameError::Truncated { .. })
         ));
+    }
+
+    /// A stream that hands out `data` a few bytes at a time, then fails
+    /// (a peer gone silent), noting the largest buffer it was offered.
+    struct Stall {
+        data: Vec<u8>,
+        offered: usize,
+    }
+
+    impl tokio::io::AsyncRead for Stall {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.offered = self.offered.max(buf.remaining());
+            if self.data.is_empty() {
+                let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled");
+                return std::task::Poll::Ready(Err(stalled));
+            }
+            let n = self.data.len().min(buf.remaining()).min(3);
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_announced_frame_buffers_only_what_arrives() {
+        let announced = u32::try_from(MAX_FRAME).expect("fits");
+        let mut data = announced.to_be_bytes().to_vec();
+        data.extend_from_slice(&[7; 10]);
+        let mut r = Stall { data, offered: 0 };
+        let read = read_frame::<Message, _>(&mut r, MAX_FRAME).await;
+        assert!(matches!(read, Err(FrameError::Io(_))), "{read:?}");
+        assert!(
+            r.offered <= READ_CHUNK,
+            "a buffer of {} bytes for 10 bytes of a {MAX_FRAME}-byte frame",
+            r.offered
+        );
+        // And a whole large frame still arrives.
+        let big = Message::Lookup {
+            name: "x".repeat(3 * READ_CHUNK + 5),
+        };
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move { write_frame(&mut a, &big, MAX_FRAME).await });
+        let back: Message = read_frame(&mut b, MAX_FRAME).await.expect("read");
+        assert!(matches!(back, Message::Lookup { name } if name.len() == 3 * READ_CHUNK + 5));
+        writer.await.expect("join").expect("write");
     }
 }

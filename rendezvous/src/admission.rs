@@ -3,29 +3,58 @@
 //!
 //! A spoofed Initial packet costs its sender nothing, and before this check
 //! each one held a slot of the claimed source's per-IP quota until the
-//! handshake timed out (10 s) — 64 packets could lock a whole household out.
+//! handshake timed out — 64 packets could lock a whole household out.
 //! Now an unvalidated source may have at most one handshake in flight; a
 //! second one (and every one while many handshakes are pending overall) is
 //! answered with a Retry, which only a sender that receives packets at that
 //! address can answer. Well-behaved peers connect once and pay nothing; the
 //! cost, when Retry is asked, is one extra round trip on the server link only
 //! (never on a call's setup).
+//!
+//! Once the queue is busy (past [`Quotas::retry_above_pending`]), a source
+//! that did prove its address may still hold only a few handshakes at once
+//! ([`Quotas::max_pending_per_source`]): a few real hosts stalling their
+//! handshakes can fill half the queue at most, never all of it. Past that
+//! cap the packet is dropped, never refused — many honest users share one
+//! carrier-NAT address, and their QUIC stacks send the Initial again a
+//! moment later. (Below the busy mark a source is held only to its
+//! connection quota, so twenty users behind one address calling at once
+//! all connect without waiting a retransmission round per four of them.)
+//! When the queue is full anyway (many sources), a newcomer takes the slot
+//! of the oldest handshake of the source holding the most
+//! ([`Admission::Shed`]; asked to prove its address first), so the queue
+//! tends to a fair share per source.
+//!
+//! Every count is per source ([`crate::ratelimit::source_key`]: an IPv6
+//! /64 is one source). [`Sources`] keeps the counts and a cancel handle per
+//! handshake; it does no I/O, so the server's whole admission path is
+//! unit-tested here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::ratelimit::source_key;
 
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Start the handshake and count it against the source's quota.
     Accept,
+    /// Like [`Admission::Accept`], after aborting the oldest handshake of
+    /// the source holding the most: the queue is full, and this source holds
+    /// fewer than that one would after giving one up.
+    Shed,
     /// Ask the source to prove its address first (QUIC Retry).
     Retry,
     /// Refuse: a connection limit is reached.
     Refuse,
-    /// Drop the packet without an answer: the handshake queue is full. The
-    /// peer's QUIC stack sends its Initial again after its retransmission
-    /// timeout, which doubles each time (1 s, 2 s, 4 s, …) — backoff for
-    /// free, with no new handshake to compute on either side. (Refusing
-    /// instead makes a peer start over at once with a fresh key exchange,
-    /// and a herd of them collapses the server: measured with 100,000.)
+    /// Drop the packet without an answer: the handshake queue is full, or
+    /// this source holds its share of it. The peer's QUIC stack sends its
+    /// Initial again after its retransmission timeout, which doubles each
+    /// time (1 s, 2 s, 4 s, …) — backoff for free, with no new handshake to
+    /// compute on either side. (Refusing instead makes a peer start over at
+    /// once with a fresh key exchange, and a herd of them collapses the
+    /// server: measured with 100,000.)
     Drop,
 }
 
@@ -38,10 +67,13 @@ pub struct Load {
     pub open: usize,
     /// Handshakes in flight, all sources.
     pub pending: usize,
-    /// Connections open or in handshake from this source IP.
+    /// Connections open or in handshake from this source.
     pub from_ip: usize,
-    /// Handshakes in flight from this source IP.
+    /// Handshakes in flight from this source.
     pub pending_from_ip: usize,
+    /// Handshakes in flight from the source holding the most (0 when not
+    /// needed: only read when the queue is full).
+    pub most_pending_from_one: usize,
 }
 
 /// The limits a decision applies.
@@ -49,16 +81,22 @@ pub struct Load {
 pub struct Quotas {
     /// Most connections at once.
     pub max_connections: usize,
-    /// Most connections from one source IP.
+    /// Most connections from one source.
     pub max_per_ip: usize,
-    /// Above this many handshakes in flight, every unvalidated source is
-    /// asked to Retry (a flood from many spoofed addresses).
+    /// Above this many handshakes in flight (the queue is busy), every
+    /// unvalidated source is asked to Retry (a flood from many spoofed
+    /// addresses), and every source is held to `max_pending_per_source`.
     pub retry_above_pending: usize,
     /// At this many handshakes in flight, new attempts are dropped
-    /// unanswered, validated or not ([`Admission::Drop`]): a queue longer
-    /// than the server drains before the peers' retransmission timers fire
-    /// only multiplies the packets (a herd reconnecting after a restart).
+    /// unanswered, validated or not ([`Admission::Drop`]), unless one can
+    /// take a slot from a bigger holder ([`Admission::Shed`]): a queue
+    /// longer than the server drains before the peers' retransmission
+    /// timers fire only multiplies the packets.
     pub max_pending: usize,
+    /// Most handshakes in flight from one source, validated or not, while
+    /// the queue is busy; past it attempts are dropped (the peers send them
+    /// again).
+    pub max_pending_per_source: usize,
 }
 
 /// Decides what to do with a connection attempt.
@@ -66,14 +104,206 @@ pub fn decide(load: Load, quotas: Quotas) -> Admission {
     if load.open >= quotas.max_connections || load.from_ip >= quotas.max_per_ip {
         return Admission::Refuse;
     }
-    if load.pending >= quotas.max_pending {
+    let busy = load.pending >= quotas.retry_above_pending;
+    if busy && load.pending_from_ip >= quotas.max_pending_per_source.max(1) {
         return Admission::Drop;
     }
-    if !load.validated && (load.pending_from_ip >= 1 || load.pending >= quotas.retry_above_pending)
-    {
+    if load.pending >= quotas.max_pending {
+        if load.pending_from_ip + 1 < load.most_pending_from_one {
+            // Only a proven address may push another out (spoofed Initials
+            // must never cost a real source its handshake): prove it first.
+            return match load.validated {
+                true => Admission::Shed,
+                false => Admission::Retry,
+            };
+        }
+        // Everyone holds about as many (a herd): wait for the queue.
+        return Admission::Drop;
+    }
+    if !load.validated && (load.pending_from_ip >= 1 || busy) {
         return Admission::Retry;
     }
     Admission::Accept
+}
+
+/// A handshake counted in [`Sources`]; hand it back with
+/// [`Sources::handshake_done`] when the handshake ends, whatever the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    source: IpAddr,
+    id: u64,
+}
+
+impl Ticket {
+    /// The source the handshake counts against ([`source_key`] of its IP).
+    pub fn source(&self) -> IpAddr {
+        self.source
+    }
+}
+
+/// What [`Sources::admit`] decided, and what the caller must do about it.
+#[derive(Debug)]
+pub struct Admitted<H> {
+    /// The decision.
+    pub admission: Admission,
+    /// For [`Admission::Accept`] and [`Admission::Shed`]: the handshake's ticket.
+    pub ticket: Option<Ticket>,
+    /// For [`Admission::Shed`]: the cancel handle of the handshake that
+    /// gave up its slot. It is no longer counted as pending; abort it.
+    pub shed: Option<H>,
+}
+
+/// Connections and handshakes in flight per source, with a cancel handle
+/// (`H`) per handshake so one can be shed. Pure bookkeeping, no I/O.
+#[derive(Debug)]
+pub struct Sources<H> {
+    /// Connections open or in handshake, per source.
+    connections: HashMap<IpAddr, usize>,
+    /// Handshakes in flight per source, oldest first.
+    pending: HashMap<IpAddr, BTreeMap<u64, H>>,
+    /// How many sources hold each (non-zero) number of handshakes: the
+    /// biggest holder's count without a scan per packet.
+    holders: BTreeMap<usize, usize>,
+    pending_total: usize,
+    next_id: u64,
+}
+
+impl<H> Default for Sources<H> {
+    fn default() -> Self {
+        Self {
+            connections: HashMap::new(),
+            pending: HashMap::new(),
+            holders: BTreeMap::new(),
+            pending_total: 0,
+            next_id: 0,
+        }
+    }
+}
+
+impl<H> Sources<H> {
+    /// Decides on an attempt from `ip` while `sessions` connections are
+    /// established, and counts it when admitted (`handle` makes its cancel
+    /// handle; called only then).
+    pub fn admit(
+        &mut self,
+        ip: IpAddr,
+        validated: bool,
+        sessions: usize,
+        quotas: Quotas,
+        handle: impl FnOnce() -> H,
+    ) -> Admitted<H> {
+        let source = source_key(ip);
+        let pending_from_ip = self.pending.get(&source).map_or(0, BTreeMap::len);
+        let full = self.pending_total >= quotas.max_pending;
+        let load = Load {
+            validated,
+            open: sessions + self.pending_total,
+            pending: self.pending_total,
+            from_ip: self.connections.get(&source).copied().unwrap_or(0),
+            pending_from_ip,
+            most_pending_from_one: if full { self.most() } else { 0 },
+        };
+        let admission = decide(load, quotas);
+        let shed = match admission {
+            Admission::Shed => self.shed_from_biggest(),
+            _ => None,
+        };
+        let ticket = match admission {
+            Admission::Accept | Admission::Shed => {
+                let id = self.next_id;
+                self.next_id += 1;
+                *self.connections.entry(source).or_default() += 1;
+                let handshakes = self.pending.entry(source).or_default();
+                handshakes.insert(id, handle());
+                let n = handshakes.len();
+                self.moved(n - 1, n);
+                self.pending_total += 1;
+                Some(Ticket { source, id })
+            }
+            Admission::Retry | Admission::Refuse | Admission::Drop => None,
+        };
+        Admitted {
+            admission,
+            ticket,
+            shed,
+        }
+    }
+
+    /// Takes the oldest handshake of the source holding the most out of
+    /// the pending count; its connection stays counted until it closes.
+    /// (A scan of the sources, once per shed: sheds are admitted
+    /// handshakes, so they come at the server's handshake pace at most.)
+    fn shed_from_biggest(&mut self) -> Option<H> {
+        let (&source, _) = self.pending.iter().max_by_key(|(_, h)| h.len())?;
+        let handshakes = self.pending.get_mut(&source)?;
+        let (_, handle) = handshakes.pop_first()?;
+        let n = handshakes.len();
+        if n == 0 {
+            self.pending.remove(&source);
+        }
+        self.moved(n + 1, n);
+        self.pending_total -= 1;
+        Some(handle)
+    }
+
+    /// The most handshakes one source holds.
+    fn most(&self) -> usize {
+        self.holders.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// A source's count went from `from` to `to`.
+    fn moved(&mut self, from: usize, to: usize) {
+        if from > 0 {
+            if let Some(k) = self.holders.get_mut(&from) {
+                *k -= 1;
+                if *k == 0 {
+                    self.holders.remove(&from);
+                }
+            }
+        }
+        if to > 0 {
+            *self.holders.entry(to).or_default() += 1;
+        }
+    }
+
+    /// The handshake of `ticket` ended (connected, failed, or shed); false
+    /// when it was no longer counted (it was shed).
+    pub fn handshake_done(&mut self, ticket: Ticket) -> bool {
+        let Some(handshakes) = self.pending.get_mut(&ticket.source) else {
+            return false;
+        };
+        let was = handshakes.remove(&ticket.id).is_some();
+        let n = handshakes.len();
+        if n == 0 {
+            self.pending.remove(&ticket.source);
+        }
+        if was {
+            self.moved(n + 1, n);
+            self.pending_total -= 1;
+        }
+        was
+    }
+
+    /// The connection of `ticket` is gone (after its handshake ended).
+    pub fn connection_closed(&mut self, ticket: Ticket) {
+        self.handshake_done(ticket);
+        if let Some(n) = self.connections.get_mut(&ticket.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.connections.remove(&ticket.source);
+            }
+        }
+    }
+
+    /// Sources with a connection or handshake counted.
+    pub fn sources(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Handshakes in flight, all sources.
+    pub fn pending(&self) -> usize {
+        self.pending_total
+    }
 }
 
 #[cfg(test)]
@@ -82,9 +312,10 @@ mod tests {
 
     const Q: Quotas = Quotas {
         max_connections: 100,
-        max_per_ip: 4,
+        max_per_ip: 40,
         retry_above_pending: 10,
         max_pending: 20,
+        max_pending_per_source: 4,
     };
 
     fn load(validated: bool, from_ip: usize, pending_from_ip: usize, pending: usize) -> Load {
@@ -94,7 +325,12 @@ mod tests {
             pending,
             from_ip,
             pending_from_ip,
+            most_pending_from_one: 0,
         }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
     }
 
     #[test]
@@ -118,7 +354,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_even_validated_sources() {
-        assert_eq!(decide(load(true, 4, 0, 0), Q), Admission::Refuse);
+        assert_eq!(decide(load(true, 40, 0, 0), Q), Admission::Refuse);
         let full = Load {
             open: 100,
             ..load(true, 0, 0, 0)
@@ -127,30 +363,144 @@ mod tests {
     }
 
     #[test]
+    fn in_a_busy_queue_a_source_holds_at_most_its_share_and_is_dropped_past_it() {
+        assert_eq!(decide(load(true, 3, 3, 10), Q), Admission::Accept);
+        assert_eq!(decide(load(true, 4, 4, 10), Q), Admission::Drop);
+        assert_eq!(decide(load(false, 4, 4, 10), Q), Admission::Drop);
+        // A quiet queue lets a crowd behind one address in at once.
+        assert_eq!(decide(load(true, 8, 8, 9), Q), Admission::Accept);
+    }
+
+    #[test]
     fn a_herd_beyond_the_handshake_queue_is_dropped_even_validated() {
         assert_eq!(decide(load(true, 0, 0, 19), Q), Admission::Accept);
         assert_eq!(decide(load(true, 0, 0, 20), Q), Admission::Drop);
         assert_eq!(decide(load(false, 0, 0, 20), Q), Admission::Drop);
         // A quota reached is said plainly, queue or not.
-        assert_eq!(decide(load(true, 4, 0, 20), Q), Admission::Refuse);
+        assert_eq!(decide(load(true, 40, 0, 20), Q), Admission::Refuse);
+    }
+
+    #[test]
+    fn a_full_queue_sheds_from_a_bigger_holder_for_proven_sources_only() {
+        let full = |validated, mine, most| Load {
+            most_pending_from_one: most,
+            ..load(validated, mine, mine, 20)
+        };
+        assert_eq!(decide(full(true, 0, 4), Q), Admission::Shed);
+        assert_eq!(decide(full(true, 2, 4), Q), Admission::Shed);
+        // Taking a slot must not make this source the bigger one.
+        assert_eq!(decide(full(true, 3, 4), Q), Admission::Drop);
+        // A herd (one each): nothing to gain, wait for the queue.
+        assert_eq!(decide(full(true, 1, 1), Q), Admission::Drop);
+        assert_eq!(decide(full(false, 0, 1), Q), Admission::Drop);
+        // An unproven newcomer is asked to prove its address, then sheds.
+        assert_eq!(decide(full(false, 0, 4), Q), Admission::Retry);
     }
 
     #[test]
     fn spoofed_packets_hold_at_most_one_slot_of_a_victims_quota() {
-        // Replay the quota as spoofed Initials arrive and never complete.
-        let (mut from_ip, mut pending) = (0, 0);
-        let mut accepted = 0;
-        for _ in 0..1000 {
-            match decide(load(false, from_ip, pending, pending), Q) {
-                Admission::Accept => {
-                    accepted += 1;
-                    from_ip += 1;
-                    pending += 1;
-                }
-                Admission::Retry | Admission::Refuse | Admission::Drop => {}
+        let mut sources = Sources::default();
+        let victim = ip("192.0.2.1");
+        let accepted = (0..1000)
+            .filter(|_| sources.admit(victim, false, 0, Q, || ()).admission == Admission::Accept)
+            .count();
+        assert_eq!(accepted, 1);
+        assert_eq!(sources.pending(), 1);
+        assert_eq!(sources.connections.get(&victim), Some(&1));
+    }
+
+    /// Eight sources each try 64 handshakes (proven addresses) and never
+    /// finish them; a ninth source is still admitted.
+    #[test]
+    fn a_few_stalling_sources_cannot_fill_the_queue() {
+        let q = Quotas {
+            max_connections: 200_000,
+            max_per_ip: 64,
+            retry_above_pending: 256,
+            max_pending: 512,
+            max_pending_per_source: 4,
+        };
+        let mut sources = Sources::default();
+        for s in 1..=8 {
+            for _ in 0..64 {
+                sources.admit(ip(&format!("192.0.2.{s}")), true, 0, q, || ());
             }
         }
-        assert_eq!(accepted, 1);
-        assert!(from_ip < Q.max_per_ip, "the real owner can still connect");
+        assert!(sources.pending() <= 256 + 8 * 4, "{}", sources.pending());
+        let ninth = ip("192.0.2.9");
+        let first = sources.admit(ninth, false, 0, q, || ()).admission;
+        assert_eq!(first, Admission::Retry);
+        let proven = sources.admit(ninth, true, 0, q, || ()).admission;
+        assert_eq!(proven, Admission::Accept);
+    }
+
+    #[test]
+    fn when_full_the_biggest_holder_gives_up_its_oldest_handshake() {
+        let q = Quotas {
+            max_pending: 6,
+            retry_above_pending: 3,
+            ..Q
+        };
+        let mut sources = Sources::default();
+        let big = ip("192.0.2.1");
+        let mut tickets = vec![];
+        for n in 0..4 {
+            let a = sources.admit(big, true, 0, q, || n);
+            tickets.push(a.ticket.expect("admitted"));
+        }
+        for _ in 0..2 {
+            sources.admit(ip("192.0.2.2"), true, 0, q, || 9);
+        }
+        assert_eq!(sources.pending(), 6);
+        let newcomer = ip("192.0.2.3");
+        assert_eq!(
+            sources.admit(newcomer, false, 0, q, || 9).admission,
+            Admission::Retry,
+            "an unproven address never sheds: it must prove itself first"
+        );
+        let shed = sources.admit(newcomer, true, 0, q, || 9);
+        assert_eq!(shed.admission, Admission::Shed);
+        assert_eq!(shed.shed, Some(0), "the oldest of the biggest holder");
+        assert_eq!(sources.pending(), 6);
+        // The shed handshake ends later: it is no longer counted, its
+        // connection is until it closes.
+        assert!(!sources.handshake_done(tickets[0]));
+        assert_eq!(sources.connections.get(&big), Some(&4));
+        sources.connection_closed(tickets[0]);
+        assert_eq!(sources.connections.get(&big), Some(&3));
+        assert!(sources.handshake_done(tickets[1]));
+        assert_eq!(sources.pending(), 5);
+        for t in &tickets[1..] {
+            sources.connection_closed(*t);
+        }
+        assert_eq!(sources.pending(), 3);
+        assert!(!sources.connections.contains_key(&big));
+        assert_eq!(sources.most(), 2, "{:?}", sources.holders);
+    }
+
+    #[test]
+    fn two_addresses_of_one_ipv6_slash64_are_one_source() {
+        let (a, b) = (ip("2001:db8:5:6::1"), ip("2001:db8:5:6:aaaa::2"));
+        let other = ip("2001:db8:5:7::1");
+        // Busy from two handshakes on, so the per-source cap applies.
+        let q = Quotas {
+            retry_above_pending: 2,
+            ..Q
+        };
+        let mut sources = Sources::default();
+        let mut admit = |ip, validated, q| sources.admit(ip, validated, 0, q, || ()).admission;
+        assert_eq!(admit(a, false, q), Admission::Accept);
+        // The Retry rule: a second handshake of the /64 must prove its address.
+        assert_eq!(admit(b, false, q), Admission::Retry);
+        assert_eq!(admit(other, false, q), Admission::Accept);
+        // The pending cap and the connection count are per /64 too.
+        for _ in 0..3 {
+            assert_eq!(admit(b, true, q), Admission::Accept);
+        }
+        assert_eq!(admit(a, true, q), Admission::Drop);
+        let q = Quotas { max_per_ip: 4, ..q };
+        assert_eq!(admit(a, true, q), Admission::Refuse);
+        assert_eq!(sources.sources(), 2);
+        assert_eq!(sources.connections.get(&source_key(b)), Some(&4));
     }
 }

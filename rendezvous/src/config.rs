@@ -76,7 +76,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Time a callee has to answer an incoming call (default 15 s).
     pub answer_timeout: Duration,
-    /// Time a TLS handshake may take (default 10 s).
+    /// Time a TLS handshake may take (default 5 s). A stalled handshake
+    /// holds a slot of the handshake queue this long; an honest one takes
+    /// a round trip or two, and a lost flight costs its sender a 1 s
+    /// retransmission timeout, so 5 s leaves room for two losses.
     pub handshake_timeout: Duration,
     /// A connection silent this long is dead (default 30 s). Peers send
     /// keep-alives every 10 s or less, so three can be lost.
@@ -103,6 +106,30 @@ pub struct Limits {
     /// 3 peers come back at once, 10,000 over 6.7 s, instead of all in the
     /// first second.
     pub reconnect_rate: u32,
+
+    // Flood hardening (issue 9: handshakes, names, frames, writes).
+    /// Most handshakes in flight from one source at once, proven address
+    /// or not, once more than `retry_above_pending` are in flight (default
+    /// 4; an IPv6 /64 is one source). Past it new attempts are dropped
+    /// unanswered, never refused: a carrier-NAT address shared by many
+    /// users gets its connections through a retransmission (~1 s) later,
+    /// and hosts stalling handshakes hold about half the queue at most.
+    /// When the queue is full, a source holding fewer takes the slot of the
+    /// oldest handshake of the source holding the most.
+    pub max_pending_handshakes_per_source: usize,
+    /// Largest request frame a peer may send, in bytes (default 4 KiB; the
+    /// largest real request, a `Call` with a 32-byte name and 9 candidate
+    /// addresses, is under 300 bytes). A bigger announced length closes the
+    /// connection before anything is buffered.
+    pub max_request_frame: usize,
+    /// Time the server's answer on a request stream may take to be written
+    /// (default 5 s): a peer that grants no flow-control credit gets its
+    /// stream reset instead of parking the task.
+    pub reply_timeout: Duration,
+    /// Most names one key may hold (default 4: a person's name or two and
+    /// a device or two). Names are never released, so without a cap one
+    /// key could claim names without end; past it, `too_many_names`.
+    pub max_names_per_key: usize,
 }
 
 impl Limits {
@@ -158,11 +185,15 @@ impl Default for Limits {
             rate_sweep_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             answer_timeout: Duration::from_secs(15),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             udp_buffer: 4 << 20,
             min_reset_interval: Duration::ZERO,
             reconnect_rate: 1_500,
+            max_pending_handshakes_per_source: 4,
+            max_request_frame: 4096,
+            reply_timeout: Duration::from_secs(5),
+            max_names_per_key: 4,
         }
     }
 }
@@ -192,6 +223,7 @@ impl Limits {
             max_per_ip: self.max_connections_per_ip,
             retry_above_pending: self.retry_above_pending,
             max_pending: self.max_pending_handshakes,
+            max_pending_per_source: self.max_pending_handshakes_per_source,
         }
     }
 }

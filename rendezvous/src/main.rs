@@ -55,6 +55,12 @@ struct Cli {
     /// Call offers to one callee from everyone (its pre-approved contacts not counted), as BURST/PER_SECOND.
     #[arg(long, env = "RENDEZVOUS_OFFER_RATE_PER_CALLEE", default_value_t = Limits::default().offer_rate_per_callee, value_parser = parse_rate)]
     offer_rate_per_callee: Rate,
+    /// Most handshakes in flight from one source (an IPv6 /64 is one); past it attempts are dropped, the peers retransmit.
+    #[arg(long, env = "RENDEZVOUS_MAX_PENDING_PER_SOURCE", default_value_t = Limits::default().max_pending_handshakes_per_source)]
+    max_pending_per_source: usize,
+    /// Most names one key may hold; past it registrations get `too_many_names`.
+    #[arg(long, env = "RENDEZVOUS_MAX_NAMES_PER_KEY", default_value_t = Limits::default().max_names_per_key)]
+    max_names_per_key: usize,
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
@@ -160,6 +166,8 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     config.limits.call_rate = cli.call_rate;
     config.limits.offer_rate_per_source = cli.offer_rate_per_source;
     config.limits.offer_rate_per_callee = cli.offer_rate_per_callee;
+    config.limits.max_pending_handshakes_per_source = cli.max_pending_per_source;
+    config.limits.max_names_per_key = cli.max_names_per_key;
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();

@@ -26,8 +26,12 @@ pub struct Metrics {
     pub handshakes_failed: IntCounter,
     /// Sources asked to prove their address with a QUIC Retry.
     pub retries: IntCounter,
-    /// Connection attempts dropped unanswered: the handshake queue was full.
+    /// Connection attempts dropped unanswered: the handshake queue was full
+    /// or the source held its share of it.
     pub handshakes_dropped: IntCounter,
+    /// Handshakes aborted to give their slot in a full queue to a source
+    /// holding fewer.
+    pub handshakes_shed: IntCounter,
     /// Successful registrations.
     pub registrations: IntCounter,
     /// Lookups answered.
@@ -51,7 +55,7 @@ pub struct Metrics {
 }
 
 /// Every error kind, so each has a series (at 0) from the start.
-const ERROR_KINDS: [ErrorKind; 16] = [
+const ERROR_KINDS: [ErrorKind; 17] = [
     ErrorKind::NameTaken,
     ErrorKind::NotFound,
     ErrorKind::Offline,
@@ -68,6 +72,7 @@ const ERROR_KINDS: [ErrorKind; 16] = [
     ErrorKind::Replaced,
     ErrorKind::Busy,
     ErrorKind::Internal,
+    ErrorKind::TooManyNames,
 ];
 
 /// Registers a counter in `registry`. Names are fixed and unique, so this
@@ -144,7 +149,12 @@ impl Default for Metrics {
             handshakes_dropped: counter(
                 &r,
                 "rendezvous_handshakes_dropped_total",
-                "Connection attempts dropped unanswered: the handshake queue was full.",
+                "Connection attempts dropped unanswered: the handshake queue was full or the source held its share.",
+            ),
+            handshakes_shed: counter(
+                &r,
+                "rendezvous_handshakes_shed_total",
+                "Handshakes aborted to give their slot in a full queue to a source holding fewer.",
             ),
             registrations: counter(
                 &r,
@@ -246,6 +256,7 @@ mod tests {
             "rendezvous_handshakes_failed_total",
             "rendezvous_retries_total",
             "rendezvous_handshakes_dropped_total",
+            "rendezvous_handshakes_shed_total",
             "rendezvous_lookups_total",
             "rendezvous_calls_requested_total",
             "rendezvous_calls_accepted_total",

@@ -7,7 +7,6 @@
 //! only moves bytes and enforces timeouts. A peer that sends something
 //! malformed gets an error frame and its connection closed; nobody else notices.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -19,9 +18,10 @@ use common::framing::{read_frame, write_frame, FrameError};
 use common::tls;
 use common::{ErrorKind, Fingerprint, Identity, Message};
 use thiserror::Error;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, Admission, Load};
+use crate::admission::{Admission, Sources, Ticket};
 use crate::config::{Config, Limits};
 use crate::handlers;
 use crate::metrics::Metrics;
@@ -61,16 +61,17 @@ pub enum ServerError {
     Config(String),
 }
 
-/// Per-source limiters and connection counts.
+/// Per-source limiters and connection counts (every one keyed by
+/// [`crate::ratelimit::source_key`]: an IPv6 /64 is one source).
 pub(crate) struct Rates {
     pub(crate) register: RateLimiter,
     pub(crate) lookup: RateLimiter,
     pub(crate) call: RateLimiter,
     /// Call offers per (source, callee) and per callee.
     pub(crate) offers: crate::offers::OfferLimits,
-    connections: HashMap<IpAddr, usize>,
-    /// Handshakes in flight per source IP (a subset of `connections`).
-    pending: HashMap<IpAddr, usize>,
+    /// Connections and handshakes per source, with a handle to abort each
+    /// handshake (to shed it from a full queue).
+    sources: Sources<oneshot::Sender<()>>,
 }
 
 /// What every task of the server shares.
@@ -81,6 +82,8 @@ pub(crate) struct State {
     pub(crate) rates: Mutex<Rates>,
     pub(crate) metrics: Metrics,
     pub(crate) next_call_id: AtomicU64,
+    /// Sessions with a registration in flight (see `handlers::register`).
+    pub(crate) claiming: Mutex<std::collections::HashSet<SessionId>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -142,8 +145,7 @@ impl Server {
             lookup: RateLimiter::new(limits.lookup_rate),
             call: RateLimiter::new(limits.call_rate),
             offers: crate::offers::OfferLimits::new(&limits),
-            connections: HashMap::new(),
-            pending: HashMap::new(),
+            sources: Sources::default(),
         };
         let state = Arc::new(State {
             limits,
@@ -152,6 +154,7 @@ impl Server {
             rates: Mutex::new(rates),
             metrics: Metrics::default(),
             next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            claiming: Mutex::default(),
         });
         Ok(Self {
             endpoint,
@@ -209,25 +212,25 @@ impl Server {
     fn admit(&self, incoming: quinn::Incoming) {
         let ip = common::candidates::canonical(incoming.remote_address()).ip();
         let state = &self.state;
-        let decision = {
+        let mut cancel = None;
+        let admitted = {
             let open = lock(&state.registry).sessions();
-            let mut rates = lock(&state.rates);
-            let load = Load {
-                validated: incoming.remote_address_validated(),
-                open: open + rates.pending.values().sum::<usize>(),
-                pending: rates.pending.values().sum(),
-                from_ip: rates.connections.get(&ip).copied().unwrap_or(0),
-                pending_from_ip: rates.pending.get(&ip).copied().unwrap_or(0),
-            };
-            let decision = admission::decide(load, state.limits.quotas());
-            if decision == Admission::Accept {
-                *rates.connections.entry(ip).or_default() += 1;
-                *rates.pending.entry(ip).or_default() += 1;
-            }
-            decision
+            let validated = incoming.remote_address_validated();
+            lock(&state.rates)
+                .sources
+                .admit(ip, validated, open, state.limits.quotas(), || {
+                    let (abort, aborted) = oneshot::channel();
+                    cancel = Some(aborted);
+                    abort
+                })
         };
-        match decision {
-            Admission::Accept => {}
+        if let Some(victim) = admitted.shed {
+            state.metrics.handshakes_shed.inc();
+            debug!(%ip, "handshake queue full: shedding a handshake of the biggest holder");
+            let _ = victim.send(());
+        }
+        match admitted.admission {
+            Admission::Accept | Admission::Shed => {}
             Admission::Retry if incoming.may_retry() => {
                 state.metrics.retries.inc();
                 debug!(%ip, "asking for a Retry before a second concurrent handshake");
@@ -247,25 +250,17 @@ impl Server {
                 return;
             }
         }
+        let (Some(ticket), Some(cancel)) = (admitted.ticket, cancel) else {
+            return;
+        };
         let state = state.clone();
         // Boxed: the task lives as long as the connection, the Incoming only
         // until the handshake ends (memory per connected peer).
         let incoming = Box::new(incoming);
         tokio::spawn(async move {
-            serve_connection(&state, incoming, ip).await;
-            let mut rates = lock(&state.rates);
-            decrement(&mut rates.connections, ip);
+            serve_connection(&state, incoming, ticket, cancel).await;
+            lock(&state.rates).sources.connection_closed(ticket);
         });
-    }
-}
-
-/// Takes one from `ip`'s count, forgetting the entry at zero.
-fn decrement(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
-    if let Some(n) = counts.get_mut(&ip) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            counts.remove(&ip);
-        }
     }
 }
 
@@ -293,8 +288,8 @@ impl MetricsHandle {
                 + rates.lookup.tracked()
                 + rates.call.tracked()
                 + rates.offers.tracked(),
-            sources: rates.connections.len(),
-            handshakes: rates.pending.values().sum(),
+            sources: rates.sources.sources(),
+            handshakes: rates.sources.pending(),
         }
     }
 }
@@ -334,11 +329,16 @@ async fn sweep_rates(state: Arc<State>) {
 }
 
 /// Handshake, then one task per request stream until the connection ends.
-async fn serve_connection(state: &Arc<State>, incoming: Box<quinn::Incoming>, ip: IpAddr) {
+async fn serve_connection(
+    state: &Arc<State>,
+    incoming: Box<quinn::Incoming>,
+    ticket: Ticket,
+    cancel: oneshot::Receiver<()>,
+) {
     let remote = common::candidates::canonical(incoming.remote_address());
     // The handshake's state is large and needed once: keep it on the heap
     // only while it runs, not in this long-lived task.
-    let Some(conn) = Box::pin(handshake(state, *incoming, ip, remote)).await else {
+    let Some(conn) = Box::pin(handshake(state, *incoming, ticket, cancel, remote)).await else {
         return;
     };
     let Some(fingerprint) = peer_fingerprint(&conn) else {
@@ -358,15 +358,26 @@ async fn serve_connection(state: &Arc<State>, incoming: Box<quinn::Incoming>, ip
     debug!(%remote, id, "peer disconnected: {:?}", conn.close_reason());
 }
 
-/// The TLS handshake, bounded by the handshake timeout; `None` if it failed.
+/// The TLS handshake, bounded by the handshake timeout and ended early when
+/// `cancel` fires (shed from a full queue); `None` if it did not complete.
+/// (Dropping an unfinished handshake closes its connection.)
 async fn handshake(
     state: &State,
     incoming: quinn::Incoming,
-    ip: IpAddr,
+    ticket: Ticket,
+    cancel: oneshot::Receiver<()>,
     remote: SocketAddr,
 ) -> Option<quinn::Connection> {
-    let handshake = tokio::time::timeout(state.limits.handshake_timeout, incoming).await;
-    decrement(&mut lock(&state.rates).pending, ip);
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(state.limits.handshake_timeout, incoming) => Some(done),
+        _ = cancel => None,
+    };
+    lock(&state.rates).sources.handshake_done(ticket);
+    let Some(handshake) = handshake else {
+        debug!(%remote, "handshake shed for a source holding fewer");
+        state.metrics.handshakes_failed.inc();
+        return None;
+    };
     match handshake {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
@@ -411,7 +422,7 @@ async fn serve_stream(
     let max = state.limits.max_frame;
     let request = match tokio::time::timeout(
         state.limits.request_timeout,
-        read_frame::<Message, _>(&mut recv, max),
+        read_frame::<Message, _>(&mut recv, state.limits.max_request_frame),
     )
     .await
     {
@@ -445,8 +456,24 @@ async fn serve_stream(
     if let Message::Error { kind, .. } = &reply {
         state.metrics.error(*kind);
     }
-    let _ = write_frame(&mut send, &reply, max).await;
-    let _ = send.finish();
+    // A peer that grants no credit must not park this task.
+    match tokio::time::timeout(
+        state.limits.reply_timeout,
+        write_frame(&mut send, &reply, max),
+    )
+    .await
+    {
+        Ok(_) => {
+            let _ = send.finish();
+        }
+        Err(_) => {
+            debug!(
+                id,
+                "reply not taken within {:?}; resetting the stream", state.limits.reply_timeout
+            );
+            let _ = send.reset(0u32.into());
+        }
+    }
 }
 
 /// Ends a request stream whose request did not arrive in time, with an

@@ -345,20 +345,29 @@ async fn memory_stays_bounded_under_a_flood_from_many_sources() {
     drop(warm);
     let base = server.metrics().tables();
     let before = rss_kib();
-    // 40 sources × 8 concurrent streams × 40 requests, some oversized.
+    // 40 sources × 8 concurrent streams × 40 requests, the last oversized
+    // (which closes its connection). Every stream stops after its first
+    // batch until all have sent theirs: the tables are sampled there, at
+    // the flood's peak, with every source's requests in flight.
+    const SOURCES: usize = 40;
+    const STREAMS: usize = 8;
+    let peak = Arc::new(tokio::sync::Barrier::new(SOURCES * STREAMS + 1));
     let mut tasks = tokio::task::JoinSet::new();
     let mut clients = vec![];
-    for s in 0..40u8 {
+    for s in 0..SOURCES {
         let client = Arc::new(raw_from(&server, &format!("127.0.2.{}", s + 1)).await);
         clients.push(client.clone());
-        for _ in 0..8 {
-            let client = client.clone();
+        for _ in 0..STREAMS {
+            let (client, peak) = (client.clone(), peak.clone());
             tasks.spawn(async move {
                 for i in 0..40 {
+                    if i == 5 {
+                        peak.wait().await;
+                    }
                     let Ok((mut send, mut recv)) = client.conn.open_bi().await else {
-                        return;
+                        continue;
                     };
-                    if i % 5 == 0 {
+                    if i == 39 {
                         // An oversized length prefix: refused before buffering.
                         let _ = send.write_all(&(MAX_FRAME as u32 * 16).to_be_bytes()).await;
                     } else {
@@ -374,14 +383,21 @@ async fn memory_stays_bounded_under_a_flood_from_many_sources() {
             });
         }
     }
+    within(
+        Duration::from_secs(60),
+        "every stream's first batch",
+        peak.wait(),
+    )
+    .await;
     let during = server.metrics().tables();
     within(Duration::from_secs(120), "flood", async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     // What the server holds grows with the sources, not with the requests.
-    assert!(during.rate_buckets <= 3 * 42, "{during:?}");
-    assert!(during.sessions <= base.sessions + 40, "{during:?}");
+    assert!(during.rate_buckets <= 3 * (SOURCES + 2), "{during:?}");
+    assert!(during.sessions <= base.sessions + SOURCES, "{during:?}");
+    assert!(during.sessions >= SOURCES, "not at the peak: {during:?}");
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
     // Loose on purpose (a shared, busy machine): a leak of ~20 KB per request
     // (12,800 requests) would still trip it; the table sizes above are exact.

@@ -3,12 +3,21 @@
 //! ```text
 //! peer → server   Register { name: "alice", presence: true }
 //! server → peer   Registered { name, fingerprint, observed_addr }
-//!             or  Error { kind: name_taken | invalid_name | rate_limited, .. }
+//!             or  Error { kind: name_taken | invalid_name | rate_limited
+//!                              | too_many_names | protocol, .. }
 //! ```
 //!
-//! The binding is committed to the durable store before the answer is sent.
+//! Everything that can refuse a registration is checked before the durable
+//! claim, so a refused registration never binds a name: the name rules, one
+//! name per connection (and one registration in flight per connection), the
+//! source's registration rate. The store then checks the name is free and
+//! the key holds fewer than [`crate::Limits::max_names_per_key`] names, in
+//! the claim's own transaction, and commits it before the answer is sent.
 //! With `presence`, this connection becomes the name's `listen` session; an
 //! older one is closed with [`common::error::close::REPLACED`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use common::error::close;
 use common::{ErrorKind, Message};
@@ -19,7 +28,7 @@ use crate::server::{lock, State};
 use crate::store::StoreError;
 
 pub(crate) async fn handle(
-    state: &std::sync::Arc<State>,
+    state: &Arc<State>,
     id: SessionId,
     name: String,
     presence: bool,
@@ -27,40 +36,26 @@ pub(crate) async fn handle(
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
-    let Some((fingerprint, observed)) = lock(&state.registry)
+    let Some((fingerprint, observed, current)) = lock(&state.registry)
         .session(id)
-        .map(|s| (s.fingerprint, s.observed))
+        .map(|s| (s.fingerprint, s.observed, s.name.clone()))
     else {
         return Message::error(ErrorKind::Internal, "session closed");
+    };
+    if let Some(current) = current.filter(|c| *c != name) {
+        return already_registered(&current);
+    }
+    let Some(_claiming) = Claiming::start(&state.claiming, id) else {
+        return Message::error(
+            ErrorKind::Protocol,
+            "a registration is already in progress on this connection",
+        );
     };
     if !state.allow(observed.ip(), |r| &mut r.register) {
         return super::rate_limited("registrations");
     }
-    let store = state.store.clone();
-    let claim_name = name.clone();
-    let claimed = tokio::task::spawn_blocking(move || store.claim(&claim_name, fingerprint)).await;
-    match claimed {
-        Ok(Ok(_)) => {}
-        Ok(Err(StoreError::NameTaken { name })) => {
-            return Message::error(
-                ErrorKind::NameTaken,
-                format!("the name {name:?} belongs to another key; choose another name"),
-            );
-        }
-        Ok(Err(e)) => {
-            warn!("name store failed: {e}");
-            return Message::error(
-                ErrorKind::Internal,
-                "the server could not store the name; try again",
-            );
-        }
-        Err(e) => {
-            warn!("name store task failed: {e}");
-            return Message::error(
-                ErrorKind::Internal,
-                "the server could not store the name; try again",
-            );
-        }
+    if let Err(reply) = claim(state, &name, fingerprint).await {
+        return reply;
     }
     let registered = lock(&state.registry).register(id, &name, presence);
     match registered {
@@ -79,10 +74,67 @@ pub(crate) async fn handle(
                 observed_addr: observed,
             }
         }
-        Err(RegistryError::OtherName { current }) => Message::error(
-            ErrorKind::Protocol,
-            format!("this connection is already registered as {current:?}"),
-        ),
+        Err(RegistryError::OtherName { current }) => already_registered(&current),
         Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+fn already_registered(current: &str) -> Message {
+    Message::error(
+        ErrorKind::Protocol,
+        format!("this connection is already registered as {current:?}"),
+    )
+}
+
+/// The durable claim; `Err(reply)` when the store refuses or fails.
+async fn claim(state: &State, name: &str, fingerprint: common::Fingerprint) -> Result<(), Message> {
+    let store = state.store.clone();
+    let claim_name = name.to_owned();
+    let max = state.limits.max_names_per_key;
+    let claimed =
+        tokio::task::spawn_blocking(move || store.claim(&claim_name, fingerprint, max)).await;
+    let failed = || {
+        Message::error(
+            ErrorKind::Internal,
+            "the server could not store the name; try again",
+        )
+    };
+    match claimed {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(StoreError::NameTaken { name })) => Err(Message::error(
+            ErrorKind::NameTaken,
+            format!("the name {name:?} belongs to another key; choose another name"),
+        )),
+        Ok(Err(StoreError::TooManyNames { max })) => Err(Message::error(
+            ErrorKind::TooManyNames,
+            format!("this key already holds {max} names, the most this server allows; register one of them"),
+        )),
+        Ok(Err(e)) => {
+            warn!("name store failed: {e}");
+            Err(failed())
+        }
+        Err(e) => {
+            warn!("name store task failed: {e}");
+            Err(failed())
+        }
+    }
+}
+
+/// Marks a session as having a registration in flight, until dropped: two
+/// concurrent `Register`s on one connection cannot both claim a name.
+struct Claiming<'a> {
+    set: &'a Mutex<HashSet<SessionId>>,
+    id: SessionId,
+}
+
+impl<'a> Claiming<'a> {
+    fn start(set: &'a Mutex<HashSet<SessionId>>, id: SessionId) -> Option<Self> {
+        lock(set).insert(id).then_some(Self { set, id })
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
     }
 }
