@@ -245,3 +245,76 @@ pub fn server_config(
 pub fn peer_fingerprint(certs: &[CertificateDer<'_>]) -> Option<Fingerprint> {
     certs.first().and_then(|c| Fingerprint::of_cert(c).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ClientConnection, ServerConnection};
+
+    /// Runs a TLS 1.3 handshake in memory; the first error either side hits.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+    ) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(SERVER_NAME).expect("server name");
+        let mut c = ClientConnection::new(Arc::new(client), name)?;
+        let mut s = ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).expect("write");
+            }
+            s.read_tls(&mut buf.as_slice()).expect("read");
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).expect("write");
+            }
+            c.read_tls(&mut buf.as_slice()).expect("read");
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn ids() -> (Identity, Identity, Identity) {
+        let id = || Identity::generate().expect("identity");
+        (id(), id(), id())
+    }
+
+    #[test]
+    fn only_the_pinned_server_key_and_allowed_client_keys_pass() {
+        let (server, client, stranger) = ids();
+        let any = || server_config(&server, ClientKeyPolicy::AnyKey, PEER_ALPN).expect("cfg");
+        let pin = |fp| client_config(&client, fp, PEER_ALPN).expect("cfg");
+        handshake(pin(server.fingerprint()), any()).expect("the pinned key passes");
+        let err = handshake(pin(stranger.fingerprint()), any()).expect_err("another key");
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
+        let only_stranger = stranger.fingerprint();
+        let allow = ClientKeyPolicy::Allow(Arc::new(move |fp: &Fingerprint| *fp == only_stranger));
+        let picky = server_config(&server, allow, PEER_ALPN).expect("cfg");
+        let err = handshake(pin(server.fingerprint()), picky).expect_err("a key not allowed");
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn no_early_data_no_tickets_no_resumption() {
+        let (server, client, _) = ids();
+        let c = client_config(&client, server.fingerprint(), SERVER_ALPN).expect("cfg");
+        let s = server_config(&server, ClientKeyPolicy::AnyKey, SERVER_ALPN).expect("cfg");
+        assert!(!c.enable_early_data, "0-RTT data is replayable");
+        assert_eq!(s.max_early_data_size, 0);
+        assert_eq!(
+            s.send_tls13_tickets, 0,
+            "no tickets: nothing to resume with"
+        );
+    }
+}
