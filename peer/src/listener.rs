@@ -203,7 +203,9 @@ async fn answer_offer(
 }
 
 /// Writes the answer to an offer, within [`crate::Timing::write_timeout`]:
-/// a server that grants no flow-control credit cannot park the task.
+/// a server that grants no flow-control credit cannot park the task. Past
+/// the timeout the offer stream is reset with [`ANSWER_NOT_TAKEN`] (the
+/// answer is given up, never delivered late).
 async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) -> Result<()> {
     let timeout = peer.inner.config.timing.write_timeout;
     match tokio::time::timeout(timeout, write_frame(send, msg, MAX_FRAME)).await {
@@ -211,6 +213,7 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
         Ok(Err(e)) => Err(Error::Protocol(format!("writing {}: {e}", msg.kind_name()))),
         Err(_) => {
             debug!("the server took no {} within {timeout:?}", msg.kind_name());
+            let _ = send.reset(ANSWER_NOT_TAKEN.into());
             Err(Error::Protocol(format!(
                 "{} not written within {timeout:?}",
                 msg.kind_name()
@@ -377,6 +380,10 @@ async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, E
     let call = Call::new(conn, expected.name.clone(), fp, setup).with_first_stream(first);
     Some((call, expected))
 }
+
+/// The reset code of an offer stream whose answer the server did not take
+/// within [`crate::Timing::write_timeout`].
+const ANSWER_NOT_TAKEN: u32 = common::error::close::PROTOCOL;
 
 /// The close code for a connection no accepted call is waiting for.
 const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;

@@ -9,6 +9,9 @@
 //!   (guide: `tests/LAB.md`). Its helper programs are this crate's binaries:
 //!   `nfq-delay` (link delay through NFQUEUE), `lab-udp` (plain-UDP probe
 //!   that checks the NATs) and `lab-bench` (setup time per topology).
+//! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
+//!   the other side answers.
 pub mod inproc;
 pub mod lab;
 pub mod proc;
+pub mod stall;

@@ -1,0 +1,265 @@
+//! A listening peer under a server that takes no bytes and a flood of
+//! stalled handshakes (issue 9 items 10 and 11):
+//! - the answer to an offer (Accept or Reject) that the server grants no
+//!   flow-control credit for is given up after `Timing::write_timeout`,
+//!   and the offer stream reset, instead of parking the answering task;
+//! - while a call is expected, at most `Limits::max_peer_handshakes`
+//!   handshakes are in progress at once (the rest are dropped unanswered),
+//!   and the expected caller still connects once a slot frees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::tls::{self, ClientKeyPolicy};
+use common::{Identity, Message, PeerMessage};
+use peer::{Event, Peer, PeerConfig, Policy};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tests::inproc::{serve, within, RawClient, Serve, TestServer};
+use tests::stall::StallProxy;
+
+const T: Duration = Duration::from_secs(15);
+
+/// A rendezvous server that grants `window` bytes of credit per stream:
+/// enough for a `Register` read a few bytes at a time, not for an answer
+/// it never reads.
+struct StingyServer {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+}
+
+impl StingyServer {
+    fn start(window: u32) -> Self {
+        let identity = Identity::generate().expect("id");
+        let tls =
+            tls::server_config(&identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN).expect("tls");
+        let mut config =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).expect("q")));
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(window.into());
+        config.transport_config(Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        Self { endpoint, identity }
+    }
+
+    fn peer_config(&self, dir: &std::path::Path) -> PeerConfig {
+        let addr = self.endpoint.local_addr().expect("addr");
+        let mut config = PeerConfig::new(addr.to_string(), self.identity.fingerprint());
+        config.name = Some("alice".into());
+        config.identity = dir.join("identity.pem");
+        config.known_peers = dir.join("known_peers");
+        config.bind = "127.0.0.1:0".parse().expect("addr");
+        config
+    }
+
+    /// Takes the listener's connection and answers its `Register`.
+    async fn accept_listener(&self) -> quinn::Connection {
+        let incoming = within(T, "listener connects", self.endpoint.accept())
+            .await
+            .expect("incoming");
+        let conn = incoming.await.expect("handshake");
+        let (mut send, mut recv) = conn.accept_bi().await.expect("register stream");
+        let reg: Message = within(T, "register", read_frame(&mut recv, MAX_FRAME))
+            .await
+            .expect("register");
+        let Message::Register { name, .. } = reg else {
+            panic!("expected Register, got {reg:?}");
+        };
+        let reply = Message::Registered {
+            name,
+            fingerprint: Identity::generate().expect("id").fingerprint(),
+            observed_addr: conn.remote_address(),
+        };
+        write_frame(&mut send, &reply, MAX_FRAME)
+            .await
+            .expect("reply");
+        let _ = send.finish();
+        conn
+    }
+}
+
+/// Issue 9 item 10: a server that takes none of the callee's answer cannot
+/// park the task answering it; the offer stream is reset after the write
+/// timeout (an old callee waited for credit forever).
+#[tokio::test]
+async fn an_answer_the_server_takes_no_bytes_of_is_given_up() {
+    let write_timeout = Duration::from_millis(300);
+    for (policy, answer) in [
+        (Policy::AcceptAll, "Accept"),
+        (Policy::AllowList(vec!["carol".into()]), "Reject"),
+    ] {
+        // 4 bytes: room for a frame's length, not for an answer (the
+        // smallest, an Accept without candidates, is 6 bytes).
+        let server = StingyServer::start(4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = server.peer_config(dir.path());
+        config.timing.write_timeout = write_timeout;
+        let alice = Peer::new(config).await.expect("peer");
+        let _listener = alice.listen(policy).expect("listen");
+        let conn = server.accept_listener().await;
+
+        let (mut send, mut recv) = conn.open_bi().await.expect("offer stream");
+        let offer = Message::IncomingCall {
+            call_id: 1,
+            from: "bob".into(),
+            fingerprint: Identity::generate().expect("id").fingerprint(),
+        };
+        write_frame(&mut send, &offer, MAX_FRAME)
+            .await
+            .expect("offer");
+        let start = Instant::now();
+        // Never read: no credit is ever returned for the answer.
+        let reset = within(
+            Duration::from_secs(3),
+            &format!("the callee giving up its {answer} (write timeout {write_timeout:?})"),
+            recv.received_reset(),
+        )
+        .await;
+        assert_eq!(
+            reset.expect("the offer stream"),
+            Some(common::error::close::PROTOCOL.into()),
+            "{answer}: the offer stream ended without the documented reset"
+        );
+        assert!(
+            start.elapsed() >= write_timeout,
+            "{answer}: reset after {:?}, before the write timeout",
+            start.elapsed()
+        );
+    }
+}
+
+/// Connects to `addr` (a listening peer with key `callee`) with `caller`'s
+/// key and asks for one ping: `Ok` when a call answered it.
+async fn ping_as(
+    caller: &Identity,
+    callee: common::Fingerprint,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let tls = tls::client_config(caller, callee, tls::PEER_ALPN).map_err(|e| e.to_string())?;
+    let config = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?,
+    ));
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect_with(config, addr, tls::SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, &PeerMessage::Ping { seq: 1 }, MAX_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    match read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME).await {
+        Ok(PeerMessage::Pong { seq: 1 }) => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Issue 9 item 11: with a call expected, ten handshakes that stall (half
+/// with the expected caller's own key) get at most `max_peer_handshakes`
+/// (2 here) answered; the rest are dropped unanswered. The expected caller,
+/// arriving while both slots are held, gets through once one frees.
+#[tokio::test]
+async fn handshakes_are_capped_while_a_call_is_expected() {
+    const CAP: usize = 2;
+    const STALLED: usize = 10;
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = server.peer_config(dir.path(), Some("alice"));
+    config.limits.max_peer_handshakes = CAP;
+    config.timing.peer_handshake_timeout = Duration::from_secs(3);
+    let alice = Peer::new(config).await.expect("peer");
+    let mut events = alice.events();
+    let listener = alice.listen(Policy::AcceptAll).expect("listen");
+    within(T, "registered", async {
+        while !matches!(events.recv().await, Ok(Event::Registered { .. })) {}
+    })
+    .await;
+    let _serve = serve(listener, Serve::Echo);
+
+    // Bob calls: alice accepts, and now expects his key.
+    let bob_id = Arc::new(Identity::generate().expect("id"));
+    let bob = RawClient::connect_with(&server, bob_id.clone(), None).await;
+    let reg = bob
+        .request(&Message::Register {
+            name: "bob".into(),
+            presence: false,
+        })
+        .await;
+    assert!(matches!(reg, Message::Registered { .. }), "{reg:?}");
+    let answer = bob
+        .request(&Message::Call {
+            to: "alice".into(),
+            candidates: vec![],
+        })
+        .await;
+    assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");
+
+    let alice_addr = alice.local_addr().expect("addr");
+    let proxy = StallProxy::start(alice_addr, "127.0.0.1")
+        .await
+        .expect("proxy");
+    let flood = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
+    let mut stalled = tokio::task::JoinSet::new();
+    for i in 0..STALLED {
+        let id = if i % 2 == 0 {
+            bob_id.clone()
+        } else {
+            Arc::new(Identity::generate().expect("id"))
+        };
+        let tls = tls::client_config(&id, alice.fingerprint(), tls::PEER_ALPN).expect("tls");
+        let config =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("q")));
+        let connecting = flood
+            .connect_with(config, proxy.addr, tls::SERVER_NAME)
+            .expect("connect");
+        stalled.spawn(async move {
+            let _ = connecting.await;
+        });
+    }
+    within(T, "every stalled handshake reaching alice", async {
+        proxy.wait_for(|c| c.offered >= STALLED).await
+    })
+    .await;
+    within(T, "alice answering the first handshakes", async {
+        proxy.wait_for(|c| c.answered >= CAP).await
+    })
+    .await;
+    // Every attempt has reached alice; give her a second to answer more
+    // (an uncapped listener answers all ten within milliseconds). Her
+    // handshake timeout (3 s) holds both slots through it.
+    let over =
+        tokio::time::timeout(Duration::from_secs(1), proxy.wait_for(|c| c.answered > CAP)).await;
+    assert!(
+        over.is_err(),
+        "alice took up more than {CAP} stalled handshakes at once: {:?}",
+        proxy.counts()
+    );
+    assert_eq!(proxy.counts().answered, CAP, "{:?}", proxy.counts());
+
+    // The flood stops; both slots are still held. Bob's own connection is
+    // dropped until one frees, and then gets through (his QUIC stack sends
+    // its Initial again).
+    drop(proxy);
+    stalled.abort_all();
+    flood.close(0u32.into(), b"done");
+    let start = Instant::now();
+    let pinged = within(
+        Duration::from_secs(12),
+        "bob's call once a handshake slot frees",
+        ping_as(&bob_id, alice.fingerprint(), alice_addr),
+    )
+    .await;
+    assert_eq!(pinged, Ok(()), "after {:?}", start.elapsed());
+    // Both slots were held for seconds more when bob began: his first
+    // Initial was dropped too (seen: through after ~3 s, his retransmissions).
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "bob got in at once, past two held handshake slots"
+    );
+}
