@@ -3,9 +3,9 @@
 //! A frame is a 4-byte big-endian length followed by that many bytes of
 //! postcard. The length is checked against the limit **before** anything is
 //! buffered, so a peer announcing 4 GiB costs us nothing, and the body's
-//! buffer grows with the bytes that arrive ([`READ_CHUNK`] at a time), so a
-//! header announcing the limit and then silence costs little more than
-//! the header. Decoding is a pure
+//! buffer grows with the bytes that arrive ([`grown_capacity`]: from
+//! [`READ_CHUNK`], doubling), so a header announcing the limit and then
+//! silence costs little more than the header. Decoding is a pure
 //! function ([`decode`]) so it can be property-tested; [`read_frame`] and
 //! [`write_frame`] drive it over any tokio byte stream (quinn streams are
 //! ones). Timeouts are the caller's business.
@@ -134,21 +134,35 @@ where
     decode_body(&read_body(r, len).await?)
 }
 
-/// The most a frame body's buffer grows by before the bytes for it arrive.
+/// The first size of a frame body's buffer, and the least it grows by.
 pub const READ_CHUNK: usize = 4096;
 
-/// Reads a body of `len` bytes, growing the buffer as bytes arrive (at most
-/// [`READ_CHUNK`] ahead of them): a header announcing a large frame that
-/// never comes costs what was sent, not what was announced.
+/// The capacity a body buffer of a `len`-byte frame grows to once it is
+/// full with `got` bytes: doubled, by [`READ_CHUNK`] at least, never past
+/// `len`. So a buffer is never more than `max(2 × got, got + READ_CHUNK)`
+/// for the bytes that arrived (memory follows what a peer sent, not what
+/// it announced), and a frame costs a few reallocations (5 for 64 KiB),
+/// not one per [`READ_CHUNK`].
+pub fn grown_capacity(got: usize, len: usize) -> usize {
+    got.saturating_mul(2)
+        .max(got.saturating_add(READ_CHUNK))
+        .min(len)
+}
+
+/// Reads a body of `len` bytes into a buffer that grows as bytes arrive
+/// ([`grown_capacity`]): a header announcing a large frame that never
+/// comes costs what was sent, not what was announced. Never reads past
+/// the body (the next frame stays in the stream), and never zeroes memory
+/// the stream then fills.
 async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut body = Vec::new();
     while body.len() < len {
         let got = body.len();
-        let want = (len - got).min(READ_CHUNK);
-        body.reserve_exact(want);
-        body.resize(got + want, 0);
-        let n = r.read(&mut body[got..]).await?;
-        body.truncate(got + n);
+        if body.capacity() <= got {
+            body.reserve_exact(grown_capacity(got, len) - got);
+        }
+        let rest = u64::try_from(len - got).unwrap_or(u64::MAX);
+        let n = (&mut *r).take(rest).read_buf(&mut body).await?;
         if n == 0 {
             return Err(FrameError::Truncated { got, len });
         }
@@ -413,6 +427,68 @@ mod tests {
             self.data.drain(..n);
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    /// A stream that fills every buffer it is offered from `data`, noting
+    /// each read's (bytes before it, buffer offered).
+    struct Eager {
+        data: Vec<u8>,
+        given: usize,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl tokio::io::AsyncRead for Eager {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let (given, offered) = (self.given, buf.remaining());
+            self.reads.push((given, offered));
+            let n = (self.data.len() - given).min(offered);
+            buf.put_slice(&self.data[given..given + n]);
+            self.given += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A 64 KiB frame from a fast stream: the buffer doubles (a handful of
+    /// reads and reallocations, not one per 4 KiB), stays within twice what
+    /// arrived, and nothing past the frame is read.
+    #[tokio::test]
+    async fn a_large_frame_grows_its_buffer_geometrically() {
+        let big = Message::Lookup {
+            name: "y".repeat(MAX_FRAME - 16),
+        };
+        let mut data = encode(&big, MAX_FRAME).expect("encode");
+        let frame_len = data.len();
+        data.extend_from_slice(b"next frame");
+        let mut r = Eager {
+            data,
+            given: 0,
+            reads: vec![],
+        };
+        let back: Message = read_frame(&mut r, MAX_FRAME).await.expect("read");
+        assert_eq!(back, big);
+        assert_eq!(r.given, frame_len, "read past the frame");
+        let body_reads: Vec<_> = r.reads.iter().filter(|(at, _)| *at >= HEADER_LEN).collect();
+        assert!(
+            body_reads.len() <= 6,
+            "{} reads for one 64 KiB body: {body_reads:?}",
+            body_reads.len()
+        );
+        for (at, offered) in body_reads {
+            let got = at - HEADER_LEN;
+            assert!(
+                got + offered <= (2 * got).max(got + READ_CHUNK),
+                "a buffer of {} for {got} bytes received",
+                got + offered
+            );
+        }
+        assert_eq!(grown_capacity(0, MAX_FRAME), READ_CHUNK);
+        assert_eq!(grown_capacity(READ_CHUNK, MAX_FRAME), 2 * READ_CHUNK);
+        assert_eq!(grown_capacity(40_000, MAX_FRAME), MAX_FRAME);
+        assert_eq!(grown_capacity(0, 10), 10);
     }
 
     #[tokio::test]

@@ -5,7 +5,10 @@
 //! counted, so the same flood cannot lock its contacts out: after each
 //! registration the listener sends their keys in [`Message::Approve`].
 //! The keys are the known_peers entries (for an `--accept-from` list, only
-//! those of the listed names), at most [`MAX_APPROVED`].
+//! those of the listed names), at most [`MAX_APPROVED`], in the order the
+//! entries come (known_peers: oldest first), so strangers accepted later
+//! cannot push early contacts out of the list. The server still holds each
+//! approved key to its own per-(key, callee) offer bucket.
 
 use std::sync::atomic::Ordering;
 
@@ -19,7 +22,8 @@ use crate::server_link::ServerLink;
 
 /// The keys `policy` accepts anyway, from the known_peers `entries`:
 /// every known contact's for [`Policy::AcceptAll`], the listed names' for
-/// [`Policy::AllowList`]; deduplicated, at most [`MAX_APPROVED`].
+/// [`Policy::AllowList`]; deduplicated, at most [`MAX_APPROVED`], the
+/// first ones in the order given (never sorted).
 pub(crate) fn pre_approved(policy: &Policy, entries: &[(String, Fingerprint)]) -> Vec<Fingerprint> {
     let mut out: Vec<Fingerprint> = Vec::new();
     for (name, fp) in entries {
@@ -89,5 +93,17 @@ mod tests {
             vec![Fingerprint([3; 32]), Fingerprint([7; 32])]
         );
         assert!(pre_approved(&Policy::AcceptAll, &[]).is_empty());
+    }
+
+    /// The oldest entries win, in the given order: names recorded later
+    /// (`a…` sorts before `z…`) do not push early contacts out.
+    #[test]
+    fn the_first_entries_are_kept_in_the_given_order() {
+        let mut entries: Vec<(String, Fingerprint)> = (0..MAX_APPROVED as u8)
+            .map(|i| (format!("z{i}"), Fingerprint([i; 32])))
+            .collect();
+        entries.push(("a-stranger".into(), Fingerprint([0xee; 32])));
+        let want: Vec<Fingerprint> = entries[..MAX_APPROVED].iter().map(|(_, k)| *k).collect();
+        assert_eq!(pre_approved(&Policy::AcceptAll, &entries), want);
     }
 }

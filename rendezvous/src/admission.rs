@@ -11,15 +11,18 @@
 //! cost, when Retry is asked, is one extra round trip on the server link only
 //! (never on a call's setup).
 //!
-//! Once the queue is busy (past [`Quotas::retry_above_pending`]), a source
-//! that did prove its address may still hold only a few handshakes at once
-//! ([`Quotas::max_pending_per_source`]): a few real hosts stalling their
-//! handshakes can fill half the queue at most, never all of it. Past that
-//! cap the packet is dropped, never refused — many honest users share one
-//! carrier-NAT address, and their QUIC stacks send the Initial again a
-//! moment later. (Below the busy mark a source is held only to its
-//! connection quota, so twenty users behind one address calling at once
-//! all connect without waiting a retransmission round per four of them.)
+//! A source, proven address or not, holds at most
+//! [`Quotas::max_pending_per_source_idle`] handshakes at once (16) at any
+//! time, and once the queue is busy (past [`Quotas::retry_above_pending`])
+//! only a few ([`Quotas::max_pending_per_source`], 4): a few real hosts
+//! stalling their handshakes cannot hold the queue at the busy mark (which
+//! would make every newcomer pay a Retry), and can fill half of it at most
+//! once it is busy, never all of it. Past either cap the packet is dropped,
+//! never refused — many honest users share one carrier-NAT address, and
+//! their QUIC stacks send the Initial again a moment later. (The standing
+//! cap is higher than the busy one, so twenty users behind one address
+//! calling at once while the queue is quiet connect with at most one
+//! retransmission round for a few of them.)
 //! When the queue is full anyway (many sources), a newcomer takes the slot
 //! of the oldest handshake of the source holding the most
 //! ([`Admission::Shed`]; asked to prove its address first), so the queue
@@ -97,6 +100,22 @@ pub struct Quotas {
     /// the queue is busy; past it attempts are dropped (the peers send them
     /// again).
     pub max_pending_per_source: usize,
+    /// Most handshakes in flight from one source, validated or not, at any
+    /// time, busy queue or not; past it attempts are dropped.
+    pub max_pending_per_source_idle: usize,
+}
+
+impl Quotas {
+    /// The most handshakes one source may hold now, `busy` or not (at least one).
+    pub fn pending_per_source(&self, busy: bool) -> usize {
+        let cap = match busy {
+            true => self
+                .max_pending_per_source
+                .min(self.max_pending_per_source_idle),
+            false => self.max_pending_per_source_idle,
+        };
+        cap.max(1)
+    }
 }
 
 /// Decides what to do with a connection attempt.
@@ -105,7 +124,7 @@ pub fn decide(load: Load, quotas: Quotas) -> Admission {
         return Admission::Refuse;
     }
     let busy = load.pending >= quotas.retry_above_pending;
-    if busy && load.pending_from_ip >= quotas.max_pending_per_source.max(1) {
+    if load.pending_from_ip >= quotas.pending_per_source(busy) {
         return Admission::Drop;
     }
     if load.pending >= quotas.max_pending {
@@ -316,6 +335,7 @@ mod tests {
         retry_above_pending: 10,
         max_pending: 20,
         max_pending_per_source: 4,
+        max_pending_per_source_idle: 16,
     };
 
     fn load(validated: bool, from_ip: usize, pending_from_ip: usize, pending: usize) -> Load {
@@ -371,6 +391,33 @@ mod tests {
         assert_eq!(decide(load(true, 8, 8, 9), Q), Admission::Accept);
     }
 
+    /// Below the busy mark a source still holds at most its standing share:
+    /// four hosts stalling handshakes cannot hold the queue at the busy mark.
+    #[test]
+    fn in_a_quiet_queue_a_source_holds_at_most_its_standing_share() {
+        let q = crate::config::Limits::default().quotas();
+        assert_eq!(decide(load(true, 15, 15, 15), q), Admission::Accept);
+        assert_eq!(decide(load(true, 16, 16, 16), q), Admission::Drop);
+        assert_eq!(decide(load(false, 16, 16, 16), q), Admission::Drop);
+        // Sessions already open do not count, only handshakes in flight.
+        assert_eq!(decide(load(true, 30, 0, 9), q), Admission::Accept);
+        // Four hosts each trying 64 handshakes (their connection quota)
+        // and stalling them: they would hold 256, the busy mark.
+        let mut sources = Sources::default();
+        for s in 1..=4 {
+            for _ in 0..64 {
+                sources.admit(ip(&format!("192.0.2.{s}")), true, 0, q, || ());
+            }
+        }
+        assert_eq!(sources.pending(), 4 * 16, "each stalling host holds 16");
+        let newcomer = ip("192.0.2.9");
+        assert_eq!(
+            sources.admit(newcomer, false, 0, q, || ()).admission,
+            Admission::Accept,
+            "the queue is not held at the busy mark: a newcomer pays no Retry"
+        );
+    }
+
     #[test]
     fn a_herd_beyond_the_handshake_queue_is_dropped_even_validated() {
         assert_eq!(decide(load(true, 0, 0, 19), Q), Admission::Accept);
@@ -419,6 +466,7 @@ mod tests {
             retry_above_pending: 256,
             max_pending: 512,
             max_pending_per_source: 4,
+            max_pending_per_source_idle: 16,
         };
         let mut sources = Sources::default();
         for s in 1..=8 {
@@ -427,9 +475,10 @@ mod tests {
             }
         }
         assert!(sources.pending() <= 256 + 8 * 4, "{}", sources.pending());
+        assert_eq!(sources.pending(), 8 * 16, "each holds its standing share");
         let ninth = ip("192.0.2.9");
         let first = sources.admit(ninth, false, 0, q, || ()).admission;
-        assert_eq!(first, Admission::Retry);
+        assert_eq!(first, Admission::Accept, "below the busy mark: no Retry");
         let proven = sources.admit(ninth, true, 0, q, || ()).admission;
         assert_eq!(proven, Admission::Accept);
     }

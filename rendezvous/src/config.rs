@@ -62,8 +62,16 @@ pub struct Limits {
     /// answers (at most `answer_timeout`), so many sources could otherwise
     /// keep it busy. Twice the per-source budget: one source alone cannot
     /// spend it. Calls from keys the callee pre-approved (its contacts) are
-    /// not counted, so a flood cannot lock them out.
+    /// not counted, so a flood cannot lock them out; they are held to
+    /// `offer_rate_per_contact` instead.
     pub offer_rate_per_callee: Rate,
+    /// Call offers from one pre-approved key to the callee that approved
+    /// it (default 30, 2/s, as per source). Approved callers skip the
+    /// shared per-callee bucket, and in `AcceptAll` mode every caller a
+    /// listener ever accepted is approved, so without this bucket a former
+    /// stranger could ring without limit from many sessions and addresses.
+    /// The key is authenticated: nobody else can drain its bucket.
+    pub offer_rate_per_contact: Rate,
     /// Most time writing the Dial frame to a callee may take (default 5 s):
     /// a callee granting no flow-control credit would otherwise park the
     /// call's task, and its caller, for good.
@@ -117,6 +125,13 @@ pub struct Limits {
     /// When the queue is full, a source holding fewer takes the slot of the
     /// oldest handshake of the source holding the most.
     pub max_pending_handshakes_per_source: usize,
+    /// Most handshakes in flight from one source at any time, busy queue
+    /// or not (default 16). Without it, four hosts stalling 64 handshakes
+    /// each would hold the queue at `retry_above_pending` forever and every
+    /// newcomer would pay a Retry. Past it attempts are dropped, never
+    /// refused: twenty users behind one carrier-NAT address connecting at
+    /// once get the last few through a retransmission (~1 s) later.
+    pub max_pending_handshakes_per_source_idle: usize,
     /// Largest request frame a peer may send, in bytes (default 4 KiB; the
     /// largest real request, a `Call` with a 32-byte name and 9 candidate
     /// addresses, is under 300 bytes). A bigger announced length closes the
@@ -144,12 +159,45 @@ impl Limits {
 }
 
 /// A token bucket: `burst` requests at once, then `per_second`.
+///
+/// Its text form is `BURST/PER_SECOND` (`20/5`); parsing refuses a zero
+/// burst and a rate that is zero, negative or not finite ([`RateError`]):
+/// a bucket that never refills would never be forgotten either.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     /// Bucket size.
     pub burst: u32,
     /// Refill per second.
     pub per_second: f64,
+}
+
+/// Why a `BURST/PER_SECOND` text is not a [`Rate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateError {
+    /// Not two numbers around a `/`.
+    #[error("{0:?} is not BURST/PER_SECOND (e.g. 20/5)")]
+    Syntax(String),
+    /// A zero burst, or a refill rate that is not a positive finite number.
+    #[error(
+        "{0:?}: the burst must be at least 1 and the rate a positive finite number per second"
+    )]
+    NotPositive(String),
+}
+
+impl std::str::FromStr for Rate {
+    type Err = RateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || RateError::Syntax(s.to_owned());
+        let (burst, per) = s.split_once('/').ok_or_else(syntax)?;
+        let burst: u32 = burst.trim().parse().map_err(|_| syntax())?;
+        let per_second: f64 = per.trim().parse().map_err(|_| syntax())?;
+        if burst == 0 || !per_second.is_finite() || per_second <= 0.0 {
+            return Err(RateError::NotPositive(s.to_owned()));
+        }
+        Ok(Rate { burst, per_second })
+    }
 }
 
 impl Default for Limits {
@@ -181,6 +229,10 @@ impl Default for Limits {
                 burst: 60,
                 per_second: 4.0,
             },
+            offer_rate_per_contact: Rate {
+                burst: 30,
+                per_second: 2.0,
+            },
             dial_write_timeout: Duration::from_secs(5),
             rate_sweep_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
@@ -191,6 +243,7 @@ impl Default for Limits {
             min_reset_interval: Duration::ZERO,
             reconnect_rate: 1_500,
             max_pending_handshakes_per_source: 4,
+            max_pending_handshakes_per_source_idle: 16,
             max_request_frame: 4096,
             reply_timeout: Duration::from_secs(5),
             max_names_per_key: 4,
@@ -224,6 +277,7 @@ impl Limits {
             retry_above_pending: self.retry_above_pending,
             max_pending: self.max_pending_handshakes,
             max_pending_per_source: self.max_pending_handshakes_per_source,
+            max_pending_per_source_idle: self.max_pending_handshakes_per_source_idle,
         }
     }
 }
@@ -247,5 +301,46 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(zero.shutdown_spread(5), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_rate_that_never_refills_is_refused() {
+        assert_eq!(
+            "20/5".parse::<Rate>(),
+            Ok(Rate {
+                burst: 20,
+                per_second: 5.0
+            })
+        );
+        assert_eq!(" 3 / 0.5 ".parse::<Rate>().map(|r| r.per_second), Ok(0.5));
+        for bad in ["0/5", "5/0", "5/0.0", "5/-1", "5/NaN", "5/inf", "5/1e400"] {
+            assert!(
+                matches!(bad.parse::<Rate>(), Err(RateError::NotPositive(_))),
+                "{bad} was taken"
+            );
+        }
+        for bad in ["5", "a/b", "-1/5", "5/", "/5", "5/5/5"] {
+            assert!(
+                matches!(bad.parse::<Rate>(), Err(RateError::Syntax(_))),
+                "{bad} was taken"
+            );
+        }
+        let message = "5/0".parse::<Rate>().expect_err("refused").to_string();
+        assert!(message.contains("positive"), "{message}");
+    }
+
+    #[test]
+    fn every_default_rate_reads_back_from_its_text() {
+        let l = Limits::default();
+        for rate in [
+            l.register_rate,
+            l.lookup_rate,
+            l.call_rate,
+            l.offer_rate_per_source,
+            l.offer_rate_per_callee,
+            l.offer_rate_per_contact,
+        ] {
+            assert_eq!(rate.to_string().parse::<Rate>(), Ok(rate));
+        }
     }
 }

@@ -13,12 +13,13 @@
 //! - [`registry`]: sessions and presence (pure, unit-tested).
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
-//! - `offers`: call offers per (source, callee) and per callee (pure).
+//! - `offers`: call offers per (source, callee), per callee and per contact (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
 //! - `transport`: the QUIC endpoint (TLS, transport limits, stateless resets, socket buffers).
 //! - [`admission`]: who may start a handshake (quotas, QUIC Retry).
 //! - `cids`: keyed connection IDs a restarted server recognises.
+//! - `counted`: a connection's counts, handed back however its task ends.
 //!
 //! # Example
 //!
@@ -34,6 +35,7 @@
 pub mod admission;
 mod cids;
 pub mod config;
+mod counted;
 mod handlers;
 pub mod http;
 pub mod metrics;
@@ -44,5 +46,5 @@ pub mod server;
 pub mod store;
 mod transport;
 
-pub use config::{Config, Limits, Rate};
+pub use config::{Config, Limits, Rate, RateError};
 pub use server::{load_identity, MetricsHandle, Server, ServerError, Tables};

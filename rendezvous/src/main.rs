@@ -55,9 +55,15 @@ struct Cli {
     /// Call offers to one callee from everyone (its pre-approved contacts not counted), as BURST/PER_SECOND.
     #[arg(long, env = "RENDEZVOUS_OFFER_RATE_PER_CALLEE", default_value_t = Limits::default().offer_rate_per_callee, value_parser = parse_rate)]
     offer_rate_per_callee: Rate,
-    /// Most handshakes in flight from one source (an IPv6 /64 is one); past it attempts are dropped, the peers retransmit.
+    /// Call offers from one pre-approved key to the callee that approved it, as BURST/PER_SECOND.
+    #[arg(long, env = "RENDEZVOUS_OFFER_RATE_PER_CONTACT", default_value_t = Limits::default().offer_rate_per_contact, value_parser = parse_rate)]
+    offer_rate_per_contact: Rate,
+    /// Most handshakes in flight from one source (an IPv6 /64 is one) while the queue is busy (past --retry-above-pending); past it attempts are dropped, the peers retransmit.
     #[arg(long, env = "RENDEZVOUS_MAX_PENDING_PER_SOURCE", default_value_t = Limits::default().max_pending_handshakes_per_source)]
     max_pending_per_source: usize,
+    /// Most handshakes in flight from one source at any time, busy queue or not; past it attempts are dropped, the peers retransmit.
+    #[arg(long, env = "RENDEZVOUS_MAX_PENDING_PER_SOURCE_IDLE", default_value_t = Limits::default().max_pending_handshakes_per_source_idle)]
+    max_pending_per_source_idle: usize,
     /// Most names one key may hold; past it registrations get `too_many_names`.
     #[arg(long, env = "RENDEZVOUS_MAX_NAMES_PER_KEY", default_value_t = Limits::default().max_names_per_key)]
     max_names_per_key: usize,
@@ -77,15 +83,10 @@ enum Command {
     Fingerprint,
 }
 
+/// A rate flag or variable ([`Rate`]'s `FromStr`: zero, negative or
+/// non-finite rates are refused).
 fn parse_rate(s: &str) -> Result<Rate, String> {
-    let err = || format!("{s:?} is not BURST/PER_SECOND (e.g. 20/5)");
-    let (burst, per) = s.split_once('/').ok_or_else(err)?;
-    let burst: u32 = burst.trim().parse().map_err(|_| err())?;
-    let per_second: f64 = per.trim().parse().map_err(|_| err())?;
-    if burst == 0 || per_second.is_nan() || per_second <= 0.0 {
-        return Err(format!("{s:?}: burst and rate must be positive"));
-    }
-    Ok(Rate { burst, per_second })
+    s.parse().map_err(|e: rendezvous::RateError| e.to_string())
 }
 
 fn default_data_dir() -> PathBuf {
@@ -166,7 +167,9 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     config.limits.call_rate = cli.call_rate;
     config.limits.offer_rate_per_source = cli.offer_rate_per_source;
     config.limits.offer_rate_per_callee = cli.offer_rate_per_callee;
+    config.limits.offer_rate_per_contact = cli.offer_rate_per_contact;
     config.limits.max_pending_handshakes_per_source = cli.max_pending_per_source;
+    config.limits.max_pending_handshakes_per_source_idle = cli.max_pending_per_source_idle;
     config.limits.max_names_per_key = cli.max_names_per_key;
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;

@@ -1,8 +1,9 @@
 //! Per-source token buckets, without a clock of their own.
 //!
 //! [`RateLimiter::check`] takes `now`, so the rules are unit-tested on a fake
-//! clock. Buckets that have refilled completely are forgotten by
-//! [`RateLimiter::sweep`], so memory stays bounded by active sources.
+//! clock. Buckets that have refilled completely, or have been idle for
+//! [`MAX_IDLE`], are forgotten by [`RateLimiter::sweep`], so memory stays
+//! bounded by active sources.
 //!
 //! A "source" is what one party can cheaply multiply: an IPv4 address, or an
 //! IPv6 **/64** ([`source_key`]) — one host routinely holds a whole /64, so
@@ -11,9 +12,14 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Rate;
+
+/// A bucket untouched this long is forgotten by [`RateLimiter::sweep`]
+/// even if it has not refilled (one hour): every default rate refills in
+/// under a minute, so this only bounds the memory of a very slow rate.
+pub const MAX_IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -77,12 +83,16 @@ impl<K: Hash + Eq> RateLimiter<K> {
         self.rate
     }
 
-    /// Forgets sources whose bucket is full again (they would start full anyway).
+    /// Forgets sources whose bucket is full again (they would start full
+    /// anyway), and any bucket untouched for [`MAX_IDLE`]: a rate that
+    /// refills slowly (or, set in code, not at all) cannot keep its
+    /// buckets forever.
     pub fn sweep(&mut self, now: Instant) {
         let rate = self.rate;
         self.buckets.retain(|_, b| {
-            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-            b.tokens + elapsed * rate.per_second < f64::from(rate.burst)
+            let idle = now.saturating_duration_since(b.last);
+            let refilled = b.tokens + idle.as_secs_f64() * rate.per_second;
+            idle < MAX_IDLE && refilled < f64::from(rate.burst)
         });
     }
 
@@ -125,6 +135,24 @@ mod tests {
             "refilled one token"
         );
         rl.sweep(t0 + Duration::from_secs(10));
+        assert_eq!(rl.tracked(), 0);
+    }
+
+    /// A rate that never refills (`per_second` 0, possible in code, refused
+    /// by the flag parser) still has its buckets forgotten once idle.
+    #[test]
+    fn buckets_of_a_rate_that_never_refills_are_swept_once_idle() {
+        let mut rl = RateLimiter::new(Rate {
+            burst: 1,
+            per_second: 0.0,
+        });
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert!(rl.check(a, t0));
+        assert!(!rl.check(a, t0 + Duration::from_secs(60)));
+        rl.sweep(t0 + Duration::from_secs(120));
+        assert_eq!(rl.tracked(), 1, "a recent bucket is kept");
+        rl.sweep(t0 + Duration::from_secs(60) + MAX_IDLE);
         assert_eq!(rl.tracked(), 0);
     }
 

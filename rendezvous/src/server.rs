@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Sources, Ticket};
 use crate::config::{Config, Limits};
+use crate::counted::Counted;
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -71,7 +72,7 @@ pub(crate) struct Rates {
     pub(crate) offers: crate::offers::OfferLimits,
     /// Connections and handshakes per source, with a handle to abort each
     /// handshake (to shed it from a full queue).
-    sources: Sources<oneshot::Sender<()>>,
+    pub(crate) sources: Sources<oneshot::Sender<()>>,
 }
 
 /// What every task of the server shares.
@@ -93,6 +94,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// The shared state of a server with `limits` and `store`, nothing counted yet.
+    pub(crate) fn new(limits: Limits, store: Arc<dyn NameStore>) -> Self {
+        let rates = Rates {
+            register: RateLimiter::new(limits.register_rate),
+            lookup: RateLimiter::new(limits.lookup_rate),
+            call: RateLimiter::new(limits.call_rate),
+            offers: crate::offers::OfferLimits::new(&limits),
+            sources: Sources::default(),
+        };
+        Self {
+            limits,
+            store,
+            registry: Mutex::new(Registry::default()),
+            rates: Mutex::new(rates),
+            metrics: Metrics::default(),
+            next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            claiming: Mutex::default(),
+        }
+    }
+
     /// Takes a token for `ip` from the limiter `pick` chooses.
     pub(crate) fn allow(
         &self,
@@ -140,22 +161,7 @@ impl Server {
         let identity = load_identity(&config.data_dir)?;
         let limits = config.limits.clone();
         let endpoint = make_endpoint(&identity, &config)?;
-        let rates = Rates {
-            register: RateLimiter::new(limits.register_rate),
-            lookup: RateLimiter::new(limits.lookup_rate),
-            call: RateLimiter::new(limits.call_rate),
-            offers: crate::offers::OfferLimits::new(&limits),
-            sources: Sources::default(),
-        };
-        let state = Arc::new(State {
-            limits,
-            store,
-            registry: Mutex::new(Registry::default()),
-            rates: Mutex::new(rates),
-            metrics: Metrics::default(),
-            next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
-            claiming: Mutex::default(),
-        });
+        let state = Arc::new(State::new(limits, store));
         Ok(Self {
             endpoint,
             state,
@@ -258,8 +264,9 @@ impl Server {
         // until the handshake ends (memory per connected peer).
         let incoming = Box::new(incoming);
         tokio::spawn(async move {
-            serve_connection(&state, incoming, ticket, cancel).await;
-            lock(&state.rates).sources.connection_closed(ticket);
+            // Gives the counts back when the task ends, even by a panic.
+            let mut counted = Counted::new(state.clone(), ticket);
+            serve_connection(&state, incoming, &mut counted, ticket, cancel).await;
         });
     }
 }
@@ -332,6 +339,7 @@ async fn sweep_rates(state: Arc<State>) {
 async fn serve_connection(
     state: &Arc<State>,
     incoming: Box<quinn::Incoming>,
+    counted: &mut Counted,
     ticket: Ticket,
     cancel: oneshot::Receiver<()>,
 ) {
@@ -346,15 +354,14 @@ async fn serve_connection(
         return;
     };
     let id = lock(&state.registry).open(fingerprint, remote, conn.clone());
+    counted.set_session(id);
     state.metrics.connections_total.inc();
     debug!(%remote, peer = %fingerprint.short(), id, "peer connected");
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (state, conn) = (state.clone(), conn.clone());
         tokio::spawn(async move { serve_stream(&state, id, &conn, send, recv).await });
     }
-    if let Some(name) = lock(&state.registry).close(id) {
-        debug!(%name, "went offline");
-    }
+    // `counted` closes the session (and logs who went offline) when dropped.
     debug!(%remote, id, "peer disconnected: {:?}", conn.close_reason());
 }
 

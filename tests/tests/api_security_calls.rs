@@ -1,8 +1,9 @@
 //! Calls under abuse, through the `peer` library and a raw client against an
 //! in-process server on loopback: private candidates stay inside one
 //! network, a stranger's flood is rate-limited while a contact gets through,
-//! a callee that takes no bytes cannot hold a call, and one accepted offer
-//! is one call with a bounded number of streams.
+//! a pre-approved key is still held to its own bucket, a callee that takes
+//! no bytes cannot hold a call, and one accepted offer is one call with a
+//! bounded number of streams.
 //!
 //! Distinct 127.0.0.0/8 addresses are distinct sources (and networks) to the
 //! server.
@@ -190,6 +191,117 @@ async fn a_strangers_flood_is_rate_limited_while_a_contact_gets_through() {
     .await
     .expect("a pre-approved contact gets through");
     assert_eq!(call.fingerprint, alice.peer.fingerprint());
+}
+
+/// A raw callee that rejects every offer until aborted.
+fn reject_all(callee: RawClient) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = callee.conn.accept_bi().await {
+            let _: Result<Message, _> = read_frame(&mut recv, MAX_FRAME).await;
+            let reject = Message::Reject {
+                reason: "busy".into(),
+            };
+            let _ = write_frame(&mut send, &reject, MAX_FRAME).await;
+            let _ = send.finish();
+        }
+    })
+}
+
+/// `n` offers from `caller` to `to`: how many rang (were rejected by the
+/// callee) and how many were `rate_limited`.
+async fn ring(caller: &RawClient, to: &str, n: usize) -> (usize, usize) {
+    let (mut rang, mut limited) = (0, 0);
+    for _ in 0..n {
+        let answer = caller
+            .request(&Message::Call {
+                to: to.into(),
+                candidates: vec![],
+            })
+            .await;
+        match answer {
+            Message::Error {
+                kind: ErrorKind::Rejected,
+                ..
+            } => rang += 1,
+            Message::Error {
+                kind: ErrorKind::RateLimited,
+                ..
+            } => limited += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    (rang, limited)
+}
+
+/// A registered raw client with the key `id`, from `local`.
+async fn raw_as(server: &TestServer, id: &Arc<Identity>, local: &str, name: &str) -> RawClient {
+    let c = RawClient::connect_from(server, id.clone(), None, a(local)).await;
+    let reply = c
+        .request(&Message::Register {
+            name: name.into(),
+            presence: false,
+        })
+        .await;
+    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    c
+}
+
+/// Review of issue 9: a key on the callee's approved list (in `AcceptAll`
+/// mode, any caller it ever accepted) is not exempt from every limit: it
+/// is held to its own per-(key, callee) bucket, from any session or
+/// source. Strangers spending the callee's budget do not touch another
+/// approved contact's.
+#[tokio::test]
+async fn an_approved_key_is_still_limited_and_strangers_cannot_drain_a_contact() {
+    let slow = |burst| rendezvous::Rate {
+        burst,
+        per_second: 0.01,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path().to_owned(), a("127.0.0.1:0"), |l| {
+        l.offer_rate_per_source = slow(3);
+        l.offer_rate_per_callee = slow(5);
+        l.offer_rate_per_contact = slow(4);
+    })
+    .await;
+    let bob_id = Arc::new(Identity::generate().expect("id"));
+    let carol_id = Arc::new(Identity::generate().expect("id"));
+    let alice = raw(&server, "127.0.0.1:0", "alice", true).await;
+    let approved = alice
+        .request(&Message::Approve {
+            fingerprints: vec![bob_id.fingerprint(), carol_id.fingerprint()],
+        })
+        .await;
+    assert!(
+        matches!(approved, Message::Approved { count: 2 }),
+        "{approved:?}"
+    );
+    let _alice = reject_all(alice);
+
+    let bob = raw_as(&server, &bob_id, "127.0.0.2:0", "bob").await;
+    assert_eq!(ring(&bob, "alice", 8).await, (4, 4), "bob's own bucket");
+    let bob_again = raw_as(&server, &bob_id, "127.0.0.3:0", "bob").await;
+    assert_eq!(
+        ring(&bob_again, "alice", 3).await,
+        (0, 3),
+        "another session and source of the same key is the same bucket"
+    );
+
+    let mut rang = 0;
+    for (i, src) in ["127.0.0.4:0", "127.0.0.5:0", "127.0.0.6:0"]
+        .iter()
+        .enumerate()
+    {
+        let stranger = raw(&server, src, &format!("stranger-{i}"), false).await;
+        rang += ring(&stranger, "alice", 6).await.0;
+    }
+    assert_eq!(rang, 5, "the strangers share the callee's budget");
+    let carol = raw_as(&server, &carol_id, "127.0.0.4:0", "carol").await;
+    assert_eq!(
+        ring(&carol, "alice", 4).await,
+        (4, 0),
+        "neither bob nor the strangers drained carol's bucket"
+    );
 }
 
 /// Issue 9 item 10: a callee that grants no flow-control credit for the

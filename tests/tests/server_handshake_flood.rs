@@ -194,6 +194,43 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
     stalled.abort_all();
 }
 
+/// Review of issue 9: below the busy mark too, one source holds at most
+/// its standing share of the queue (16), so four stalling hosts cannot
+/// keep it at the busy mark (where every newcomer pays a Retry).
+#[tokio::test]
+async fn one_source_stalling_below_the_busy_mark_holds_at_most_its_share() {
+    let server = TestServer::start().await;
+    let limits = rendezvous::Limits::default();
+    let share = limits.max_pending_handshakes_per_source_idle;
+    assert!(ATTEMPTS > share && ATTEMPTS < limits.retry_above_pending);
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut stalled = tokio::task::JoinSet::new();
+    let proxy = StallProxy::start(server.addr, "127.0.6.1").await;
+    attempt_handshakes(&client, &server, proxy.addr, ATTEMPTS, &mut stalled);
+    // Every attempt decided (held or dropped) once its proven Initial came.
+    let attempts = ATTEMPTS as u64;
+    within(Duration::from_secs(20), "the stalling handshakes", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let dropped = metric(
+                &server.metrics().render(),
+                "rendezvous_handshakes_dropped_total",
+            );
+            if dropped + server.metrics().tables().handshakes as u64 >= attempts {
+                return;
+            }
+        }
+    })
+    .await;
+    let held = server.metrics().tables().handshakes;
+    assert!(
+        held <= share,
+        "one source holds {held} handshakes below the busy mark"
+    );
+    stalled.abort_all();
+}
+
 #[tokio::test]
 async fn twelve_connections_at_once_from_one_address_all_get_through() {
     twelve_from_one_address(&TestServer::start().await).await;

@@ -6,9 +6,10 @@
 //!             or      Error { kind: not_registered | protocol, .. }
 //! ```
 //!
-//! Calls from these keys skip the per-callee offer limits
+//! Calls from these keys skip the shared per-callee offer limit
 //! ([`crate::offers`]), so strangers ringing a user cannot lock its
-//! contacts out. At most [`MAX_APPROVED`] keys; each list replaces the last,
+//! contacts out; each key is held to its own per-(key, callee) bucket
+//! instead. At most [`MAX_APPROVED`] keys; each list replaces the last,
 //! and it lives as long as the session.
 
 use std::sync::Arc;

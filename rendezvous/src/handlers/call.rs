@@ -12,7 +12,8 @@
 //!
 //! Nobody learns an address before the callee accepts. Offers are limited
 //! per caller source, then per (source, callee) and per callee
-//! ([`crate::offers`], the callee's pre-approved contacts not counted).
+//! ([`crate::offers`]; the callee's pre-approved contacts skip the
+//! per-callee bucket and are held per (caller key, callee) instead).
 //! Candidate lists are [`common::candidates::forward`]ed: the observed
 //! address first, then at most a few private ones, and those only between
 //! two peers behind one public address. Every write has a timeout. After the
@@ -28,7 +29,7 @@ use common::framing::{read_frame, write_frame};
 use common::{ErrorKind, Fingerprint, Message};
 use tracing::debug;
 
-use crate::offers::OfferRefused;
+use crate::offers::{Offer, OfferRefused};
 use crate::registry::{RegistryError, SessionId};
 use crate::server::{lock, State};
 
@@ -80,10 +81,13 @@ pub(crate) async fn handle(
     let Some((callee_conn, callee_observed, approved)) = callee else {
         return Message::error(ErrorKind::Offline, format!("{to} is not online"));
     };
-    let checked =
-        lock(&state.rates)
-            .offers
-            .check(caller.observed.ip(), owner, approved, Instant::now());
+    let offer = Offer {
+        source: caller.observed.ip(),
+        caller: caller.fingerprint,
+        callee: owner,
+        approved,
+    };
+    let checked = lock(&state.rates).offers.check(offer, Instant::now());
     if let Err(why) = checked {
         state.metrics.rate_limited.inc();
         return offer_refused(why, &to);
@@ -132,8 +136,9 @@ pub(crate) async fn handle(
 /// The reply for an offer over a per-callee limit.
 fn offer_refused(why: OfferRefused, to: &str) -> Message {
     let message = match why {
-        OfferRefused::PerSource => format!("too many calls to {to} from your address; slow down"),
-        OfferRefused::PerCallee => format!("{to} is getting too many calls; try again later"),
+        OfferRefused::Source => format!("too many calls to {to} from your address; slow down"),
+        OfferRefused::Callee => format!("{to} is getting too many calls; try again later"),
+        OfferRefused::Contact => format!("too many calls to {to} from your key; slow down"),
     };
     Message::error(ErrorKind::RateLimited, message)
 }
