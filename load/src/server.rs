@@ -57,6 +57,7 @@ impl ServerProc {
             // The calls phase rings each callee many times from one address.
             .args(["--offer-rate-per-source", lifted])
             .args(["--offer-rate-per-callee", lifted])
+            .args(["--offer-rate-per-contact", lifted])
             .args(&launch.extra)
             // The server's own log level: warnings, unless told otherwise.
             .env(
