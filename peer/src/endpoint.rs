@@ -27,6 +27,8 @@ pub(crate) struct Expected {
     pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) fingerprint: Fingerprint,
+    /// The caller's known_peers entry when the offer was checked.
+    pub(crate) seen: Option<Fingerprint>,
     pub(crate) candidates: Vec<SocketAddr>,
     pub(crate) offered_at: Instant,
     pub(crate) expires: Instant,

@@ -183,9 +183,12 @@ async fn answer_offer(
         debug!("ignoring a malformed call offer");
         return;
     };
-    let decision = match vet_offer(&peer, &from, &fingerprint) {
-        Ok(known) => policy.decide(&from, &fingerprint, known),
-        Err(reason) => Decision::Reject(reason),
+    let (decision, seen) = match vet_offer(&peer, &from, &fingerprint) {
+        Ok(known) => (
+            policy.decide(&from, &fingerprint, known),
+            (known == Check::Known).then_some(fingerprint),
+        ),
+        Err(reason) => (Decision::Reject(reason), None),
     };
     if let Decision::Reject(reason) = decision {
         let reject = Message::Reject {
@@ -199,7 +202,7 @@ async fn answer_offer(
         peer.emit(Event::CallRefused { from, reason });
         return;
     }
-    accepted(&peer, send, recv, from, fingerprint).await;
+    accepted(&peer, send, recv, from, fingerprint, seen).await;
 }
 
 /// Writes the answer to an offer, within [`crate::Timing::write_timeout`]:
@@ -220,13 +223,15 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
 }
 
 /// An offer we accept: expect the caller, answer, then punch toward it
-/// until it connects.
+/// until it connects. `seen` is the caller's known_peers entry as the check
+/// saw it (recorded only if still so, [`crate::KnownPeers::record_if`]).
 async fn accepted(
     peer: &Peer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     from: String,
     fingerprint: common::Fingerprint,
+    seen: Option<Fingerprint>,
 ) {
     let socket = &peer.inner.socket;
     let timing = &peer.inner.config.timing;
@@ -236,6 +241,7 @@ async fn accepted(
         id: socket.expected.next_id(),
         name: from,
         fingerprint,
+        seen,
         candidates: vec![],
         offered_at: now,
         expires: now + timing.accept_window,
@@ -381,10 +387,23 @@ async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, E
 /// The close code for a connection no accepted call is waiting for.
 const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;
 
-/// Records the caller's key and hands the call to the [`Listener`].
+/// Records the caller's key and hands the call to the [`Listener`]. If
+/// another process pinned another key for the caller's name since the offer
+/// was checked, the call is refused (`key_changed`), not recorded over it.
 async fn hand_over(inner: &Inner, call: Call, expected: &Expected) {
-    if let Err(e) = inner.known.record(&expected.name, &expected.fingerprint) {
-        debug!("cannot record {} in known_peers: {e}", expected.name);
+    let recorded = inner
+        .known
+        .record_if_async(&expected.name, expected.seen, &expected.fingerprint)
+        .await;
+    match recorded {
+        Ok(()) => {}
+        Err(e @ Error::KeyChanged { .. }) => {
+            debug!("refusing the call of {}: {e}", expected.name);
+            let _ = inner.events.send(Event::error(&e));
+            call.close();
+            return;
+        }
+        Err(e) => debug!("cannot record {} in known_peers: {e}", expected.name),
     }
     let _ = inner.events.send(call.connected_event());
     let tx = inner

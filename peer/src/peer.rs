@@ -301,7 +301,12 @@ impl Peer {
             state = state.on_attempt(addr, result, Instant::now())?;
             if let (CallState::Connected { setup, .. }, Some(conn)) = (&state, conn) {
                 attempts.abort_all();
-                known.record(to, &fingerprint)?;
+                // Only over what the check saw: another process may have
+                // pinned another key for `to` since (then `key_changed`).
+                if let Err(e) = known.record_if_async(to, recorded, &fingerprint).await {
+                    conn.close(common::error::close::DONE.into(), b"key not recorded");
+                    return Err(e);
+                }
                 return Ok(Call::new(conn, to.to_owned(), fingerprint, *setup));
             }
         }
