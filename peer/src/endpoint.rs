@@ -124,6 +124,9 @@ pub(crate) struct Socket {
     /// The remote address of the last server link made (its loopback-ness
     /// decides whether loopback candidates may be used).
     server: Mutex<Option<SocketAddr>>,
+    /// Our address as the server observed it at the last registration
+    /// (whether the other side of a call is on our network).
+    observed: Mutex<Option<SocketAddr>>,
     identity: Arc<Identity>,
     timing: Timing,
 }
@@ -163,6 +166,7 @@ impl Socket {
             expected,
             handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_peer_handshakes)),
             server: Mutex::new(None),
+            observed: Mutex::new(None),
             identity,
             timing,
         })
@@ -224,6 +228,17 @@ impl Socket {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Notes our address as the server observed it (`Registered`).
+    pub(crate) fn set_observed(&self, addr: SocketAddr) {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// Our address as the server last observed it; `None` before any
+    /// registration (then no local candidate of the other side is used).
+    pub(crate) fn observed(&self) -> Option<SocketAddr> {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends one punch datagram to each target from the one socket.

@@ -153,6 +153,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
     let reg = link.register(name, true).await?;
+    peer.inner.socket.set_observed(reg.observed_addr);
     // Before `Registered`: a contact calling on that event is exempt already.
     crate::approve::send(peer, &link, policy).await;
     peer.emit(Event::Registered {
@@ -265,8 +266,9 @@ async fn accepted(
         return;
     };
     // Our own check behind the server's: only the observed address (first,
-    // never loopback or multicast) and private ones are ever punched.
-    let targets = targets(&candidates, socket.server());
+    // never loopback or multicast) and, if it is our network, private ones
+    // are ever punched.
+    let targets = targets(&candidates, socket.server(), socket.observed());
     socket.expected.update(Expected {
         candidates: targets.clone(),
         ..expected

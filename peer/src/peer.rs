@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::call::Call;
-use crate::call_state::{AttemptFailure, CallState};
+use crate::call_state::{AttemptFailure, CallState, Vantage};
 use crate::config::PeerConfig;
 use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
 use crate::error::{Error, Result};
@@ -158,6 +158,7 @@ impl Peer {
         if register {
             let name = self.name()?;
             let reg = link.register(&name, false).await?;
+            self.inner.socket.set_observed(reg.observed_addr);
             self.emit(Event::Registered {
                 name,
                 fingerprint: reg.fingerprint.to_string(),
@@ -249,7 +250,10 @@ impl Peer {
                 answer,
                 |fp| Check::of(recorded, fp),
                 options.accept_new_key,
-                link.conn.remote_address(),
+                Vantage {
+                    server: link.conn.remote_address(),
+                    observed: self.inner.socket.observed(),
+                },
             )
             .map_err(|e| match e {
                 Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
