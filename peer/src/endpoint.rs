@@ -7,6 +7,7 @@
 //! from keys of calls this peer accepted ([`Expected`]); anything else is
 //! refused before the handshake, or fails it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,11 +47,66 @@ pub(crate) struct Expected {
 pub(crate) struct ExpectedCalls {
     list: Mutex<Vec<Expected>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Authenticated connections per key still waiting for their first
+    /// stream ([`ExpectedCalls::hold_unclaimed`]).
+    unclaimed: Mutex<HashMap<Fingerprint, usize>>,
+}
+
+/// One authenticated connection of a key waiting for its first stream;
+/// counted until dropped.
+pub(crate) struct Unclaimed<'a> {
+    calls: &'a ExpectedCalls,
+    fingerprint: Fingerprint,
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.calls.unclaimed_counts();
+        if let Some(n) = counts.get_mut(&self.fingerprint) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.fingerprint);
+            }
+        }
+    }
 }
 
 impl ExpectedCalls {
     fn lock(&self) -> MutexGuard<'_, Vec<Expected>> {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unclaimed_counts(&self) -> MutexGuard<'_, HashMap<Fingerprint, usize>> {
+        self.unclaimed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more connection of `fp` waiting for its first stream, if
+    /// fewer than `per_call` per live call expected from `fp` wait already;
+    /// `None` (refuse it) otherwise.
+    pub(crate) fn hold_unclaimed(
+        &self,
+        fp: &Fingerprint,
+        per_call: usize,
+    ) -> Option<Unclaimed<'_>> {
+        let now = Instant::now();
+        let calls = self
+            .lock()
+            .iter()
+            .filter(|x| x.expires > now && x.fingerprint == *fp)
+            .count();
+        let mut counts = self.unclaimed_counts();
+        let n = counts.entry(*fp).or_insert(0);
+        if *n >= per_call.saturating_mul(calls) {
+            if *n == 0 {
+                counts.remove(fp);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Unclaimed {
+            calls: self,
+            fingerprint: *fp,
+        })
     }
 
     /// A fresh id for a new [`Expected`].

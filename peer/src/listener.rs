@@ -6,11 +6,11 @@
 //!   say so, reconnect with jittered backoff (after a clean server shutdown,
 //!   first a wait spread over what the server asked) and register again. Errors that
 //!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
-//! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
-//!   connections only from keys of calls we accepted, a bounded number of
-//!   handshakes at once, and hands the first one that opens a stream to the
-//!   [`Listener`]: one accepted offer is one call, later connections of
-//!   that key are refused.
+//! - the **accept loop** (one per peer, started by [`Peer::new`], in
+//!   `crate::accept`) lets in peer connections only from keys of calls we
+//!   accepted, a bounded number of handshakes at once, and hands the first
+//!   one that opens a stream to the [`Listener`]: one accepted offer is one
+//!   call, later connections of that key are refused.
 //!
 //! On accept, the callee sends punch datagrams toward the caller's vetted
 //! candidates ([`crate::punch`], [`common::candidates::targets`]) until the
@@ -18,20 +18,20 @@
 //! calls it accepts anyway (`approve`). Every write of the call exchange
 //! has [`crate::Timing::write_timeout`].
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::candidates::{canonical, targets};
+use common::candidates::targets;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{validate_name, Fingerprint, Message};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::call::Call;
-use crate::endpoint::{remote_fingerprint, Expected};
+use crate::endpoint::Expected;
 use crate::error::{Error, Result};
 use crate::known_peers::Check;
-use crate::peer::{Inner, Peer};
+use crate::peer::Peer;
 use crate::policy::{Decision, Policy};
 use crate::punch::PunchSchedule;
 use crate::server_link::ServerLink;
@@ -305,120 +305,4 @@ fn vet_offer(peer: &Peer, from: &str, fingerprint: &Fingerprint) -> Result<Check
         peer.emit(Event::error(&e));
         "the callee cannot read its known_peers file".to_owned()
     })
-}
-
-/// Lets in peer connections for calls we accepted; refuses the rest.
-/// At most [`crate::Limits::max_peer_handshakes`] are handled at once;
-/// attempts past it are dropped unanswered (the caller's QUIC stack sends
-/// them again).
-pub(crate) async fn accept_loop(inner: Weak<Inner>) {
-    loop {
-        let Some(endpoint) = inner.upgrade().map(|i| i.socket.endpoint.clone()) else {
-            return;
-        };
-        let Some(incoming) = endpoint.accept().await else {
-            return;
-        };
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        if strong.socket.expected.is_empty() {
-            debug!(remote = %incoming.remote_address(), "refusing a connection: no call expected");
-            incoming.refuse();
-            continue;
-        }
-        let Ok(permit) = strong.socket.handshakes.clone().try_acquire_owned() else {
-            debug!(remote = %incoming.remote_address(), "dropping a connection attempt: too many handshakes");
-            incoming.ignore();
-            continue;
-        };
-        tokio::spawn(async move {
-            let conn = accept_one(&strong, incoming).await;
-            drop(permit);
-            if let Some((call, expected)) = conn {
-                hand_over(&strong, call, &expected).await;
-            }
-        });
-    }
-}
-
-/// Handshake, then the first stream, which makes this connection the call
-/// its key was expected for ([`crate::endpoint::ExpectedCalls::claim`]).
-async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, Expected)> {
-    let remote = canonical(incoming.remote_address());
-    let timing = &inner.config.timing;
-    let connecting = incoming.accept().ok()?;
-    let conn = match tokio::time::timeout(timing.peer_handshake_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            debug!(%remote, "peer handshake failed: {e}");
-            return None;
-        }
-        Err(_) => {
-            debug!(%remote, "peer handshake timed out");
-            return None;
-        }
-    };
-    let fp = remote_fingerprint(&conn)?;
-    let Some(expected) = inner.socket.expected.find(&fp, remote) else {
-        conn.close(NOT_EXPECTED.into(), b"no call expected from this key");
-        return None;
-    };
-    expected.connected.notify_one();
-    // A caller dials all candidates at once and keeps the first that
-    // authenticates; the others close without opening a stream.
-    let first = match tokio::time::timeout(timing.first_stream_timeout, conn.accept_bi()).await {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            debug!(%remote, "peer connection closed before use (a duplicate path)");
-            return None;
-        }
-    };
-    // One accepted offer is one call: a second connection of this key
-    // (the call already up, or its window spent) finds nothing left.
-    let Some(expected) = inner.socket.expected.claim(&fp, remote) else {
-        debug!(%remote, "refusing a second connection for one accepted call");
-        conn.close(NOT_EXPECTED.into(), b"this call is already connected");
-        return None;
-    };
-    let setup = expected.offered_at.elapsed();
-    let call = Call::new(conn, expected.name.clone(), fp, setup).with_first_stream(first);
-    Some((call, expected))
-}
-
-/// The close code for a connection no accepted call is waiting for.
-const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;
-
-/// Records the caller's key and hands the call to the [`Listener`]. If
-/// another process pinned another key for the caller's name since the offer
-/// was checked, the call is refused (`key_changed`), not recorded over it.
-async fn hand_over(inner: &Inner, call: Call, expected: &Expected) {
-    let recorded = inner
-        .known
-        .record_if_async(&expected.name, expected.seen, &expected.fingerprint)
-        .await;
-    match recorded {
-        Ok(()) => {}
-        Err(e @ Error::KeyChanged { .. }) => {
-            debug!("refusing the call of {}: {e}", expected.name);
-            let _ = inner.events.send(Event::error(&e));
-            call.close();
-            return;
-        }
-        Err(e) => debug!("cannot record {} in known_peers: {e}", expected.name),
-    }
-    let _ = inner.events.send(call.connected_event());
-    let tx = inner
-        .incoming
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    match tx {
-        Some(tx) => {
-            if let Err(mpsc::error::SendError(Ok(call))) = tx.send(Ok(call)).await {
-                call.close();
-            }
-        }
-        None => call.close(),
-    }
 }

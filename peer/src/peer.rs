@@ -120,7 +120,7 @@ impl Peer {
             approve_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
-        tokio::spawn(crate::listener::accept_loop(Arc::downgrade(&inner)));
+        tokio::spawn(crate::accept::accept_loop(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
