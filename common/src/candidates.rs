@@ -109,23 +109,34 @@ pub fn forward(
 /// sent them: the first (the address the server observed) if
 /// [`is_observed_candidate`] accepts it, then at most
 /// [`MAX_LOCAL_CANDIDATES`] private, link-local or unique-local ones,
-/// deduplicated. `server` is the server link's remote address: loopback is
-/// accepted in the first slot only when it is loopback too.
-pub fn targets(candidates: &[SocketAddr], server: SocketAddr) -> Vec<SocketAddr> {
+/// deduplicated — those only when the first slot and `ours` (our own
+/// address as the server observed it at registration) are one network
+/// ([`same_network`]); with `ours` unknown, none. So a lying server cannot
+/// make a peer probe hosts of its own LAN for a stranger elsewhere.
+/// `server` is the server link's remote address: loopback is accepted in
+/// the first slot only when it is loopback too.
+pub fn targets(
+    candidates: &[SocketAddr],
+    server: SocketAddr,
+    ours: Option<SocketAddr>,
+) -> Vec<SocketAddr> {
     let loopback_ok = canonical(server).ip().is_loopback();
-    let mut out: Vec<SocketAddr> = Vec::new();
-    let (observed, rest) = match candidates.split_first() {
-        Some((first, rest)) if is_observed_candidate(*first, loopback_ok) => {
-            (Some(canonical(*first)), rest)
-        }
-        Some((_, rest)) => (None, rest),
-        None => (None, candidates),
+    let Some((&first, rest)) = candidates.split_first() else {
+        return vec![];
     };
-    out.extend(observed);
-    let local_start = out.len();
+    let first = canonical(first);
+    if !is_observed_candidate(first, loopback_ok) {
+        // No trustworthy observed address: nothing says the other side
+        // shares our network, so no local candidate either.
+        return vec![];
+    }
+    let mut out = vec![first];
+    if !ours.is_some_and(|ours| same_network(first, ours)) {
+        return out;
+    }
     for addr in rest.iter().copied().filter(|a| is_local_candidate(*a)) {
         let addr = canonical(addr);
-        if out.len() - local_start >= MAX_LOCAL_CANDIDATES {
+        if out.len() > MAX_LOCAL_CANDIDATES {
             break;
         }
         if !out.contains(&addr) {
@@ -189,6 +200,11 @@ mod tests {
 
     const PUBLIC_SERVER: &str = "192.0.2.1:7700";
 
+    /// Our own observed address: behind the same NAT as 198.51.100.7.
+    fn same_nat() -> Option<SocketAddr> {
+        Some(a("198.51.100.7:6000"))
+    }
+
     #[test]
     fn a_peer_sends_only_to_the_observed_address_and_private_ones() {
         let from_server = [
@@ -201,7 +217,7 @@ mod tests {
             a("10.0.0.1:0"),        // port 0: never
         ];
         assert_eq!(
-            targets(&from_server, a(PUBLIC_SERVER)),
+            targets(&from_server, a(PUBLIC_SERVER), same_nat()),
             vec![
                 a("198.51.100.7:4000"),
                 a("192.168.1.20:4000"),
@@ -212,23 +228,29 @@ mod tests {
             .chain((1..=40).map(|i| a(&format!("10.0.0.{i}:9"))))
             .collect();
         assert_eq!(
-            targets(&many, a(PUBLIC_SERVER)).len(),
+            targets(&many, a(PUBLIC_SERVER), same_nat()).len(),
             1 + MAX_LOCAL_CANDIDATES
         );
-        assert!(targets(&[], a(PUBLIC_SERVER)).is_empty());
+        assert!(targets(&[], a(PUBLIC_SERVER), same_nat()).is_empty());
     }
 
     #[test]
     fn thousands_of_candidates_become_at_most_nine() {
-        let flood: Vec<SocketAddr> = (0..9_000u32)
-            .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9)))
+        let flood: Vec<SocketAddr> = std::iter::once(a("198.51.100.7:1"))
+            .chain(
+                (0..9_000u32)
+                    .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9))),
+            )
             .collect();
-        let out = targets(&flood, a(PUBLIC_SERVER));
+        let out = targets(&flood, a(PUBLIC_SERVER), same_nat());
         assert_eq!(out.len(), 1 + MAX_LOCAL_CANDIDATES);
         let public: Vec<SocketAddr> = (0..9_000u32)
             .map(|i| SocketAddr::from(([203, 0, (i >> 8) as u8, i as u8], 9)))
             .collect();
-        assert_eq!(targets(&public, a(PUBLIC_SERVER)), vec![public[0]]);
+        assert_eq!(
+            targets(&public, a(PUBLIC_SERVER), same_nat()),
+            vec![public[0]]
+        );
     }
 
     #[test]
@@ -244,19 +266,25 @@ mod tests {
             "[::ffff:127.0.0.1]:5",
             "198.51.100.7:0",
         ] {
-            let out = targets(&[a(bad), a("192.168.1.2:5")], a(PUBLIC_SERVER));
-            assert_eq!(out, vec![a("192.168.1.2:5")], "{bad}");
+            // Without a trustworthy first slot, nothing says the other
+            // side is on our network: its local candidates go too.
+            let out = targets(&[a(bad), a("192.168.1.2:5")], a(PUBLIC_SERVER), same_nat());
+            assert!(out.is_empty(), "{bad}: {out:?}");
         }
         // Over a loopback server link (tests, one machine), loopback is fine;
         // multicast, broadcast and unspecified still are not.
         let lo = a("127.0.0.1:7700");
-        assert_eq!(targets(&[a("127.0.0.1:5")], lo), vec![a("127.0.0.1:5")]);
+        let ours = Some(a("127.0.0.1:6000"));
         assert_eq!(
-            targets(&[a("[::1]:5")], a("[::1]:7700")),
+            targets(&[a("127.0.0.1:5")], lo, ours),
+            vec![a("127.0.0.1:5")]
+        );
+        assert_eq!(
+            targets(&[a("[::1]:5")], a("[::1]:7700"), None),
             vec![a("[::1]:5")]
         );
         for bad in ["224.0.0.1:5", "255.255.255.255:5", "0.0.0.0:5"] {
-            assert!(targets(&[a(bad)], lo).is_empty(), "{bad}");
+            assert!(targets(&[a(bad)], lo, ours).is_empty(), "{bad}");
         }
     }
 
@@ -282,5 +310,46 @@ mod tests {
         assert_eq!(forward(v6, &claimed, bob), vec![v6]);
         assert!(same_network(a("127.0.0.1:1"), a("127.0.0.1:2")));
         assert!(!same_network(a("127.0.0.1:1"), a("127.0.0.2:1")));
+    }
+
+    #[test]
+    fn a_peer_keeps_local_candidates_only_from_its_own_network() {
+        // What a lying server sends: a public first slot elsewhere and eight
+        // hosts of *our* LAN to probe.
+        let lan: Vec<SocketAddr> = (1..=8).map(|i| a(&format!("192.168.1.{i}:22"))).collect();
+        let lie: Vec<SocketAddr> = std::iter::once(a("203.0.113.9:4000"))
+            .chain(lan.iter().copied())
+            .collect();
+        let server = a(PUBLIC_SERVER);
+        assert_eq!(
+            targets(&lie, server, same_nat()),
+            vec![a("203.0.113.9:4000")]
+        );
+        // Our observed address unknown (never registered): no locals either.
+        assert_eq!(targets(&lie, server, None), vec![a("203.0.113.9:4000")]);
+        // Truly behind our NAT (same IPv4; or one IPv6 /64): locals kept.
+        let honest: Vec<SocketAddr> = std::iter::once(a("198.51.100.7:4000"))
+            .chain(lan.iter().copied())
+            .collect();
+        assert_eq!(targets(&honest, server, same_nat()).len(), 9);
+        assert_eq!(
+            targets(&honest, server, Some(a("[::ffff:198.51.100.7]:1"))).len(),
+            9
+        );
+        let v6 = [a("[2001:db8:1:2::1]:4000"), a("[fd00::2]:4000")];
+        assert_eq!(
+            targets(&v6, server, Some(a("[2001:db8:1:2::9]:1"))).len(),
+            2
+        );
+        assert_eq!(
+            targets(&v6, server, Some(a("[2001:db8:1:3::9]:1"))).len(),
+            1
+        );
+        // Both on loopback (tests on one machine): one network.
+        let lo = [a("127.0.0.1:5000"), a("192.168.1.2:5000")];
+        assert_eq!(
+            targets(&lo, a("127.0.0.1:7700"), Some(a("127.0.0.1:6000"))),
+            lo.to_vec()
+        );
     }
 }

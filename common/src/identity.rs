@@ -80,6 +80,12 @@ impl Identity {
     /// nowhere is an error (creating through it would write wherever it
     /// points, or nowhere at all), never a retry.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
+        Self::load_or_create_with(path, || {})
+    }
+
+    /// [`Identity::load_or_create`], running `between` after the first
+    /// look found no key (tests: another process creating it right then).
+    fn load_or_create_with(path: &Path, between: impl FnOnce()) -> Result<Self, IdentityError> {
         let io_err = |source| IdentityError::Io {
             path: path.to_owned(),
             source,
@@ -87,23 +93,24 @@ impl Identity {
         if let Some(id) = Self::load(path)? {
             return Ok(id);
         }
-        if fs::symlink_metadata(path).is_ok() {
-            return Err(IdentityError::DanglingSymlink {
-                path: path.to_owned(),
-                target: fs::read_link(path).unwrap_or_default(),
-            });
+        between();
+        match missing(path).map_err(io_err)? {
+            Missing::Absent => {}
+            Missing::Dangling(target) => {
+                return Err(IdentityError::DanglingSymlink {
+                    path: path.to_owned(),
+                    target,
+                })
+            }
+            // Another process created the key since we looked: use it.
+            Missing::Appeared => return Self::load(path)?.ok_or_else(|| io_err(vanished())),
         }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map_err(|e| IdentityError::Certificate(e.to_string()))?;
         write_private(path, key.serialize_pem().as_bytes()).map_err(io_err)?;
         // Read back once: if another process won the race to create the
         // key, its key is the one on disk and the one to use.
-        Self::load(path)?.ok_or_else(|| {
-            io_err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the key file vanished right after it was created",
-            ))
-        })
+        Self::load(path)?.ok_or_else(|| io_err(vanished()))
     }
 
     /// The identity at `path`, or `None` if there is no file there.
@@ -175,6 +182,45 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
+    }
+}
+
+fn vanished() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "the key file vanished right after it was there",
+    )
+}
+
+/// What is at a key path where reading found no file.
+#[derive(Debug, PartialEq, Eq)]
+enum Missing {
+    /// Nothing: create the key.
+    Absent,
+    /// A symlink whose target does not exist.
+    Dangling(PathBuf),
+    /// A file (or a link to one) is there now: another process made it.
+    Appeared,
+}
+
+/// Looks again at `path` after reading it found nothing. Only a symlink
+/// whose target is missing is [`Missing::Dangling`]; anything else that is
+/// there now appeared since the read.
+fn missing(path: &Path) -> io::Result<Missing> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Missing::Absent),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(Missing::Appeared);
+    }
+    match fs::metadata(path) {
+        Ok(_) => Ok(Missing::Appeared),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Missing::Dangling(fs::read_link(path).unwrap_or_default()))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -356,6 +402,41 @@ mod tests {
         std::os::unix::fs::symlink(&real, &linked).expect("symlink");
         let again = Identity::load_or_create(&linked).expect("load through link");
         assert_eq!(id.fingerprint(), again.fingerprint());
+    }
+
+    #[test]
+    fn a_key_created_by_another_process_meanwhile_is_loaded_not_a_dangling_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        let theirs = Identity::generate().expect("their key");
+        let pem = {
+            let key = rcgen::KeyPair::try_from(theirs.key_pkcs8.as_slice()).expect("key");
+            key.serialize_pem()
+        };
+        // Another process writes its key between our read and our second look.
+        let id = Identity::load_or_create_with(&path, || {
+            write_private(&path, pem.as_bytes()).expect("their write")
+        })
+        .expect("their key, not an error");
+        assert_eq!(id.fingerprint(), theirs.fingerprint());
+        // A regular file, or a link to one, is never a dangling symlink.
+        assert_eq!(missing(&path).expect("look"), Missing::Appeared);
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.pem");
+            std::os::unix::fs::symlink(&path, &link).expect("symlink");
+            assert_eq!(missing(&link).expect("look"), Missing::Appeared);
+            let dangling = dir.path().join("dangling.pem");
+            std::os::unix::fs::symlink(dir.path().join("none"), &dangling).expect("symlink");
+            assert_eq!(
+                missing(&dangling).expect("look"),
+                Missing::Dangling(dir.path().join("none"))
+            );
+        }
+        assert_eq!(
+            missing(&dir.path().join("absent")).expect("look"),
+            Missing::Absent
+        );
     }
 
     #[test]

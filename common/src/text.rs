@@ -12,9 +12,10 @@
 //! reading like an escaped ESC. That is harmless: the point is that no byte
 //! reaching the terminal acts on it.
 //!
-//! JSON output is escaped by serde for control characters but not for bidi
-//! controls; [`escape_json_bidi`] writes those as JSON `\uXXXX` escapes,
-//! which decode to the same string.
+//! JSON output is escaped by serde only for C0 controls (U+0000–001F), not
+//! for DEL, the C1 controls (U+009B is an 8-bit CSI) or bidi controls;
+//! [`escape_json_for_terminal`] writes all of those as JSON `\uXXXX`
+//! escapes, which decode to the same string.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -54,12 +55,16 @@ pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A JSON text (as made by serde_json) with bidi controls and U+2028/2029
-/// written as `\uXXXX` escapes. These characters only ever occur inside JSON
-/// strings, where the escape decodes to the same character, so the value a
-/// reader parses is unchanged; only the raw line is safe to show.
-pub fn escape_json_bidi(json: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}');
+/// A JSON text (as made by serde_json) with every character of
+/// [`is_unsafe_for_terminal`] written as a `\uXXXX` escape: DEL and the C1
+/// controls (serde_json escapes only U+0000–001F), bidi controls and
+/// U+2028/2029. These characters only ever occur inside JSON strings, where
+/// the escape decodes to the same character, so the value a reader parses is
+/// unchanged; only the raw line is safe to show. JSON whitespace (tab,
+/// newline, carriage return) is left alone: serde escapes it inside strings,
+/// so a raw one is structure (pretty-printed output).
+pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| is_unsafe_for_terminal(c) && !matches!(c, '\t' | '\n' | '\r');
     if !json.chars().any(unsafe_char) {
         return Cow::Borrowed(json);
     }
@@ -131,12 +136,24 @@ mod tests {
     }
 
     #[test]
-    fn json_bidi_escapes_decode_to_the_same_string() {
-        let value = "bob\u{202e}txt.exe\u{2066}\u{2029}";
+    fn json_escapes_decode_to_the_same_string() {
+        let value = "bob\u{202e}txt.exe\u{2066}\u{2029}\u{9b}2J\u{7f}\u{85}";
         let json = format!("{{\"from\":\"{value}\"}}");
-        let safe = escape_json_bidi(&json);
-        assert_eq!(safe, "{\"from\":\"bob\\u202etxt.exe\\u2066\\u2029\"}");
+        let safe = escape_json_for_terminal(&json);
+        assert_eq!(
+            safe,
+            "{\"from\":\"bob\\u202etxt.exe\\u2066\\u2029\\u009b2J\\u007f\\u0085\"}"
+        );
         assert!(!safe.chars().any(is_unsafe_for_terminal));
-        assert!(matches!(escape_json_bidi("{\"a\":1}"), Cow::Borrowed(_)));
+        assert!(matches!(
+            escape_json_for_terminal("{\"a\":1}"),
+            Cow::Borrowed(_)
+        ));
+        // Raw JSON whitespace (pretty output) stays structure.
+        let pretty = "{\n\t\"a\": \"\u{9b}\"\r\n}";
+        assert_eq!(
+            escape_json_for_terminal(pretty),
+            "{\n\t\"a\": \"\\u009b\"\r\n}"
+        );
     }
 }

@@ -95,18 +95,52 @@ pub async fn echo(mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> R
     Ok(total)
 }
 
-/// Answers pings on a stream whose first frame was `Ping { seq }`.
+/// How long one answer frame (Pong, SendResult) may take to write: the
+/// default [`crate::Timing::write_timeout`]. A caller that grants no
+/// flow-control credit would otherwise park the task for good.
+fn write_timeout() -> Duration {
+    crate::Timing::default().write_timeout
+}
+
+/// Writes one answer frame within `timeout`.
+async fn write_answer(
+    send: &mut quinn::SendStream,
+    msg: &PeerMessage,
+    timeout: Duration,
+) -> Result<()> {
+    match tokio::time::timeout(timeout, write_frame(send, msg, MAX_FRAME)).await {
+        Ok(written) => written.map_err(proto),
+        Err(_) => {
+            // Give up the stream: its unsent bytes are dropped, not queued.
+            let _ = send.reset(0u32.into());
+            Err(Error::Protocol(format!(
+                "the other side took no answer within {} s",
+                timeout.as_secs_f32()
+            )))
+        }
+    }
+}
+
+/// Answers pings on a stream whose first frame was `Ping { seq }`. Each
+/// Pong is written within [`crate::Timing::write_timeout`].
 pub async fn answer_pings(
+    first_seq: u64,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<u64> {
+    answer_pings_within(first_seq, send, recv, write_timeout()).await
+}
+
+async fn answer_pings_within(
     first_seq: u64,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    timeout: Duration,
 ) -> Result<u64> {
     let mut seq = first_seq;
     let mut answered = 0;
     loop {
-        write_frame(&mut send, &PeerMessage::Pong { seq }, MAX_FRAME)
-            .await
-            .map_err(proto)?;
+        write_answer(&mut send, &PeerMessage::Pong { seq }, timeout).await?;
         answered += 1;
         match read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME).await {
             Ok(PeerMessage::Ping { seq: next }) => seq = next,
@@ -267,13 +301,25 @@ pub fn safe_file_name(name: &str) -> Option<&str> {
 
 /// Receives one file into `dir`: written to a temp file, hashed, renamed into
 /// place only if the hash matches. Never overwrites an existing file.
-/// Answers the sender with `SendResult`, and returns the stored path.
+/// Answers the sender with `SendResult` (written within
+/// [`crate::Timing::write_timeout`]), and returns the stored path.
 pub async fn receive_file(
+    header: PeerMessage,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    dir: &Path,
+    max_size: u64,
+) -> Result<(PathBuf, u64)> {
+    receive_file_within(header, send, recv, dir, max_size, write_timeout()).await
+}
+
+async fn receive_file_within(
     header: PeerMessage,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     dir: &Path,
     max_size: u64,
+    timeout: Duration,
 ) -> Result<(PathBuf, u64)> {
     let result = receive_into(header, &mut recv, dir, max_size).await;
     let reply = match &result {
@@ -286,9 +332,10 @@ pub async fn receive_file(
             message: e.to_string(),
         },
     };
-    let _ = write_frame(&mut send, &reply, MAX_FRAME).await;
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    if write_answer(&mut send, &reply, timeout).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(timeout, send.stopped()).await;
+    }
     result
 }
 
@@ -419,3 +466,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "app_flow_tests.rs"]
+mod flow_tests;

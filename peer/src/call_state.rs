@@ -30,6 +30,17 @@ pub enum AttemptFailure {
     Other(String),
 }
 
+/// Where this peer stands, for vetting the callee's candidates
+/// ([`common::candidates::targets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vantage {
+    /// The server link's remote address (loopback: loopback candidates are fine).
+    pub server: SocketAddr,
+    /// Our address as the server observed it at registration; the callee's
+    /// local candidates are used only if its observed address is our network.
+    pub observed: Option<SocketAddr>,
+}
+
 /// A call in progress.
 #[derive(Debug)]
 pub enum CallState {
@@ -76,17 +87,18 @@ impl CallState {
     }
 
     /// The server answered. `known` is what known_peers says about the
-    /// callee's key; `accept_new_key` overrides a change. `server` is the
-    /// server link's remote address: the candidates are vetted by
-    /// [`common::candidates::targets`] (at most 1 observed + 8 local, no
-    /// loopback first unless the server is on loopback), so a lying server
-    /// cannot make this peer dial thousands of hosts.
+    /// callee's key; `accept_new_key` overrides a change. The candidates
+    /// are vetted by [`common::candidates::targets`] from our `at`: at most
+    /// 1 observed + 8 local, no loopback first unless the server is on
+    /// loopback, locals only if the callee is on our network; so a lying
+    /// server cannot make this peer dial thousands of hosts, or hosts of
+    /// its own LAN.
     pub fn on_answer(
         self,
         answer: Message,
         known: impl FnOnce(&Fingerprint) -> Check,
         accept_new_key: bool,
-        server: SocketAddr,
+        at: Vantage,
     ) -> Result<Self, Error> {
         let Self::Requesting { to, sent_at } = self else {
             return Err(Error::Protocol("call answer in the wrong state".into()));
@@ -107,7 +119,7 @@ impl CallState {
                         });
                     }
                 }
-                let pending = targets(&candidates, server);
+                let pending = targets(&candidates, at.server, at.observed);
                 if pending.is_empty() {
                     return Err(Error::Unreachable {
                         name: to,
@@ -239,6 +251,15 @@ mod tests {
         7700,
     );
 
+    /// A public server, and we are behind the callee's NAT (198.51.100.1).
+    const AT: Vantage = Vantage {
+        server: SERVER,
+        observed: Some(SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)),
+            9,
+        )),
+    };
+
     fn accepted(cands: &[&str]) -> Message {
         Message::CallAccepted {
             call_id: 1,
@@ -255,7 +276,7 @@ mod tests {
                 accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
                 |_| Check::New,
                 false,
-                SERVER,
+                AT,
             )
             .expect("dialing");
         let s = s
@@ -282,7 +303,7 @@ mod tests {
                 accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
                 |_| Check::New,
                 false,
-                SERVER,
+                AT,
             )
             .expect("dialing");
         let s = s
@@ -305,12 +326,7 @@ mod tests {
     fn deadline_while_dialing_lists_silent_candidates() {
         let t0 = Instant::now();
         let s = CallState::start("alice", t0)
-            .on_answer(
-                accepted(&["198.51.100.1:1"]),
-                |_| Check::Known,
-                false,
-                SERVER,
-            )
+            .on_answer(accepted(&["198.51.100.1:1"]), |_| Check::Known, false, AT)
             .expect("dialing");
         let err = s.on_deadline();
         assert!(
@@ -327,24 +343,24 @@ mod tests {
                 Message::error(ErrorKind::Offline, "alice is not online"),
                 |_| Check::New,
                 false,
-                SERVER,
+                AT,
             )
             .expect_err("offline");
         assert_eq!(err.kind(), ErrorKind::Offline);
         let changed = |_: &Fingerprint| Check::Changed(Fingerprint([1; 32]));
         let err = CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), changed, false, SERVER)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, false, AT)
             .expect_err("changed");
         assert_eq!(err.kind(), ErrorKind::KeyChanged);
         assert!(CallState::start("alice", t0)
-            .on_answer(accepted(&["198.51.100.1:1"]), changed, true, SERVER)
+            .on_answer(accepted(&["198.51.100.1:1"]), changed, true, AT)
             .is_ok());
         let err = CallState::start("alice", t0)
             .on_answer(
                 Message::Lookup { name: "x".into() },
                 |_| Check::New,
                 false,
-                SERVER,
+                AT,
             )
             .expect_err("odd");
         assert_eq!(err.kind(), ErrorKind::Protocol);
@@ -353,7 +369,7 @@ mod tests {
     #[test]
     fn a_lying_server_cannot_make_the_caller_dial_thousands_or_loopback() {
         let t0 = Instant::now();
-        let mut flood: Vec<SocketAddr> = vec![a("127.0.0.1:22")];
+        let mut flood: Vec<SocketAddr> = vec![a("198.51.100.1:22")];
         flood.extend(
             (0..9_000u32)
                 .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 9))),
@@ -365,31 +381,74 @@ mod tests {
             candidates: flood,
         };
         let s = CallState::start("alice", t0)
-            .on_answer(answer, |_| Check::New, false, SERVER)
+            .on_answer(answer, |_| Check::New, false, AT)
             .expect("dialing");
         let CallState::Dialing { pending, .. } = s else {
             panic!("{s:?}");
         };
-        assert_eq!(pending.len(), MAX_LOCAL_CANDIDATES, "{pending:?}");
-        assert!(pending
+        assert_eq!(pending.len(), 1 + MAX_LOCAL_CANDIDATES, "{pending:?}");
+        assert!(pending[1..]
             .iter()
             .all(|p| common::candidates::is_local_candidate(*p)));
         // Only a loopback first slot: nothing to dial over a public server...
         let err = CallState::start("alice", t0)
-            .on_answer(accepted(&["127.0.0.1:5"]), |_| Check::New, false, SERVER)
+            .on_answer(
+                accepted(&["127.0.0.1:5", "192.168.1.2:5"]),
+                |_| Check::New,
+                false,
+                AT,
+            )
             .expect_err("nothing acceptable");
         assert_eq!(err.kind(), ErrorKind::Unreachable);
         // ...but fine when the server link itself is on loopback (tests).
+        let lo = Vantage {
+            server: a("127.0.0.1:7700"),
+            observed: Some(a("127.0.0.1:6000")),
+        };
         let s = CallState::start("alice", t0)
-            .on_answer(
-                accepted(&["127.0.0.1:5"]),
-                |_| Check::New,
-                false,
-                a("127.0.0.1:7700"),
-            )
+            .on_answer(accepted(&["127.0.0.1:5"]), |_| Check::New, false, lo)
             .expect("loopback server, loopback callee");
         assert!(
             matches!(s, CallState::Dialing { ref pending, .. } if pending == &[a("127.0.0.1:5")])
+        );
+    }
+
+    #[test]
+    fn the_callee_s_local_candidates_are_dialed_only_on_our_network() {
+        let t0 = Instant::now();
+        let lying = accepted(&[
+            "203.0.113.9:4000",
+            "192.168.1.1:22",
+            "192.168.1.2:22",
+            "10.0.0.1:22",
+        ]);
+        let pending = |at: Vantage, answer: Message| match CallState::start("alice", t0)
+            .on_answer(answer, |_| Check::New, false, at)
+            .expect("dialing")
+        {
+            CallState::Dialing { pending, .. } => pending,
+            other => panic!("{other:?}"),
+        };
+        // The callee is elsewhere: only its observed address.
+        assert_eq!(pending(AT, lying.clone()), vec![a("203.0.113.9:4000")]);
+        // We never learnt our own observed address: the same.
+        let unknown = Vantage {
+            server: SERVER,
+            observed: None,
+        };
+        assert_eq!(pending(unknown, lying), vec![a("203.0.113.9:4000")]);
+        // Behind one NAT (one public IPv4): the LAN addresses too.
+        let same = accepted(&["198.51.100.1:4000", "192.168.1.2:4000"]);
+        assert_eq!(pending(AT, same).len(), 2);
+        // Both observed at 127.0.0.1 (tests on one machine): one network.
+        let lo = Vantage {
+            server: a("127.0.0.1:7700"),
+            observed: Some(a("127.0.0.1:6000")),
+        };
+        let local = accepted(&["127.0.0.1:5000", "192.168.1.2:5000"]);
+        assert_eq!(
+            pending(lo, local),
+            vec![a("127.0.0.1:5000"), a("192.168.1.2:5000")]
         );
     }
 }

@@ -54,7 +54,9 @@ pub struct Timing {
     pub accept_window: Duration,
     /// Time the server has to send each frame of a call offer (default 10 s).
     pub offer_timeout: Duration,
-    /// Time a caller's QUIC handshake with this listener may take (default 10 s).
+    /// Time a caller's QUIC handshake with this listener may take (default
+    /// 5 s: a few round trips with losses; each one in flight holds one of
+    /// [`Limits::max_peer_handshakes`]).
     pub peer_handshake_timeout: Duration,
     /// Time a caller has to open its first stream once connected (default 10 s).
     pub first_stream_timeout: Duration,
@@ -76,7 +78,7 @@ impl Default for Timing {
             reconnect_max: Duration::from_secs(3),
             accept_window: Duration::from_secs(20),
             offer_timeout: Duration::from_secs(10),
-            peer_handshake_timeout: Duration::from_secs(10),
+            peer_handshake_timeout: Duration::from_secs(5),
             first_stream_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
         }
@@ -90,7 +92,10 @@ pub struct Limits {
     /// Most incoming peer handshakes at once (default 16). Only keys of
     /// accepted calls pass the handshake, but each costs a TLS handshake
     /// first; a caller dials at most 9 candidates, so 16 leaves room for
-    /// two calls arriving together. Past it, new attempts are refused.
+    /// two calls arriving together. Past half of it, a source that has not
+    /// proved its address is asked for a Retry first; past all of it, new
+    /// attempts are dropped (the caller's QUIC stack sends them again). A
+    /// slot is held for the handshake only.
     pub max_peer_handshakes: usize,
     /// Most streams one call may have open at once (default 16): in
     /// `--exec` mode each is an `sh -c`, in `--receive-dir` mode an upload.

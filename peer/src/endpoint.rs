@@ -7,6 +7,7 @@
 //! from keys of calls this peer accepted ([`Expected`]); anything else is
 //! refused before the handshake, or fails it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub(crate) struct Expected {
     pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) fingerprint: Fingerprint,
+    /// The caller's known_peers entry when the offer was checked.
+    pub(crate) seen: Option<Fingerprint>,
     pub(crate) candidates: Vec<SocketAddr>,
     pub(crate) offered_at: Instant,
     pub(crate) expires: Instant,
@@ -44,11 +47,66 @@ pub(crate) struct Expected {
 pub(crate) struct ExpectedCalls {
     list: Mutex<Vec<Expected>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Authenticated connections per key still waiting for their first
+    /// stream ([`ExpectedCalls::hold_unclaimed`]).
+    unclaimed: Mutex<HashMap<Fingerprint, usize>>,
+}
+
+/// One authenticated connection of a key waiting for its first stream;
+/// counted until dropped.
+pub(crate) struct Unclaimed<'a> {
+    calls: &'a ExpectedCalls,
+    fingerprint: Fingerprint,
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.calls.unclaimed_counts();
+        if let Some(n) = counts.get_mut(&self.fingerprint) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.fingerprint);
+            }
+        }
+    }
 }
 
 impl ExpectedCalls {
     fn lock(&self) -> MutexGuard<'_, Vec<Expected>> {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unclaimed_counts(&self) -> MutexGuard<'_, HashMap<Fingerprint, usize>> {
+        self.unclaimed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more connection of `fp` waiting for its first stream, if
+    /// fewer than `per_call` per live call expected from `fp` wait already;
+    /// `None` (refuse it) otherwise.
+    pub(crate) fn hold_unclaimed(
+        &self,
+        fp: &Fingerprint,
+        per_call: usize,
+    ) -> Option<Unclaimed<'_>> {
+        let now = Instant::now();
+        let calls = self
+            .lock()
+            .iter()
+            .filter(|x| x.expires > now && x.fingerprint == *fp)
+            .count();
+        let mut counts = self.unclaimed_counts();
+        let n = counts.entry(*fp).or_insert(0);
+        if *n >= per_call.saturating_mul(calls) {
+            if *n == 0 {
+                counts.remove(fp);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Unclaimed {
+            calls: self,
+            fingerprint: *fp,
+        })
     }
 
     /// A fresh id for a new [`Expected`].
@@ -122,6 +180,9 @@ pub(crate) struct Socket {
     /// The remote address of the last server link made (its loopback-ness
     /// decides whether loopback candidates may be used).
     server: Mutex<Option<SocketAddr>>,
+    /// Our address as the server observed it at the last registration
+    /// (whether the other side of a call is on our network).
+    observed: Mutex<Option<SocketAddr>>,
     identity: Arc<Identity>,
     timing: Timing,
 }
@@ -161,6 +222,7 @@ impl Socket {
             expected,
             handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_peer_handshakes)),
             server: Mutex::new(None),
+            observed: Mutex::new(None),
             identity,
             timing,
         })
@@ -222,6 +284,17 @@ impl Socket {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Notes our address as the server observed it (`Registered`).
+    pub(crate) fn set_observed(&self, addr: SocketAddr) {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// Our address as the server last observed it; `None` before any
+    /// registration (then no local candidate of the other side is used).
+    pub(crate) fn observed(&self) -> Option<SocketAddr> {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends one punch datagram to each target from the one socket.

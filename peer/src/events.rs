@@ -8,8 +8,9 @@
 //! Names, reasons, messages and paths in events may come from the network
 //! (a server, a caller, a sender). Both printed forms are safe for a
 //! terminal: [`Event::human`] escapes control and bidi characters as
-//! `\u{..}`; [`Event::json_line`] has serde's escapes for control characters
-//! and `\uXXXX` ones for bidi controls, so the parsed values are unchanged.
+//! `\u{..}`; [`Event::json_line`] has serde's escapes for C0 controls and
+//! `\uXXXX` ones for DEL, C1 controls (U+009B is an 8-bit CSI) and bidi
+//! controls, so the parsed values are unchanged.
 
 use serde::Serialize;
 
@@ -137,7 +138,7 @@ impl Event {
     /// One JSON line, safe to print: see the module docs.
     pub fn json_line(&self) -> serde_json::Result<String> {
         let line = serde_json::to_string(self)?;
-        Ok(common::text::escape_json_bidi(&line).into_owned())
+        Ok(common::text::escape_json_for_terminal(&line).into_owned())
     }
 
     /// A human-readable line for the plain (non-JSON) output, with remote
@@ -239,7 +240,7 @@ mod tests {
     }
 
     fn hostile_events() -> Vec<Event> {
-        let evil = "bob\n\u{1b}[2K\u{202e}txt.exe\u{2066}\u{200f}";
+        let evil = "bob\n\u{1b}[2K\u{202e}txt.exe\u{2066}\u{200f}\u{9b}31m\u{7f}";
         vec![
             Event::IncomingCall {
                 from: evil.into(),
@@ -280,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_escape_bidi_and_keep_the_values() {
+    fn json_lines_escape_c1_del_and_bidi_and_keep_the_values() {
         for e in hostile_events() {
             let line = e.json_line().expect("json");
             assert!(
@@ -288,6 +289,7 @@ mod tests {
                 "{line:?}"
             );
             assert!(line.contains("\\u202etxt.exe"), "{line}");
+            assert!(line.contains("\\u009b31m\\u007f"), "{line}");
             let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
             assert_eq!(parsed, serde_json::to_value(&e).expect("json"), "{line}");
         }

@@ -18,6 +18,14 @@
 //! same folder, fsync it, rename it over the file and fsync the folder; so
 //! concurrent `listen`/`call` processes lose no update and a crash leaves
 //! the old file or the new one. Comments and blank lines survive.
+//!
+//! A call checks the file when the offer (or the answer) arrives and
+//! records the key once the connection is up, seconds later. Meanwhile
+//! another process may pin another key for that name; so the call sites use
+//! [`KnownPeers::record_if`], which re-checks under the lock that the entry
+//! is still what the check saw and refuses with `key_changed` otherwise.
+//! These calls block (lock, fsyncs): async code runs them in
+//! `spawn_blocking` ([`KnownPeers::record_if_async`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -142,13 +150,20 @@ impl KnownPeers {
         Ok(Check::of(self.get(name)?, key))
     }
 
-    /// Every (name, key) recorded, in name order.
+    /// Every (name, key) recorded, in file order (oldest first: new
+    /// entries are appended), so contacts recorded later cannot push early
+    /// ones out of a capped list such as the pre-approved keys.
     pub(crate) fn entries(&self) -> Result<Vec<(String, Fingerprint)>> {
-        Ok(self
+        let mut entries: Vec<(usize, String, Fingerprint)> = self
             .read()?
             .entries
             .into_iter()
-            .map(|(name, (_, key))| (name, key))
+            .map(|(name, (line, key))| (line, name, key))
+            .collect();
+        entries.sort_by_key(|(line, _, _)| *line);
+        Ok(entries
+            .into_iter()
+            .map(|(_, name, key)| (name, key))
             .collect())
     }
 
@@ -157,8 +172,49 @@ impl KnownPeers {
         Ok(self.read()?.entries.get(name).map(|(_, k)| *k))
     }
 
-    /// Records (or replaces) the key of `name`, under the file's lock.
+    /// Records (or replaces, whatever is there) the key of `name`, under
+    /// the file's lock. Calls use [`KnownPeers::record_if`].
     pub fn record(&self, name: &str, key: &Fingerprint) -> Result<()> {
+        self.update(name, key, None)
+    }
+
+    /// Records `key` for `name` if the entry is still what a check saw:
+    /// `seen` (`None`: no entry). Re-read under the lock: if another process
+    /// pinned a key other than `seen` meanwhile, the file is left alone and
+    /// the error is `key_changed`. With `seen = Some(old)` and `key != old`
+    /// this replaces `old` (the user agreed to replace that key, and only
+    /// that one). An entry removed meanwhile is recorded afresh.
+    pub fn record_if(
+        &self,
+        name: &str,
+        seen: Option<Fingerprint>,
+        key: &Fingerprint,
+    ) -> Result<()> {
+        self.update(name, key, Some(seen))
+    }
+
+    /// [`KnownPeers::record_if`] on a blocking thread (it takes a lock and
+    /// fsyncs), for async code.
+    pub async fn record_if_async(
+        &self,
+        name: &str,
+        seen: Option<Fingerprint>,
+        key: &Fingerprint,
+    ) -> Result<()> {
+        let (this, name, key) = (self.clone(), name.to_owned(), *key);
+        tokio::task::spawn_blocking(move || this.record_if(&name, seen, &key))
+            .await
+            .map_err(|e| self.error(None, format!("recording task failed: {e}")))?
+    }
+
+    /// Sets `name` to `key` under the lock; with `seen`, only if the entry
+    /// is `key` already, or what was seen, or gone.
+    fn update(
+        &self,
+        name: &str,
+        key: &Fingerprint,
+        seen: Option<Option<Fingerprint>>,
+    ) -> Result<()> {
         validate_name(name)?;
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -171,6 +227,9 @@ impl KnownPeers {
         let line = format!("{name} {key}");
         match parsed.entries.get(name) {
             Some((_, k)) if k == key => return Ok(()),
+            Some((_, k)) if seen.is_some_and(|seen| seen != Some(*k)) => {
+                return Err(self.changed_error(name, k, key));
+            }
             Some((i, _)) => parsed.lines[*i] = line,
             None => {
                 if parsed.lines.is_empty() {

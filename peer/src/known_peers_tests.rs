@@ -155,3 +155,64 @@ fn concurrent_updates_lose_none() {
     }
     assert!(contents(&kp).starts_with("# shared by many processes\n"));
 }
+
+#[test]
+fn record_if_refuses_a_key_another_process_pinned_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("known_peers");
+    let (ours, theirs) = (KnownPeers::new(path.clone()), KnownPeers::new(path));
+    // We saw no entry for bob; another process pins bob to 2 meanwhile.
+    let seen = ours.get("bob").expect("get");
+    assert_eq!(seen, None);
+    theirs.record("bob", &fp(2)).expect("their record");
+    let before = contents(&ours);
+    let err = ours.record_if("bob", seen, &fp(1)).expect_err("moved");
+    assert_eq!(err.kind(), ErrorKind::KeyChanged, "{err}");
+    assert_eq!(contents(&ours), before, "left alone");
+    assert_eq!(ours.get("bob").expect("get"), Some(fp(2)));
+    // The same key recorded meanwhile is fine.
+    ours.record_if("bob", None, &fp(2)).expect("same key");
+    // --accept-new-key: replacing the key the user agreed to replace...
+    ours.record_if("bob", Some(fp(2)), &fp(3)).expect("agreed");
+    assert_eq!(ours.get("bob").expect("get"), Some(fp(3)));
+    // ...but not one another process put there after the check.
+    theirs.record("bob", &fp(4)).expect("their record");
+    let err = ours
+        .record_if("bob", Some(fp(3)), &fp(5))
+        .expect_err("moved");
+    assert_eq!(err.kind(), ErrorKind::KeyChanged, "{err}");
+    assert_eq!(ours.get("bob").expect("get"), Some(fp(4)));
+    // An entry that is still what we saw, or gone, is (re)recorded.
+    ours.record_if("carol", None, &fp(6)).expect("new");
+    assert_eq!(ours.get("carol").expect("get"), Some(fp(6)));
+}
+
+#[test]
+fn entries_are_in_file_order_oldest_first() {
+    let (_dir, kp) = file_with(&format!("# contacts\nzed {}\nalice {}\n", fp(1), fp(2)));
+    kp.record("bob", &fp(3)).expect("record");
+    kp.record("aaron", &fp(4)).expect("record");
+    kp.record("zed", &fp(5)).expect("replace keeps the place");
+    let names: Vec<String> = kp
+        .entries()
+        .expect("entries")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["zed", "alice", "bob", "aaron"]);
+}
+
+#[tokio::test]
+async fn record_if_async_runs_off_the_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kp = KnownPeers::new(dir.path().join("known_peers"));
+    kp.record_if_async("alice", None, &fp(1))
+        .await
+        .expect("record");
+    assert_eq!(kp.get("alice").expect("get"), Some(fp(1)));
+    let err = kp
+        .record_if_async("alice", None, &fp(2))
+        .await
+        .expect_err("pinned");
+    assert_eq!(err.kind(), ErrorKind::KeyChanged, "{err}");
+}

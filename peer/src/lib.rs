@@ -27,7 +27,8 @@
 //! # Layout
 //!
 //! - [`peer`](Peer): the handle; lookup and call (drives [`call_state`]).
-//! - `listener`: presence with reconnection, call offers, accepting peers.
+//! - `listener`: presence with reconnection, call offers; `accept`: letting
+//!   in the callers of accepted calls.
 //! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
 //! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
 //! - `server_link`: requests to the rendezvous server; `approve`: the
@@ -36,6 +37,7 @@
 //! - [`known_peers`]: contacts' pinned keys.
 //! - [`events`], [`error`], [`config`].
 
+mod accept;
 pub mod app;
 mod approve;
 mod call;

@@ -6,11 +6,11 @@
 //!   say so, reconnect with jittered backoff (after a clean server shutdown,
 //!   first a wait spread over what the server asked) and register again. Errors that
 //!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
-//! - the **accept loop** (one per peer, started by [`Peer::new`]) lets in peer
-//!   connections only from keys of calls we accepted, a bounded number of
-//!   handshakes at once, and hands the first one that opens a stream to the
-//!   [`Listener`]: one accepted offer is one call, later connections of
-//!   that key are refused.
+//! - the **accept loop** (one per peer, started by [`Peer::new`], in
+//!   `crate::accept`) lets in peer connections only from keys of calls we
+//!   accepted, a bounded number of handshakes at once, and hands the first
+//!   one that opens a stream to the [`Listener`]: one accepted offer is one
+//!   call, later connections of that key are refused.
 //!
 //! On accept, the callee sends punch datagrams toward the caller's vetted
 //! candidates ([`crate::punch`], [`common::candidates::targets`]) until the
@@ -18,20 +18,20 @@
 //! calls it accepts anyway (`approve`). Every write of the call exchange
 //! has [`crate::Timing::write_timeout`].
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::candidates::{canonical, targets};
+use common::candidates::targets;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{validate_name, Fingerprint, Message};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::call::Call;
-use crate::endpoint::{remote_fingerprint, Expected};
+use crate::endpoint::Expected;
 use crate::error::{Error, Result};
 use crate::known_peers::Check;
-use crate::peer::{Inner, Peer};
+use crate::peer::Peer;
 use crate::policy::{Decision, Policy};
 use crate::punch::PunchSchedule;
 use crate::server_link::ServerLink;
@@ -153,6 +153,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
     let reg = link.register(name, true).await?;
+    peer.inner.socket.set_observed(reg.observed_addr);
     // Before `Registered`: a contact calling on that event is exempt already.
     crate::approve::send(peer, &link, policy).await;
     peer.emit(Event::Registered {
@@ -183,9 +184,12 @@ async fn answer_offer(
         debug!("ignoring a malformed call offer");
         return;
     };
-    let decision = match vet_offer(&peer, &from, &fingerprint) {
-        Ok(known) => policy.decide(&from, &fingerprint, known),
-        Err(reason) => Decision::Reject(reason),
+    let (decision, seen) = match vet_offer(&peer, &from, &fingerprint) {
+        Ok(known) => (
+            policy.decide(&from, &fingerprint, known),
+            (known == Check::Known).then_some(fingerprint),
+        ),
+        Err(reason) => (Decision::Reject(reason), None),
     };
     if let Decision::Reject(reason) = decision {
         let reject = Message::Reject {
@@ -199,7 +203,7 @@ async fn answer_offer(
         peer.emit(Event::CallRefused { from, reason });
         return;
     }
-    accepted(&peer, send, recv, from, fingerprint).await;
+    accepted(&peer, send, recv, from, fingerprint, seen).await;
 }
 
 /// Writes the answer to an offer, within [`crate::Timing::write_timeout`]:
@@ -223,13 +227,15 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
 }
 
 /// An offer we accept: expect the caller, answer, then punch toward it
-/// until it connects.
+/// until it connects. `seen` is the caller's known_peers entry as the check
+/// saw it (recorded only if still so, [`crate::KnownPeers::record_if`]).
 async fn accepted(
     peer: &Peer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     from: String,
     fingerprint: common::Fingerprint,
+    seen: Option<Fingerprint>,
 ) {
     let socket = &peer.inner.socket;
     let timing = &peer.inner.config.timing;
@@ -239,6 +245,7 @@ async fn accepted(
         id: socket.expected.next_id(),
         name: from,
         fingerprint,
+        seen,
         candidates: vec![],
         offered_at: now,
         expires: now + timing.accept_window,
@@ -262,8 +269,9 @@ async fn accepted(
         return;
     };
     // Our own check behind the server's: only the observed address (first,
-    // never loopback or multicast) and private ones are ever punched.
-    let targets = targets(&candidates, socket.server());
+    // never loopback or multicast) and, if it is our network, private ones
+    // are ever punched.
+    let targets = targets(&candidates, socket.server(), socket.observed());
     socket.expected.update(Expected {
         candidates: targets.clone(),
         ..expected
@@ -302,109 +310,6 @@ fn vet_offer(peer: &Peer, from: &str, fingerprint: &Fingerprint) -> Result<Check
     })
 }
 
-/// Lets in peer connections for calls we accepted; refuses the rest.
-/// At most [`crate::Limits::max_peer_handshakes`] are handled at once;
-/// attempts past it are dropped unanswered (the caller's QUIC stack sends
-/// them again).
-pub(crate) async fn accept_loop(inner: Weak<Inner>) {
-    loop {
-        let Some(endpoint) = inner.upgrade().map(|i| i.socket.endpoint.clone()) else {
-            return;
-        };
-        let Some(incoming) = endpoint.accept().await else {
-            return;
-        };
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        if strong.socket.expected.is_empty() {
-            debug!(remote = %incoming.remote_address(), "refusing a connection: no call expected");
-            incoming.refuse();
-            continue;
-        }
-        let Ok(permit) = strong.socket.handshakes.clone().try_acquire_owned() else {
-            debug!(remote = %incoming.remote_address(), "dropping a connection attempt: too many handshakes");
-            incoming.ignore();
-            continue;
-        };
-        tokio::spawn(async move {
-            let conn = accept_one(&strong, incoming).await;
-            drop(permit);
-            if let Some((call, expected)) = conn {
-                hand_over(&strong, call, &expected).await;
-            }
-        });
-    }
-}
-
-/// Handshake, then the first stream, which makes this connection the call
-/// its key was expected for ([`crate::endpoint::ExpectedCalls::claim`]).
-async fn accept_one(inner: &Inner, incoming: quinn::Incoming) -> Option<(Call, Expected)> {
-    let remote = canonical(incoming.remote_address());
-    let timing = &inner.config.timing;
-    let connecting = incoming.accept().ok()?;
-    let conn = match tokio::time::timeout(timing.peer_handshake_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            debug!(%remote, "peer handshake failed: {e}");
-            return None;
-        }
-        Err(_) => {
-            debug!(%remote, "peer handshake timed out");
-            return None;
-        }
-    };
-    let fp = remote_fingerprint(&conn)?;
-    let Some(expected) = inner.socket.expected.find(&fp, remote) else {
-        conn.close(NOT_EXPECTED.into(), b"no call expected from this key");
-        return None;
-    };
-    expected.connected.notify_one();
-    // A caller dials all candidates at once and keeps the first that
-    // authenticates; the others close without opening a stream.
-    let first = match tokio::time::timeout(timing.first_stream_timeout, conn.accept_bi()).await {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            debug!(%remote, "peer connection closed before use (a duplicate path)");
-            return None;
-        }
-    };
-    // One accepted offer is one call: a second connection of this key
-    // (the call already up, or its window spent) finds nothing left.
-    let Some(expected) = inner.socket.expected.claim(&fp, remote) else {
-        debug!(%remote, "refusing a second connection for one accepted call");
-        conn.close(NOT_EXPECTED.into(), b"this call is already connected");
-        return None;
-    };
-    let setup = expected.offered_at.elapsed();
-    let call = Call::new(conn, expected.name.clone(), fp, setup).with_first_stream(first);
-    Some((call, expected))
-}
-
 /// The reset code of an offer stream whose answer the server did not take
 /// within [`crate::Timing::write_timeout`].
 const ANSWER_NOT_TAKEN: u32 = common::error::close::PROTOCOL;
-
-/// The close code for a connection no accepted call is waiting for.
-const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;
-
-/// Records the caller's key and hands the call to the [`Listener`].
-async fn hand_over(inner: &Inner, call: Call, expected: &Expected) {
-    if let Err(e) = inner.known.record(&expected.name, &expected.fingerprint) {
-        debug!("cannot record {} in known_peers: {e}", expected.name);
-    }
-    let _ = inner.events.send(call.connected_event());
-    let tx = inner
-        .incoming
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    match tx {
-        Some(tx) => {
-            if let Err(mpsc::error::SendError(Ok(call))) = tx.send(Ok(call)).await {
-                call.close();
-            }
-        }
-        None => call.close(),
-    }
-}

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::call::Call;
-use crate::call_state::{AttemptFailure, CallState};
+use crate::call_state::{AttemptFailure, CallState, Vantage};
 use crate::config::PeerConfig;
 use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
 use crate::error::{Error, Result};
@@ -120,7 +120,7 @@ impl Peer {
             approve_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
-        tokio::spawn(crate::listener::accept_loop(Arc::downgrade(&inner)));
+        tokio::spawn(crate::accept::accept_loop(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -158,6 +158,7 @@ impl Peer {
         if register {
             let name = self.name()?;
             let reg = link.register(&name, false).await?;
+            self.inner.socket.set_observed(reg.observed_addr);
             self.emit(Event::Registered {
                 name,
                 fingerprint: reg.fingerprint.to_string(),
@@ -249,7 +250,10 @@ impl Peer {
                 answer,
                 |fp| Check::of(recorded, fp),
                 options.accept_new_key,
-                link.conn.remote_address(),
+                Vantage {
+                    server: link.conn.remote_address(),
+                    observed: self.inner.socket.observed(),
+                },
             )
             .map_err(|e| match e {
                 Error::KeyChanged { name, old, new, .. } => Error::KeyChanged {
@@ -301,7 +305,12 @@ impl Peer {
             state = state.on_attempt(addr, result, Instant::now())?;
             if let (CallState::Connected { setup, .. }, Some(conn)) = (&state, conn) {
                 attempts.abort_all();
-                known.record(to, &fingerprint)?;
+                // Only over what the check saw: another process may have
+                // pinned another key for `to` since (then `key_changed`).
+                if let Err(e) = known.record_if_async(to, recorded, &fingerprint).await {
+                    conn.close(common::error::close::DONE.into(), b"key not recorded");
+                    return Err(e);
+                }
                 return Ok(Call::new(conn, to.to_owned(), fingerprint, *setup));
             }
         }

@@ -8,8 +8,9 @@
 //! until the server's handshake timeout. Handshakes are told apart by the
 //! client's source connection ID: [`Counts::offered`] is how many distinct
 //! ones reached the server, [`Counts::answered`] how many of those the
-//! server sent any long-header packet to (a server that drops an attempt
-//! unanswered sends nothing).
+//! server took up: sent a long-header packet other than a Retry to (a
+//! server that drops an attempt unanswered sends nothing; a Retry costs it
+//! no state and is counted in [`Counts::retried`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -68,8 +69,16 @@ pub fn long_header_cids(d: &[u8]) -> Option<(&[u8], &[u8])> {
 pub struct Counts {
     /// Distinct client handshakes whose Initial was passed on.
     pub offered: usize,
-    /// Distinct client handshakes the server sent a packet to.
+    /// Distinct client handshakes the server took up (sent a packet other
+    /// than a Retry to).
     pub answered: usize,
+    /// Distinct client handshakes the server asked to Retry.
+    pub retried: usize,
+}
+
+/// Whether `d` starts with a QUIC v1 Retry packet (long header, type 3).
+pub fn is_retry(d: &[u8]) -> bool {
+    d.first().is_some_and(|b| b & 0x80 != 0 && b & 0x30 == 0x30)
 }
 
 /// A relay between QUIC clients (all on one socket) and `server` that
@@ -91,6 +100,7 @@ impl StallProxy {
         let task = tokio::spawn(async move {
             let (mut up, mut down) = (vec![0u8; 2048], vec![0u8; 2048]);
             let (mut offered, mut answered) = (HashSet::new(), HashSet::new());
+            let mut retried = HashSet::new();
             let mut client = None;
             loop {
                 tokio::select! {
@@ -107,7 +117,11 @@ impl StallProxy {
                     Ok((n, _)) = back.recv_from(&mut down) => {
                         let d = &down[..n];
                         if let Some((dcid, _)) = long_header_cids(d) {
-                            answered.insert(dcid.to_vec());
+                            if is_retry(d) {
+                                retried.insert(dcid.to_vec());
+                            } else {
+                                answered.insert(dcid.to_vec());
+                            }
                         }
                         if let Some(client) = client {
                             let _ = front.send_to(d, client).await;
@@ -118,6 +132,7 @@ impl StallProxy {
                     let now = Counts {
                         offered: offered.len(),
                         answered: answered.len(),
+                        retried: retried.len(),
                     };
                     let changed = *c != now;
                     *c = now;

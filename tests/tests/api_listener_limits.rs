@@ -162,7 +162,8 @@ async fn ping_as(
 
 /// Issue 9 item 11: with a call expected, ten handshakes that stall (half
 /// with the expected caller's own key) get at most `max_peer_handshakes`
-/// (2 here) answered; the rest are dropped unanswered. The expected caller,
+/// (2 here) taken up; the rest are dropped unanswered or, past half the
+/// slots, asked to Retry (which costs alice no state). The expected caller,
 /// arriving while both slots are held, gets through once one frees.
 #[tokio::test]
 async fn handshakes_are_capped_while_a_call_is_expected() {
