@@ -170,6 +170,14 @@ impl ProbeKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// Writes the MAC of raw probe bytes into their last [`MAC_LEN`] bytes,
+    /// whatever the rest holds ([`Probe::encode`] does this; fuzzing and
+    /// tests use it to reach the parser behind the MAC).
+    pub fn seal_raw(&self, bytes: &mut [u8; PROBE_LEN]) {
+        let tag = self.tag(&bytes[..MAC_START]);
+        bytes[MAC_START..].copy_from_slice(&tag);
+    }
+
     fn tag(&self, data: &[u8]) -> [u8; MAC_LEN] {
         let full = hmac::sign(&self.0, data);
         let mut out = [0; MAC_LEN];
@@ -280,8 +288,7 @@ impl Probe {
         {
             encode_addr(*addr, &mut out[ADDR_START..MAC_START]);
         }
-        let tag = key.tag(&out[..MAC_START]);
-        out[MAC_START..].copy_from_slice(&tag);
+        key.seal_raw(&mut out);
         out
     }
 
@@ -364,7 +371,6 @@ fn zero_from(tail: &[u8], from: usize) -> Result<(), ProbeError> {
         None => Ok(()),
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,7 @@
 //! - [`peer`](Peer): the handle; lookup and call (drives [`call_state`]).
 //! - `listener`: presence with reconnection, call offers, accepting peers.
 //! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
+//! - [`path`]: which path (direct candidate or relay) a call takes, without I/O.
 //! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
 //! - `server_link`: requests to the rendezvous server; `approve`: the
 //!   pre-approved callers a `listen` tells the server.
@@ -46,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod known_peers;
 mod listener;
+pub mod path;
 mod peer;
 pub mod policy;
 pub mod punch;

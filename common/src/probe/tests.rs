@@ -18,8 +18,7 @@ fn arb_addr() -> impl Strategy<Value = Option<SocketAddr>> {
 fn arb_probe() -> impl Strategy<Value = Probe> {
     let ids = (any::<u64>(), any::<TxId>(), any::<Nonce>());
     prop_oneof![
-        ids.clone()
-            .prop_map(|(call_id, tx, nonce)| Probe::Ping(Ping { call_id, tx, nonce })),
+        ids.prop_map(|(call_id, tx, nonce)| Probe::Ping(Ping { call_id, tx, nonce })),
         (ids, arb_addr()).prop_map(|((call_id, tx, nonce), observed)| {
             Probe::Pong(Pong {
                 call_id,
@@ -106,7 +105,9 @@ fn wrong_key_wrong_length_and_other_types_are_refused() {
         Probe::decode(&v2, &key(1)),
         Err(ProbeError::UnknownKind { kind: 3 })
     );
-    assert!(PROBE_TYPES.clone().all(|b| b & 0xc0 == 0 && !RELAY_TYPES.contains(&b)));
+    assert!(PROBE_TYPES
+        .clone()
+        .all(|b| b & 0xc0 == 0 && !RELAY_TYPES.contains(&b)));
 }
 
 #[test]
@@ -114,8 +115,7 @@ fn padding_and_family_are_canonical_even_under_a_valid_mac() {
     // A sender holding the key cannot smuggle a second encoding.
     let k = key(3);
     let seal = |mut b: [u8; PROBE_LEN]| {
-        let tag = k.tag(&b[..MAC_START]);
-        b[MAC_START..].copy_from_slice(&tag);
+        k.seal_raw(&mut b);
         b
     };
     let mut ping = Probe::Ping(Ping {
