@@ -15,6 +15,7 @@
 //! - [`messages`]: the rendezvous and peer protocol messages, with the flows.
 //! - [`framing`]: length-prefixed postcard frames with a size limit.
 //! - [`candidates`]: which addresses a peer may be told to send to.
+//! - [`probe`]: the authenticated path probes (ping/pong) and their keys.
 //! - [`error`]: the error kinds of the command-line contract.
 //! - [`text`]: remote text made safe to print on a terminal.
 
@@ -25,6 +26,7 @@ pub mod framing;
 pub mod identity;
 pub mod messages;
 pub mod names;
+pub mod probe;
 pub mod text;
 pub mod tls;
 

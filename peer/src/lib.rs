@@ -30,6 +30,7 @@
 //! - `listener`: presence with reconnection, call offers; `accept`: letting
 //!   in the callers of accepted calls.
 //! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
+//! - [`path`]: which path (direct candidate or relay) a call takes, without I/O.
 //! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
 //! - `server_link`: requests to the rendezvous server; `approve`: the
 //!   pre-approved callers a `listen` tells the server.
@@ -48,6 +49,7 @@ pub mod error;
 pub mod events;
 pub mod known_peers;
 mod listener;
+pub mod path;
 mod peer;
 pub mod policy;
 pub mod punch;
