@@ -44,15 +44,18 @@ pub fn is_local_candidate(addr: SocketAddr) -> bool {
 
 /// Whether `addr` may be the first (server-observed) candidate: a unicast
 /// address with a port. Loopback only when `loopback_ok` (the server link
-/// itself runs over loopback, as in tests); multicast, broadcast and the
-/// unspecified address never.
+/// itself runs over loopback, as in tests); multicast, broadcast, the
+/// unspecified address and the reserved 240.0.0.0/4 never (that range holds
+/// the peers' virtual per-peer addresses, DESIGN §5, so no candidate may
+/// alias one).
 pub fn is_observed_candidate(addr: SocketAddr, loopback_ok: bool) -> bool {
     if addr.port() == 0 {
         return false;
     }
     match canonical(addr).ip() {
         IpAddr::V4(ip) => {
-            !(ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified())
+            let reserved = ip.octets()[0] >= 240; // 240.0.0.0/4, broadcast included
+            !(ip.is_multicast() || reserved || ip.is_unspecified())
                 && (loopback_ok || !ip.is_loopback())
         }
         IpAddr::V6(ip) => {
@@ -265,6 +268,8 @@ mod tests {
             "[::]:5",
             "[::ffff:127.0.0.1]:5",
             "198.51.100.7:0",
+            "240.0.0.1:5",
+            "[::ffff:250.1.2.3]:5",
         ] {
             // Without a trustworthy first slot, nothing says the other
             // side is on our network: its local candidates go too.
