@@ -15,6 +15,7 @@
 //! - [`messages`]: the rendezvous and peer protocol messages, with the flows.
 //! - [`framing`]: length-prefixed postcard frames with a size limit.
 //! - [`candidates`]: which addresses a peer may be told to send to.
+//! - [`relay_frame`]: the relay frame header (type, call id, counter, tag).
 //! - [`error`]: the error kinds of the command-line contract.
 //! - [`text`]: remote text made safe to print on a terminal.
 
@@ -25,6 +26,7 @@ pub mod framing;
 pub mod identity;
 pub mod messages;
 pub mod names;
+pub mod relay_frame;
 pub mod text;
 pub mod tls;
 
