@@ -194,8 +194,10 @@ fn a_fresh_frame_from_a_new_address_moves_the_party_but_a_late_one_does_not() {
 
 #[test]
 fn a_call_over_its_rate_is_throttled_while_another_keeps_its_rate() {
-    let mut config = RelayConfig::default();
-    config.rate = Some(ByteRate::per_second(100_000));
+    let config = RelayConfig {
+        rate: Some(ByteRate::per_second(100_000)),
+        ..RelayConfig::default()
+    };
     let burst = config.rate.expect("set").burst;
     let mut t = RelayTable::new(config);
     let t0 = Instant::now();
@@ -232,23 +234,30 @@ fn a_call_over_its_rate_is_throttled_while_another_keeps_its_rate() {
 
 #[test]
 fn the_other_direction_keeps_its_rate() {
-    let mut config = RelayConfig::default();
-    config.rate = Some(ByteRate {
-        per_second: 1,
-        burst: 5000,
-    });
+    let config = RelayConfig {
+        rate: Some(ByteRate {
+            per_second: 1,
+            burst: 5000,
+        }),
+        ..RelayConfig::default()
+    };
     let mut t = RelayTable::new(config);
     let t0 = Instant::now();
     t.allocate(t0, alloc(7, A, B)).expect("allocated");
     let (mut a, mut b) = sides(7);
-    while t.handle_packet(t0, addr(A), &a.frame(PAYLOAD)) == fwd(B) {}
+    let passed = (0..10)
+        .filter(|_| t.handle_packet(t0, addr(A), &a.frame(PAYLOAD)) == fwd(B))
+        .count();
+    assert_eq!(passed, 4, "5000 bytes of burst: four 1220-byte frames");
     assert_eq!(t.handle_packet(t0, addr(B), &b.frame(b"ack")), fwd(A));
 }
 
 #[test]
 fn a_call_past_its_bytes_is_dropped() {
-    let mut config = RelayConfig::default();
-    config.max_bytes_per_call = 3000;
+    let config = RelayConfig {
+        max_bytes_per_call: 3000,
+        ..RelayConfig::default()
+    };
     let mut t = RelayTable::new(config);
     let t0 = Instant::now();
     t.allocate(t0, alloc(7, A, B)).expect("allocated");
@@ -320,8 +329,10 @@ fn a_removed_call_drops_its_frames() {
 
 #[test]
 fn one_source_is_in_a_bounded_number_of_calls() {
-    let mut config = RelayConfig::default();
-    config.max_per_source = 3;
+    let config = RelayConfig {
+        max_per_source: 3,
+        ..RelayConfig::default()
+    };
     let mut t = RelayTable::new(config);
     let t0 = Instant::now();
     for i in 0..3u32 {
@@ -355,8 +366,10 @@ fn one_source_is_in_a_bounded_number_of_calls() {
 /// ones are refused.
 #[test]
 fn memory_is_bounded_under_a_flood_of_allocations() {
-    let mut config = RelayConfig::default();
-    config.max_allocations = 100;
+    let config = RelayConfig {
+        max_allocations: 100,
+        ..RelayConfig::default()
+    };
     let shed_idle = config.shed_idle;
     let mut t = RelayTable::new(config);
     let t0 = Instant::now();
