@@ -16,6 +16,7 @@
 //! - [`framing`]: length-prefixed postcard frames with a size limit.
 //! - [`candidates`]: which addresses a peer may be told to send to.
 //! - [`probe`]: the authenticated path probes (ping/pong) and their keys.
+//! - [`relay_frame`]: the relay frame header (type, call id, counter, tag).
 //! - [`error`]: the error kinds of the command-line contract.
 //! - [`text`]: remote text made safe to print on a terminal.
 
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod messages;
 pub mod names;
 pub mod probe;
+pub mod relay_frame;
 pub mod text;
 pub mod tls;
 

@@ -10,7 +10,8 @@
 //! |---|---|
 //! | `0x00` | the old 4-byte zero punch ([`is_probe`] is false) |
 //! | `0x01`–`0x0f` ([`PROBE_TYPES`]) | probes: [`PING`], [`PONG`], the rest reserved |
-//! | `0x10`–`0x1f` ([`RELAY_TYPES`]) | relay frames (`relay_frame`), not decoded here |
+//! | `0x10`–`0x2f` | unused |
+//! | `0x30`–`0x3f` ([`RELAY_TYPES`]) | relay frames ([`crate::relay_frame`]), not decoded here |
 //! | `0x20`–`0x3f` | free (fixed bit clear) |
 //!
 //! Every probe is exactly [`PROBE_LEN`] (60) bytes, the MAC included, so an
@@ -56,7 +57,7 @@ pub const PONG: u8 = 0x02;
 /// this range are [`ProbeError::UnknownKind`], for later versions.
 pub const PROBE_TYPES: RangeInclusive<u8> = 0x01..=0x0f;
 /// The first bytes reserved for relay frames; never a probe.
-pub const RELAY_TYPES: RangeInclusive<u8> = 0x10..=0x1f;
+pub const RELAY_TYPES: RangeInclusive<u8> = 0x30..=0x3f;
 /// Length of every probe on the wire, in bytes.
 pub const PROBE_LEN: usize = 60;
 /// Length of the truncated HMAC-SHA256 tag.

@@ -13,6 +13,7 @@
 //! - [`registry`]: sessions and presence (pure, unit-tested).
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
+//! - [`relay`]: the relay's allocation table and per-datagram checks (pure).
 //! - `offers`: call offers per (source, callee), per callee and per contact (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
@@ -42,6 +43,7 @@ pub mod metrics;
 mod offers;
 pub mod ratelimit;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod store;
 mod transport;

@@ -167,3 +167,19 @@ fn keys_move_to_the_exported_one_and_drop_the_servers() {
         "the server can no longer forge probes on this call"
     );
 }
+
+#[test]
+fn probe_relay_and_quic_first_bytes_never_overlap() {
+    for b in 0..=u8::MAX {
+        let probe = PROBE_TYPES.contains(&b);
+        let relay = crate::relay_frame::is_relay_frame(b);
+        assert_eq!(relay, RELAY_TYPES.contains(&b), "{b:#04x}: one relay range");
+        assert!(
+            !(probe && relay),
+            "{b:#04x} is both a probe and a relay frame"
+        );
+        if probe || relay {
+            assert_eq!(b & 0x40, 0, "{b:#04x} has QUIC's fixed bit set");
+        }
+    }
+}
