@@ -174,8 +174,11 @@ pub(crate) fn endpoints(sources: u8) -> Result<Vec<quinn::Endpoint>> {
             let sock = socket2::SockRef::from(&socket);
             let _ = sock.set_recv_buffer_size(4 << 20);
             let _ = sock.set_send_buffer_size(4 << 20);
+            // As a peer's endpoint: the fixed bit is never greased.
+            let mut endpoint_config = quinn::EndpointConfig::default();
+            endpoint_config.grease_quic_bit(false);
             Ok(quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
+                endpoint_config,
                 None,
                 socket,
                 Arc::new(quinn::TokioRuntime),

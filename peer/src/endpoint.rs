@@ -210,7 +210,7 @@ impl Socket {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(peer_transport(&timing, None, limits.max_streams_per_call));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             Some(server_config),
             udp.clone(),
             runtime,
@@ -401,4 +401,18 @@ pub(crate) fn remote_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
     tls::peer_fingerprint(&certs)
+}
+
+/// The QUIC endpoint settings every peer-side endpoint uses (the peer's own,
+/// and the test and bench clients that stand in for one).
+///
+/// QUIC bit greasing (RFC 9287) is off: by default quinn advertises it and,
+/// once the other side does too, clears the fixed bit (0x40) on about half
+/// of all packets. Probes and relay frames are told apart from QUIC by that
+/// bit being clear (`common::probe`, `common::relay_frame`), so every QUIC
+/// packet here must keep it set.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    config
 }

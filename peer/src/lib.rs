@@ -58,6 +58,7 @@ mod server_link;
 pub use call::{Call, Path};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
 pub use config::{default_config_dir, Limits, PeerConfig, Timing};
+pub use endpoint::endpoint_config;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use listener::Listener;

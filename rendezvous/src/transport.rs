@@ -59,7 +59,7 @@ fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig, ServerErr
 }
 
 /// Stateless resets and connection IDs keyed from the identity, so they
-/// survive a restart.
+/// survive a restart; the fixed bit never greased.
 fn endpoint_config(identity: &Identity, limits: &Limits) -> quinn::EndpointConfig {
     let reset_key = ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
@@ -67,6 +67,9 @@ fn endpoint_config(identity: &Identity, limits: &Limits) -> quinn::EndpointConfi
     );
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.min_reset_interval(limits.min_reset_interval);
+    // No QUIC bit greasing (RFC 9287): relay frames are told apart from QUIC
+    // by a clear fixed bit (0x40), so no QUIC packet may clear it.
+    endpoint_config.grease_quic_bit(false);
     // Connection IDs are validated with a keyed tag before a reset is sent;
     // the key must survive a restart too, or the new server would drop its
     // predecessor's packets as junk instead of resetting them.

@@ -219,7 +219,7 @@ impl RawClient {
         });
         let socket = std::net::UdpSocket::bind(local).expect("bind");
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            peer::endpoint_config(),
             server_config,
             socket,
             Arc::new(quinn::TokioRuntime),

@@ -76,7 +76,7 @@ impl Variant {
 
     fn endpoint(self, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
         Ok(quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            peer::endpoint_config(),
             server,
             self.socket()?,
             Arc::new(quinn::TokioRuntime),
