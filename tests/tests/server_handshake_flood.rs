@@ -18,43 +18,11 @@ use std::time::{Duration, Instant};
 use common::{Identity, Message};
 use quinn::crypto::rustls::QuicClientConfig;
 use tests::inproc::{within, RawClient, TestServer};
+use tests::stall::is_initial_only;
 use tokio::net::UdpSocket;
 
 /// Handshakes each stalling source attempts (the old per-source connection cap).
 const ATTEMPTS: usize = 64;
-
-/// Whether `datagram` is one QUIC v1 Initial packet and nothing else (a
-/// client's first flight, or its answer to a Retry); a datagram that also
-/// carries a Handshake packet is not.
-fn is_initial_only(d: &[u8]) -> bool {
-    fn varint(d: &[u8], pos: &mut usize) -> Option<usize> {
-        let first = *d.get(*pos)?;
-        let len = 1usize << (first >> 6);
-        let bytes = d.get(*pos..*pos + len)?;
-        *pos += len;
-        let mut v = u64::from(first & 0x3f);
-        for b in &bytes[1..] {
-            v = (v << 8) | u64::from(*b);
-        }
-        usize::try_from(v).ok()
-    }
-    let parse = || -> Option<bool> {
-        let first = *d.first()?;
-        if first & 0x80 == 0 || first & 0x30 != 0 {
-            return Some(false);
-        }
-        let mut pos = 5; // first byte + version
-        for _ in 0..2 {
-            let cid = usize::from(*d.get(pos)?);
-            pos += 1 + cid;
-        }
-        let token = varint(d, &mut pos)?;
-        pos += token;
-        let len = varint(d, &mut pos)?;
-        Some(pos + len == d.len())
-    };
-    parse().unwrap_or(false)
-}
 
 /// A UDP relay between one QUIC client and the server that drops every
 /// client datagram but lone Initials: the client's handshakes stall.
