@@ -14,73 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::framing::{read_frame, write_frame, MAX_FRAME};
-use common::tls::{self, ClientKeyPolicy};
+use common::tls;
 use common::{Identity, Message, PeerMessage};
-use peer::{Event, Peer, PeerConfig, Policy};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use peer::{Event, Peer, Policy};
+use quinn::crypto::rustls::QuicClientConfig;
+use tests::fake_server::FakeServer;
 use tests::inproc::{serve, within, RawClient, Serve, TestServer};
 use tests::stall::StallProxy;
 
 const T: Duration = Duration::from_secs(15);
-
-/// A rendezvous server that grants `window` bytes of credit per stream:
-/// enough for a `Register` read a few bytes at a time, not for an answer
-/// it never reads.
-struct StingyServer {
-    endpoint: quinn::Endpoint,
-    identity: Identity,
-}
-
-impl StingyServer {
-    fn start(window: u32) -> Self {
-        let identity = Identity::generate().expect("id");
-        let tls =
-            tls::server_config(&identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN).expect("tls");
-        let mut config =
-            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).expect("q")));
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(window.into());
-        config.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
-        Self { endpoint, identity }
-    }
-
-    fn peer_config(&self, dir: &std::path::Path) -> PeerConfig {
-        let addr = self.endpoint.local_addr().expect("addr");
-        let mut config = PeerConfig::new(addr.to_string(), self.identity.fingerprint());
-        config.name = Some("alice".into());
-        config.identity = dir.join("identity.pem");
-        config.known_peers = dir.join("known_peers");
-        config.bind = "127.0.0.1:0".parse().expect("addr");
-        config
-    }
-
-    /// Takes the listener's connection and answers its `Register`.
-    async fn accept_listener(&self) -> quinn::Connection {
-        let incoming = within(T, "listener connects", self.endpoint.accept())
-            .await
-            .expect("incoming");
-        let conn = incoming.await.expect("handshake");
-        let (mut send, mut recv) = conn.accept_bi().await.expect("register stream");
-        let reg: Message = within(T, "register", read_frame(&mut recv, MAX_FRAME))
-            .await
-            .expect("register");
-        let Message::Register { name, .. } = reg else {
-            panic!("expected Register, got {reg:?}");
-        };
-        let reply = Message::Registered {
-            name,
-            fingerprint: Identity::generate().expect("id").fingerprint(),
-            observed_addr: conn.remote_address(),
-        };
-        write_frame(&mut send, &reply, MAX_FRAME)
-            .await
-            .expect("reply");
-        let _ = send.finish();
-        conn
-    }
-}
 
 /// Issue 9 item 10: a server that takes none of the callee's answer cannot
 /// park the task answering it; the offer stream is reset after the write
@@ -94,7 +36,7 @@ async fn an_answer_the_server_takes_no_bytes_of_is_given_up() {
     ] {
         // 4 bytes: room for a frame's length, not for an answer (the
         // smallest, an Accept without candidates, is 6 bytes).
-        let server = StingyServer::start(4);
+        let server = FakeServer::stingy(4);
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = server.peer_config(dir.path());
         config.timing.write_timeout = write_timeout;

@@ -11,73 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::framing::{read_frame, write_frame, MAX_FRAME};
-use common::tls::{self, ClientKeyPolicy};
+use common::tls;
 use common::{ErrorKind, Fingerprint, Identity, Message, PeerMessage};
-use peer::{CallOptions, Event, Peer, PeerConfig, Policy};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use peer::{CallOptions, Event, Peer, Policy};
+use quinn::crypto::rustls::QuicClientConfig;
+use tests::fake_server::FakeServer;
 use tests::inproc::{listening, within, Serve, TestServer};
 
 const T: Duration = Duration::from_secs(15);
-
-/// A rendezvous server that says whatever the test wants: it registers one
-/// `listen` and sends it one forged `IncomingCall`.
-struct LyingServer {
-    endpoint: quinn::Endpoint,
-    identity: Identity,
-}
-
-impl LyingServer {
-    fn start() -> Self {
-        let identity = Identity::generate().expect("id");
-        let tls =
-            tls::server_config(&identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN).expect("tls");
-        let config =
-            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).expect("q")));
-        let endpoint =
-            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
-        Self { endpoint, identity }
-    }
-
-    fn peer_config(&self, dir: &std::path::Path) -> PeerConfig {
-        let addr = self.endpoint.local_addr().expect("addr");
-        let mut config = PeerConfig::new(addr.to_string(), self.identity.fingerprint());
-        config.name = Some("alice".into());
-        config.identity = dir.join("identity.pem");
-        config.known_peers = dir.join("known_peers");
-        config.bind = "127.0.0.1:0".parse().expect("addr");
-        config
-    }
-
-    /// Takes the listener's connection and answers its `Register`.
-    async fn accept_listener(&self) -> quinn::Connection {
-        let incoming = within(T, "listener connects", self.endpoint.accept())
-            .await
-            .expect("incoming");
-        let conn = incoming.await.expect("handshake");
-        let (mut send, mut recv) = conn.accept_bi().await.expect("register stream");
-        let reg: Message = read_frame(&mut recv, MAX_FRAME).await.expect("register");
-        let Message::Register { name, .. } = reg else {
-            panic!("expected Register, got {reg:?}");
-        };
-        let fingerprint = tls::peer_fingerprint(
-            &conn
-                .peer_identity()
-                .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer>>().ok())
-                .expect("certs"),
-        )
-        .expect("fingerprint");
-        let reply = Message::Registered {
-            name,
-            fingerprint,
-            observed_addr: conn.remote_address(),
-        };
-        write_frame(&mut send, &reply, MAX_FRAME)
-            .await
-            .expect("reply");
-        let _ = send.finish();
-        conn
-    }
-}
 
 /// Dials the callee at `addr` as the key `caller` and opens a stream, as a
 /// caller the lying server vouched for would.
@@ -107,7 +48,7 @@ async fn a_forged_caller_name_never_pins_a_contact() {
         format!("mallory\nbob {forged_key}"),
         "bob\u{202e}".to_owned(),
     ] {
-        let server = LyingServer::start();
+        let server = FakeServer::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let alice = Peer::new(server.peer_config(dir.path()))
             .await
