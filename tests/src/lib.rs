@@ -9,10 +9,12 @@
 //!   (guide: `tests/LAB.md`). Its helper programs are this crate's binaries:
 //!   `nfq-delay` (link delay through NFQUEUE), `lab-udp` (plain-UDP probe
 //!   that checks the NATs) and `lab-bench` (setup time per topology).
+//! - [`dial`]: dialing a listening peer directly with a chosen key.
 //! - [`fake_server`]: a rendezvous server that registers one `listen` and
 //!   then says whatever the test wants.
 //! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
 //!   the other side answers.
+pub mod dial;
 pub mod fake_server;
 pub mod inproc;
 pub mod lab;

@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::framing::{read_frame, write_frame, MAX_FRAME};
-use common::{Identity, Message, PeerMessage};
+use common::{Identity, Message};
 use peer::{CallOptions, Policy};
-use quinn::crypto::rustls::QuicClientConfig;
 use tests::inproc::{listening, within, RawClient, Serve, TestPeer, TestServer};
 use tokio::net::UdpSocket;
 
@@ -113,28 +111,20 @@ fn connecting(
     to: &TestPeer,
     addr: SocketAddr,
 ) -> quinn::Connecting {
-    let tls =
-        common::tls::client_config(id, to.peer.fingerprint(), common::tls::PEER_ALPN).expect("tls");
-    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("quic")));
     endpoint
-        .connect_with(config, addr, common::tls::SERVER_NAME)
+        .connect_with(
+            tests::dial::client_config(id, to.peer.fingerprint()),
+            addr,
+            common::tls::SERVER_NAME,
+        )
         .expect("connect")
 }
 
 /// Whether `conn` is a call: a ping on it is answered.
 async fn answers_a_ping(conn: &quinn::Connection) -> bool {
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        write_frame(&mut send, &PeerMessage::Ping { seq: 1 }, MAX_FRAME)
-            .await
-            .ok()?;
-        read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME)
-            .await
-            .ok()
-    };
     matches!(
-        tokio::time::timeout(Duration::from_secs(3), exchange).await,
-        Ok(Some(PeerMessage::Pong { seq: 1 }))
+        tokio::time::timeout(Duration::from_secs(3), tests::dial::ping(conn)).await,
+        Ok(Ok(()))
     )
 }
 

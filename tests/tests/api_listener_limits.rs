@@ -9,15 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::framing::{write_frame, MAX_FRAME};
 use common::tls;
-use common::{Identity, Message, PeerMessage};
+use common::{Identity, Message};
 use peer::{Event, Peer, Policy};
-use quinn::crypto::rustls::QuicClientConfig;
+use tests::dial::{self, ping_as};
 use tests::fake_server::FakeServer;
 use tests::inproc::{serve, within, RawClient, Serve, TestServer};
 use tests::stall::StallProxy;
@@ -74,34 +73,6 @@ async fn an_answer_the_server_takes_no_bytes_of_is_given_up() {
     }
 }
 
-/// Connects to `addr` (a listening peer with key `callee`) with `caller`'s
-/// key and asks for one ping: `Ok` when a call answered it.
-async fn ping_as(
-    caller: &Identity,
-    callee: common::Fingerprint,
-    addr: SocketAddr,
-) -> Result<(), String> {
-    let tls = tls::client_config(caller, callee, tls::PEER_ALPN).map_err(|e| e.to_string())?;
-    let config = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?,
-    ));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
-    let conn = endpoint
-        .connect_with(config, addr, tls::SERVER_NAME)
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_frame(&mut send, &PeerMessage::Ping { seq: 1 }, MAX_FRAME)
-        .await
-        .map_err(|e| e.to_string())?;
-    match read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME).await {
-        Ok(PeerMessage::Pong { seq: 1 }) => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
-}
-
 /// Issue 9 item 11: with a call expected, ten handshakes that stall (half
 /// with the expected caller's own key) get at most `max_peer_handshakes`
 /// (2 here) taken up; the rest are dropped unanswered or, past half the
@@ -155,9 +126,7 @@ async fn handshakes_are_capped_while_a_call_is_expected() {
         } else {
             Arc::new(Identity::generate().expect("id"))
         };
-        let tls = tls::client_config(&id, alice.fingerprint(), tls::PEER_ALPN).expect("tls");
-        let config =
-            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("q")));
+        let config = dial::client_config(&id, alice.fingerprint());
         let connecting = flood
             .connect_with(config, proxy.addr, tls::SERVER_NAME)
             .expect("connect");

@@ -7,14 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::tls;
 use common::{ErrorKind, Fingerprint, Identity, Message, PeerMessage};
 use peer::{CallOptions, Event, Peer, Policy};
-use quinn::crypto::rustls::QuicClientConfig;
 use tests::fake_server::FakeServer;
 use tests::inproc::{listening, within, Serve, TestServer};
 
@@ -23,13 +21,13 @@ const T: Duration = Duration::from_secs(15);
 /// Dials the callee at `addr` as the key `caller` and opens a stream, as a
 /// caller the lying server vouched for would.
 async fn dial_as(caller: &Identity, callee: Fingerprint, addr: SocketAddr) -> quinn::Connection {
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
-    let tls = tls::client_config(caller, callee, tls::PEER_ALPN).expect("tls");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).expect("quic"),
-    )));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
     let conn = endpoint
-        .connect(addr, tls::SERVER_NAME)
+        .connect_with(
+            tests::dial::client_config(caller, callee),
+            addr,
+            tls::SERVER_NAME,
+        )
         .expect("connect")
         .await
         .expect("handshake with the callee");

@@ -361,31 +361,13 @@ async fn a_callee_that_takes_no_bytes_cannot_hold_the_call() {
 /// for one ping: `Ok` when a call answered it.
 async fn ping_with_key_of(from: &TestPeer, to: &TestPeer) -> Result<(), String> {
     let id = Identity::load_or_create(&from.dir.path().join("identity.pem")).expect("identity");
-    let tls = common::tls::client_config(&id, to.peer.fingerprint(), common::tls::PEER_ALPN)
-        .expect("tls");
-    let config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic"),
-    ));
-    let endpoint = quinn::Endpoint::client(a("127.0.0.1:0")).expect("endpoint");
     let addr = to.peer.local_addr().expect("addr");
-    let attempt = async {
-        let conn = endpoint
-            .connect_with(config, addr, common::tls::SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &PeerMessage::Ping { seq: 1 }, MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        match read_frame::<PeerMessage, _>(&mut recv, MAX_FRAME).await {
-            Ok(PeerMessage::Pong { seq: 1 }) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(3), attempt)
-        .await
-        .unwrap_or_else(|_| Err("no answer".into()))
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        tests::dial::ping_as(&id, to.peer.fingerprint(), addr),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no answer".into()))
 }
 
 /// Issue 9 item 11: after one accepted offer, the caller's key gets one
