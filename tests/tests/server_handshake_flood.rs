@@ -101,6 +101,25 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in {text}"))
 }
 
+/// Waits until the server has decided on `attempts` handshakes: each one
+/// held (still pending) or dropped.
+async fn every_attempt_decided(server: &TestServer, attempts: u64) {
+    within(Duration::from_secs(20), "the stalling handshakes", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let dropped = metric(
+                &server.metrics().render(),
+                "rendezvous_handshakes_dropped_total",
+            );
+            if dropped + server.metrics().tables().handshakes as u64 >= attempts {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
     let server = TestServer::start().await;
@@ -117,20 +136,7 @@ async fn eight_sources_stalling_handshakes_do_not_lock_out_a_ninth() {
     // to a Retry): accepted (still pending) or dropped. Retries do not
     // count: a client retransmitting its first Initial is asked again.
     let attempts = (8 * ATTEMPTS) as u64;
-    within(Duration::from_secs(20), "the stalling handshakes", async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            let dropped = metric(
-                &server.metrics().render(),
-                "rendezvous_handshakes_dropped_total",
-            );
-            if dropped + server.metrics().tables().handshakes as u64 >= attempts {
-                return;
-            }
-        }
-    })
-    .await;
+    every_attempt_decided(&server, attempts).await;
     for p in &proxies {
         assert!(p.passed.load(Ordering::SeqCst) >= 2 * ATTEMPTS - 1);
     }
@@ -177,20 +183,7 @@ async fn one_source_stalling_below_the_busy_mark_holds_at_most_its_share() {
     attempt_handshakes(&client, &server, proxy.addr, ATTEMPTS, &mut stalled);
     // Every attempt decided (held or dropped) once its proven Initial came.
     let attempts = ATTEMPTS as u64;
-    within(Duration::from_secs(20), "the stalling handshakes", async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            let dropped = metric(
-                &server.metrics().render(),
-                "rendezvous_handshakes_dropped_total",
-            );
-            if dropped + server.metrics().tables().handshakes as u64 >= attempts {
-                return;
-            }
-        }
-    })
-    .await;
+    every_attempt_decided(&server, attempts).await;
     let held = server.metrics().tables().handshakes;
     assert!(
         held <= share,
