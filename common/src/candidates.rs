@@ -133,20 +133,12 @@ pub fn targets(
         // shares our network, so no local candidate either.
         return vec![];
     }
-    let mut out = vec![first];
-    if !ours.is_some_and(|ours| same_network(first, ours)) {
-        return out;
-    }
-    for addr in rest.iter().copied().filter(|a| is_local_candidate(*a)) {
-        let addr = canonical(addr);
-        if out.len() > MAX_LOCAL_CANDIDATES {
-            break;
-        }
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    out
+    let max_local = if ours.is_some_and(|ours| same_network(first, ours)) {
+        MAX_LOCAL_CANDIDATES
+    } else {
+        0
+    };
+    vet(first, rest, max_local)
 }
 
 #[cfg(test)]
