@@ -37,6 +37,13 @@ pub(crate) struct Expected {
     pub(crate) connected: Arc<Notify>,
 }
 
+impl Expected {
+    /// Whether this entry still waits for a connection of `fp` at `now`.
+    fn is_live_for(&self, fp: &Fingerprint, now: Instant) -> bool {
+        self.expires > now && self.fingerprint == *fp
+    }
+}
+
 /// The calls being expected, shared with the TLS verifier.
 ///
 /// One accepted offer is one call: the first connection of its key that
@@ -92,7 +99,7 @@ impl ExpectedCalls {
         let calls = self
             .lock()
             .iter()
-            .filter(|x| x.expires > now && x.fingerprint == *fp)
+            .filter(|x| x.is_live_for(fp, now))
             .count();
         let mut counts = self.unclaimed_counts();
         let n = counts.entry(*fp).or_insert(0);
@@ -115,16 +122,13 @@ impl ExpectedCalls {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds `e`, or replaces the entry with its id (if not claimed yet:
-    /// a claimed call stays claimed).
+    /// Adds `e` (with a fresh [`ExpectedCalls::next_id`]), forgetting
+    /// expired entries.
     pub(crate) fn add(&self, e: Expected) {
         let now = Instant::now();
         let mut list = self.lock();
         list.retain(|x| x.expires > now);
-        match list.iter_mut().find(|x| x.id == e.id) {
-            Some(slot) => *slot = e,
-            None => list.push(e),
-        }
+        list.push(e);
     }
 
     /// Like [`ExpectedCalls::add`], but only replaces: does nothing once
@@ -142,14 +146,12 @@ impl ExpectedCalls {
 
     pub(crate) fn allows(&self, fp: &Fingerprint) -> bool {
         let now = Instant::now();
-        self.lock()
-            .iter()
-            .any(|x| x.expires > now && x.fingerprint == *fp)
+        self.lock().iter().any(|x| x.is_live_for(fp, now))
     }
 
     fn best(list: &[Expected], fp: &Fingerprint, from: SocketAddr) -> Option<usize> {
         let now = Instant::now();
-        let live = |x: &Expected| x.expires > now && x.fingerprint == *fp;
+        let live = |x: &Expected| x.is_live_for(fp, now);
         list.iter()
             .position(|x| live(x) && x.candidates.contains(&from))
             .or_else(|| list.iter().position(live))
