@@ -41,18 +41,9 @@ pub fn is_unsafe_for_terminal(c: char) -> bool {
 /// `\u{..}` escape (lowercase hex, as Rust writes them). Borrows when there
 /// is nothing to escape.
 pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe_for_terminal) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if is_unsafe_for_terminal(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    escape_with(text, is_unsafe_for_terminal, |out, c| {
+        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+    })
 }
 
 /// A JSON text (as made by serde_json) with every character of
@@ -65,14 +56,26 @@ pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
 /// so a raw one is structure (pretty-printed output).
 pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
     let unsafe_char = |c: char| is_unsafe_for_terminal(c) && !matches!(c, '\t' | '\n' | '\r');
-    if !json.chars().any(unsafe_char) {
-        return Cow::Borrowed(json);
+    escape_with(json, unsafe_char, |out, c| {
+        // All of them are in the Basic Multilingual Plane: one \uXXXX each.
+        let _ = write!(out, "\\u{:04x}", c as u32);
+    })
+}
+
+/// `text` with every character `needs_escape` picks written by `escape`;
+/// borrowed when there is none.
+fn escape_with(
+    text: &str,
+    needs_escape: impl Fn(char) -> bool,
+    escape: impl Fn(&mut String, char),
+) -> Cow<'_, str> {
+    if !text.chars().any(&needs_escape) {
+        return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
-        if unsafe_char(c) {
-            // All of them are in the Basic Multilingual Plane: one \uXXXX each.
-            let _ = write!(out, "\\u{:04x}", c as u32);
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            escape(&mut out, c);
         } else {
             out.push(c);
         }
