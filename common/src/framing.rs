@@ -198,6 +198,13 @@ mod tests {
         any::<[u8; 32]>().prop_map(Fingerprint)
     }
 
+    fn arb_ticket() -> impl Strategy<Value = Option<crate::RelayTicket>> {
+        proptest::option::of(
+            (any::<u32>(), any::<[u8; 32]>())
+                .prop_map(|(call_id, secret)| crate::RelayTicket { call_id, secret }),
+        )
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         let s = ".{0,40}";
         let addrs = proptest::collection::vec(arb_addr(), 0..10);
@@ -218,7 +225,13 @@ mod tests {
                     fingerprint,
                 }
             }),
-            (s, addrs.clone()).prop_map(|(to, candidates)| Message::Call { to, candidates }),
+            (s, addrs.clone(), any::<bool>()).prop_map(|(to, candidates, hide_addresses)| {
+                Message::Call {
+                    to,
+                    candidates,
+                    hide_addresses,
+                }
+            }),
             (any::<u64>(), s, arb_fp()).prop_map(|(call_id, from, fingerprint)| {
                 Message::IncomingCall {
                     call_id,
@@ -226,23 +239,37 @@ mod tests {
                     fingerprint,
                 }
             }),
-            addrs
-                .clone()
-                .prop_map(|candidates| Message::Accept { candidates }),
+            (addrs.clone(), any::<bool>()).prop_map(|(candidates, hide_addresses)| {
+                Message::Accept {
+                    candidates,
+                    hide_addresses,
+                }
+            }),
             s.prop_map(|reason| Message::Reject { reason }),
-            (any::<u64>(), arb_fp(), addrs.clone()).prop_map(
-                |(call_id, fingerprint, candidates)| {
+            (
+                any::<u64>(),
+                arb_fp(),
+                addrs.clone(),
+                any::<[u8; 32]>(),
+                arb_ticket()
+            )
+                .prop_map(|(call_id, fingerprint, candidates, probe_key, relay)| {
                     Message::CallAccepted {
                         call_id,
                         fingerprint,
                         candidates,
+                        probe_key,
+                        relay,
                     }
+                }),
+            (any::<u64>(), addrs, any::<[u8; 32]>(), arb_ticket()).prop_map(
+                |(call_id, candidates, probe_key, relay)| Message::Dial {
+                    call_id,
+                    candidates,
+                    probe_key,
+                    relay,
                 }
             ),
-            (any::<u64>(), addrs).prop_map(|(call_id, candidates)| Message::Dial {
-                call_id,
-                candidates
-            }),
             s.prop_map(|m| Message::error(ErrorKind::Offline, m)),
         ]
     }
@@ -299,11 +326,17 @@ mod tests {
             Message::Call {
                 to: "bob".into(),
                 candidates: vec!["192.168.1.2:7000".parse().expect("addr")],
+                hide_addresses: false,
             },
             Message::CallAccepted {
                 call_id: 7,
                 fingerprint: Fingerprint([9; 32]),
                 candidates: vec![],
+                probe_key: [3; 32],
+                relay: Some(crate::RelayTicket {
+                    call_id: 9,
+                    secret: [4; 32],
+                }),
             },
             Message::error(ErrorKind::NameTaken, "taken"),
         ];

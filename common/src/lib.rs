@@ -35,6 +35,6 @@ pub mod tls;
 pub use error::ErrorKind;
 pub use fingerprint::Fingerprint;
 pub use identity::{Identity, IdentityError};
-pub use messages::{Message, PeerMessage};
+pub use messages::{Message, PeerMessage, RelayTicket};
 pub use names::{validate_name, InvalidName};
 pub use text::escape_for_terminal;

@@ -49,6 +49,17 @@ use crate::{ErrorKind, Fingerprint};
 /// most a server keeps per listening session.
 pub const MAX_APPROVED: usize = 100;
 
+/// One party's part of a relayed call ([`crate::relay_frame`]): what it
+/// puts in the header of every frame it sends to the relay, which is the
+/// server's own address and port. Sent to that party only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayTicket {
+    /// The relay-local call id both parties' frames carry.
+    pub call_id: u32,
+    /// This party's frame key secret (the other party has its own).
+    pub secret: [u8; 32],
+}
+
 /// A message of the rendezvous protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -90,6 +101,9 @@ pub enum Message {
         to: String,
         /// The caller's local addresses (the server keeps only private ones).
         candidates: Vec<SocketAddr>,
+        /// `call --path relay`: give the callee none of the caller's
+        /// addresses (the call goes through the relay, or not at all).
+        hide_addresses: bool,
     },
     /// Server → callee: someone calls you. No addresses yet.
     IncomingCall {
@@ -104,6 +118,9 @@ pub enum Message {
     Accept {
         /// The callee's local addresses (the server keeps only private ones).
         candidates: Vec<SocketAddr>,
+        /// `listen --path relay`: give the caller none of the callee's
+        /// addresses, not even the observed one.
+        hide_addresses: bool,
     },
     /// Callee → server: refused.
     Reject {
@@ -116,15 +133,27 @@ pub enum Message {
         call_id: u64,
         /// The callee's key, to pin.
         fingerprint: Fingerprint,
-        /// The callee's observed address, then its vetted local ones.
+        /// The callee's observed address, then its vetted local ones
+        /// (none when the callee hides its addresses).
         candidates: Vec<SocketAddr>,
+        /// The per-call key of path probes until the peer handshake
+        /// ([`crate::probe`]); the callee gets the same one in its `Dial`.
+        probe_key: [u8; 32],
+        /// The call's relay allocation, for the caller; `None` when the
+        /// server runs no relay.
+        relay: Option<RelayTicket>,
     },
     /// Server → callee: open your NAT toward these; the caller dials now.
     Dial {
         /// Identifies this call on this server.
         call_id: u64,
-        /// The caller's observed address, then its vetted local ones.
+        /// The caller's observed address, then its vetted local ones
+        /// (none when the caller hides its addresses).
         candidates: Vec<SocketAddr>,
+        /// The per-call probe key, as in [`Message::CallAccepted`].
+        probe_key: [u8; 32],
+        /// The call's relay allocation, for the callee.
+        relay: Option<RelayTicket>,
     },
     /// Listener → server, after `Register { presence: true }`: the keys
     /// this listener accepts calls from anyway (its known contacts, its

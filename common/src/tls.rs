@@ -30,9 +30,9 @@ use crate::{Fingerprint, Identity};
 /// ALPN of the peer ↔ rendezvous protocol. The version is part of it: a peer
 /// speaking another version fails the handshake with `no_application_protocol`,
 /// which both sides report as a version mismatch.
-pub const SERVER_ALPN: &[u8] = b"rdv/1";
+pub const SERVER_ALPN: &[u8] = b"rdv/2";
 /// ALPN of the peer ↔ peer protocol.
-pub const PEER_ALPN: &[u8] = b"rdv-peer/1";
+pub const PEER_ALPN: &[u8] = b"rdv-peer/2";
 /// The TLS alert `no_application_protocol`, as QUIC reports it (0x100 + 120).
 pub const NO_APPLICATION_PROTOCOL: u64 = 0x178;
 /// Server name put in ClientHello. It is not checked: the pin is.

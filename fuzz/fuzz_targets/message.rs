@@ -59,7 +59,7 @@ fuzz_target!(|body: &[u8]| {
     }
     match &msg {
         Message::Call { candidates, .. }
-        | Message::Accept { candidates }
+        | Message::Accept { candidates, .. }
         | Message::CallAccepted { candidates, .. }
         | Message::Dial { candidates, .. } => check_targets(candidates),
         _ => {}

@@ -243,6 +243,7 @@ pub(crate) async fn calls(
                 let msg = Message::Call {
                     to: callee.name.clone(),
                     candidates: vec![],
+                    hide_addresses: false,
                 };
                 let counter = match request(&conn, &msg).await {
                     Ok(Message::CallAccepted { .. }) => &ok,

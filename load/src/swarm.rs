@@ -272,7 +272,10 @@ async fn serve_offers(conn: quinn::Connection, shared: Arc<Shared>) {
             )
             .await;
             if let Ok(Ok(Message::IncomingCall { .. })) = offer {
-                let accept = Message::Accept { candidates: vec![] };
+                let accept = Message::Accept {
+                    candidates: vec![],
+                    hide_addresses: false,
+                };
                 if write_frame(&mut send, &accept, MAX_FRAME).await.is_ok() {
                     shared.offers.fetch_add(1, Ordering::Relaxed);
                     // The Dial frame follows; read it so the stream ends cleanly.

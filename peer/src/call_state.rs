@@ -265,6 +265,8 @@ mod tests {
             call_id: 1,
             fingerprint: Fingerprint([7; 32]),
             candidates: cands.iter().map(|c| a(c)).collect(),
+            probe_key: [1; 32],
+            relay: None,
         }
     }
 
@@ -379,6 +381,8 @@ mod tests {
             call_id: 1,
             fingerprint: Fingerprint([7; 32]),
             candidates: flood,
+            probe_key: [1; 32],
+            relay: None,
         };
         let s = CallState::start("alice", t0)
             .on_answer(answer, |_| Check::New, false, AT)

@@ -254,6 +254,7 @@ async fn accepted(
     socket.expected.add(expected.clone());
     let accept = Message::Accept {
         candidates: socket.local_candidates(),
+        hide_addresses: false,
     };
     if write_answer(peer, &mut send, &accept).await.is_err() {
         return;

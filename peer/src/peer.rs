@@ -243,6 +243,7 @@ impl Peer {
             .request(&Message::Call {
                 to: to.to_owned(),
                 candidates,
+                hide_addresses: false,
             })
             .await?;
         let state = state

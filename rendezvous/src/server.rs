@@ -453,7 +453,11 @@ async fn serve_stream(
             handlers::register::handle(state, id, name, presence).await
         }
         Message::Lookup { name } => handlers::lookup::handle(state, id, name),
-        Message::Call { to, candidates } => handlers::call::handle(state, id, to, candidates).await,
+        Message::Call {
+            to,
+            candidates,
+            hide_addresses,
+        } => handlers::call::handle(state, id, to, candidates, hide_addresses).await,
         Message::Approve { fingerprints } => handlers::approve::handle(state, id, fingerprints),
         other => {
             let reason = format!("unexpected message {} as a request", other.kind_name());

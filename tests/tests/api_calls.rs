@@ -213,7 +213,10 @@ async fn fake_callee(
     tokio::spawn(async move {
         let (mut send, mut recv, offer) = raw.next_offer().await;
         assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
-        let accept = Message::Accept { candidates: vec![] };
+        let accept = Message::Accept {
+            candidates: vec![],
+            hide_addresses: false,
+        };
         common::framing::write_frame(&mut send, &accept, common::framing::MAX_FRAME)
             .await
             .expect("accept");
@@ -300,6 +303,7 @@ async fn server_forwards_only_vetted_candidates() {
         .request(&Message::Call {
             to: "carol".into(),
             candidates: claimed,
+            hide_addresses: false,
         })
         .await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");

@@ -88,6 +88,7 @@ async fn accepted_caller(server: &TestServer, name: &str, to: &str) -> RawClient
         .request(&Message::Call {
             to: to.into(),
             candidates: vec![],
+            hide_addresses: false,
         })
         .await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");

@@ -110,6 +110,7 @@ async fn handshakes_are_capped_while_a_call_is_expected() {
         .request(&Message::Call {
             to: "alice".into(),
             candidates: vec![],
+            hide_addresses: false,
         })
         .await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");

@@ -90,6 +90,8 @@ async fn bad_frames_close_only_the_offender() {
         &Message::Dial {
             call_id: 1,
             candidates: vec![],
+            probe_key: [0; 32],
+            relay: None,
         },
         MAX_FRAME,
     )

@@ -58,9 +58,16 @@ fn accept_one(
     tokio::spawn(async move {
         let (mut send, mut recv, offer) = callee.next_offer().await;
         assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
-        write_frame(&mut send, &Message::Accept { candidates }, MAX_FRAME)
-            .await
-            .expect("accept");
+        write_frame(
+            &mut send,
+            &Message::Accept {
+                candidates,
+                hide_addresses: false,
+            },
+            MAX_FRAME,
+        )
+        .await
+        .expect("accept");
         let dial: Message = read_frame(&mut recv, MAX_FRAME).await.expect("dial");
         let Message::Dial { candidates, .. } = dial else {
             panic!("{dial:?}")
@@ -86,6 +93,7 @@ async fn private_candidates_cross_only_within_one_network() {
             .request(&Message::Call {
                 to: name.into(),
                 candidates: claimed.clone(),
+                hide_addresses: false,
             })
             .await;
         let Message::CallAccepted { candidates, .. } = answer else {
@@ -155,6 +163,7 @@ async fn a_strangers_flood_is_rate_limited_while_a_contact_gets_through() {
                 .request(&Message::Call {
                     to: "alice".into(),
                     candidates: vec![],
+                    hide_addresses: false,
                 })
                 .await;
             match &answer {
@@ -216,6 +225,7 @@ async fn ring(caller: &RawClient, to: &str, n: usize) -> (usize, usize) {
             .request(&Message::Call {
                 to: to.into(),
                 candidates: vec![],
+                hide_addresses: false,
             })
             .await;
         match answer {
@@ -323,7 +333,10 @@ async fn a_callee_that_takes_no_bytes_cannot_hold_the_call() {
         let mut send = send;
         write_frame(
             &mut send,
-            &Message::Accept { candidates: vec![] },
+            &Message::Accept {
+                candidates: vec![],
+                hide_addresses: false,
+            },
             MAX_FRAME,
         )
         .await
@@ -340,6 +353,7 @@ async fn a_callee_that_takes_no_bytes_cannot_hold_the_call() {
         &Message::Call {
             to: "alice".into(),
             candidates: many,
+            hide_addresses: false,
         },
         MAX_FRAME,
     )

@@ -140,6 +140,7 @@ async fn a_call_flood_is_rate_limited_and_others_are_served() {
         let call = Message::Call {
             to: "nobody".into(),
             candidates: vec![],
+            hide_addresses: false,
         };
         match flooder.request(&call).await {
             Message::Error {

@@ -45,6 +45,7 @@ pub(crate) async fn handle(
     id: SessionId,
     to: String,
     candidates: Vec<SocketAddr>,
+    caller_hides: bool,
 ) -> Message {
     state.metrics.calls_requested.inc();
     if let Err(reply) = super::check_name(&to) {
@@ -100,12 +101,20 @@ pub(crate) async fn handle(
     match answer {
         Message::Accept {
             candidates: callee_candidates,
+            hide_addresses: callee_hides,
         } => {
             state.metrics.calls_accepted.inc();
             debug!(call_id, from = %caller.name, %to, "call accepted");
+            let probe_key: [u8; 32] = rand::random();
             let dial = Message::Dial {
                 call_id,
-                candidates: forward(caller.observed, &candidates, callee_observed),
+                candidates: if caller_hides {
+                    vec![]
+                } else {
+                    forward(caller.observed, &candidates, callee_observed)
+                },
+                probe_key,
+                relay: None,
             };
             // The caller's reply is written by the driver right after we return;
             // the callee's Dial leaves now, so both go out at the same moment.
@@ -113,7 +122,13 @@ pub(crate) async fn handle(
             Message::CallAccepted {
                 call_id,
                 fingerprint: owner,
-                candidates: forward(callee_observed, &callee_candidates, caller.observed),
+                candidates: if callee_hides {
+                    vec![]
+                } else {
+                    forward(callee_observed, &callee_candidates, caller.observed)
+                },
+                probe_key,
+                relay: None,
             }
         }
         Message::Reject { reason } => {
