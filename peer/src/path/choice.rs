@@ -8,7 +8,7 @@ impl PathTable {
     /// Fails paths whose pongs stopped, chooses again, and gives up when
     /// nothing has worked for too long.
     pub(super) fn expire(&mut self, now: Instant) {
-        let mut changed = false;
+        let mut changed = self.relay_grace_at().is_some_and(|t| t <= now);
         for c in &mut self.paths {
             changed |= c.expire(now, &self.cfg);
         }
@@ -39,6 +39,22 @@ impl PathTable {
         Some(at)
     }
 
+    /// While no path is chosen and only the relay validated: when the
+    /// call settles on it ([`super::PathConfig::relay_grace`]).
+    pub(super) fn relay_grace_at(&self) -> Option<Instant> {
+        if self.chosen.is_some() {
+            return None;
+        }
+        self.relay_validated_at.map(|t| t + self.cfg.relay_grace)
+    }
+
+    /// Whether a direct candidate is still in its first probing (not failed).
+    fn direct_probing(&self) -> bool {
+        self.paths.iter().any(|c| {
+            c.route != Route::Relay && c.verified() && c.state == super::PathState::Probing
+        })
+    }
+
     fn gave_up(&self) -> bool {
         self.actions
             .iter()
@@ -67,7 +83,8 @@ impl PathTable {
         let next = match (current, best_direct) {
             (None, Some((to, _))) if self.chosen.is_none() => Some((to, SwitchReason::First)),
             (None, None) if self.chosen.is_none() && relay => {
-                Some((Route::Relay, SwitchReason::First))
+                let waited = self.relay_grace_at().is_some_and(|t| t <= now);
+                (waited || !self.direct_probing()).then_some((Route::Relay, SwitchReason::First))
             }
             (Some(cur), Some((to, _))) if cur.route == Route::Relay => {
                 Some((to, SwitchReason::Upgrade))

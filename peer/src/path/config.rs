@@ -57,6 +57,14 @@ pub struct PathConfig {
     /// validated this long after the start. Default 5 s (the punch
     /// schedule's span plus a margin).
     pub direct_deadline: Duration,
+    /// When the relay validates first while direct candidates are still
+    /// being probed, the call waits this long for a direct one before it
+    /// settles on the relay (the handshake is not held up: until a path is
+    /// chosen its packets go every vetted way). Default 100 ms: a punched
+    /// pinhole needs a ping or two of the fast phase; a pair with an open
+    /// direct path from the start then starts direct even where the relay
+    /// answers first.
+    pub relay_grace: Duration,
     /// Any mode: give up when no path has been usable for this long.
     /// Default 10 s.
     pub give_up_after: Duration,
@@ -80,6 +88,7 @@ impl Default for PathConfig {
             max_queued_pongs: 16,
             max_inflight: 8,
             direct_deadline: Duration::from_secs(5),
+            relay_grace: Duration::from_millis(100),
             give_up_after: Duration::from_secs(10),
         }
     }

@@ -31,6 +31,8 @@ pub struct PathTable {
     /// When a path was last usable (the give-up clock).
     pub(super) last_usable: Instant,
     pub(super) direct_validated: bool,
+    /// When the relay first validated (the start of [`PathConfig::relay_grace`]).
+    pub(super) relay_validated_at: Option<Instant>,
     observed: Option<SocketAddr>,
     done: bool,
 }
@@ -54,6 +56,7 @@ impl PathTable {
             start: now,
             last_usable: now,
             direct_validated: false,
+            relay_validated_at: None,
             observed: None,
             done: false,
         };
@@ -126,6 +129,9 @@ impl PathTable {
         if let (Route::Direct(_), Some(addr)) = (from, pong.observed) {
             self.observed = Some(addr);
         }
+        if from == Route::Relay && self.relay_validated_at.is_none() {
+            self.relay_validated_at = Some(now);
+        }
         self.choose(now);
     }
 
@@ -183,6 +189,7 @@ impl PathTable {
             .chain(fails)
             .chain(pongs)
             .chain(queued)
+            .chain(self.relay_grace_at())
             .chain(self.give_up_at())
             .min()
     }
@@ -201,6 +208,12 @@ impl PathTable {
             .iter()
             .filter(move |c| open && c.origin == Origin::Vetted)
             .map(|c| c.route)
+    }
+
+    /// Every candidate path, the relay included (peer-reflexive ones too,
+    /// proven or not: packets *from* them belong to this call).
+    pub fn routes(&self) -> impl Iterator<Item = Route> + '_ {
+        self.paths.iter().map(|c| c.route)
     }
 
     /// What is known of `route`, if it is a candidate.

@@ -467,3 +467,34 @@ fn pacing_bound_holds_over_a_simulated_minute() {
         "pongs do not starve pings"
     );
 }
+
+#[test]
+fn a_relay_answering_first_waits_out_its_grace_for_a_direct_path() {
+    let direct = d("198.51.100.7:4000");
+    let mut s = Sim::new(PathMode::Auto, true, &["198.51.100.7:4000"]);
+    s.open(Route::Relay, ms(5));
+    s.run(ms(40));
+    assert_eq!(s.table.chosen(), None, "within the grace");
+    s.open(direct, ms(30));
+    s.run(ms(200));
+    let sw = s.switches();
+    assert_eq!((sw[0].1, sw[0].2), (direct, SwitchReason::First), "{sw:?}");
+    assert_eq!(sw.len(), 1, "{sw:?}");
+
+    let mut s = Sim::new(PathMode::Auto, true, &["198.51.100.7:4000"]);
+    s.open(Route::Relay, ms(5));
+    s.run(ms(300));
+    let sw = s.switches();
+    assert_eq!((sw[0].1, sw[0].2), (Route::Relay, SwitchReason::First));
+    let grace = PathConfig::default().relay_grace;
+    assert!(sw[0].0 >= grace && sw[0].0 <= grace + ms(20), "{sw:?}");
+
+    let mut s = Sim::new(PathMode::Auto, true, &[]);
+    s.open(Route::Relay, ms(5));
+    s.run(ms(50));
+    assert_eq!(
+        s.switches().first().map(|w| (w.0, w.1)),
+        Some((ms(5), Route::Relay)),
+        "no direct candidate: no grace"
+    );
+}
