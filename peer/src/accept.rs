@@ -23,10 +23,10 @@
 use std::sync::Weak;
 
 use common::candidates::canonical;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::call::Call;
+use crate::call::{Call, Path, PathStatus};
 use crate::endpoint::{remote_fingerprint, Expected};
 use crate::error::Error;
 use crate::peer::Inner;
@@ -36,6 +36,10 @@ use crate::Event;
 /// stream, per call expected from it: a caller dials at most 1 observed + 8
 /// local candidates at once.
 pub(crate) const MAX_UNCLAIMED_PER_CALL: usize = 1 + common::candidates::MAX_LOCAL_CANDIDATES;
+
+/// How long a connected call waits for its path table's first choice
+/// before `connected` names the path its packets came in on.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The close code for a connection no accepted call is waiting for.
 const NOT_EXPECTED: u32 = common::error::close::PROTOCOL;
@@ -123,16 +127,15 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
     let remote = canonical(conn.remote_address());
     let fp = remote_fingerprint(&conn)?;
     let expected_calls = &inner.socket.expected;
-    let Some(expected) = expected_calls.find(&fp, remote) else {
+    if expected_calls.find(&fp, remote).is_none() {
         conn.close(NOT_EXPECTED.into(), b"no call expected from this key");
         return None;
-    };
+    }
     let Some(_unclaimed) = expected_calls.hold_unclaimed(&fp, MAX_UNCLAIMED_PER_CALL) else {
         debug!(%remote, "refusing a connection: too many unclaimed ones of this key");
         conn.close(NOT_EXPECTED.into(), b"too many connections for this call");
         return None;
     };
-    expected.connected.notify_one();
     // A caller dials all candidates at once and keeps the first that
     // authenticates; the others close without opening a stream.
     let timeout = inner.config.timing.first_stream_timeout;
@@ -151,7 +154,17 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
         return None;
     };
     let setup = expected.offered_at.elapsed();
-    let call = Call::new(conn, expected.name.clone(), fp, setup).with_first_stream(first);
+    let status = match &expected.path {
+        Some(handle) => {
+            handle.attach(conn.clone());
+            let mut handle = handle.clone();
+            handle.settled(&inner.socket.router, SETTLE_WAIT).await;
+            handle.status.clone()
+        }
+        // Not at a virtual address: an old-style direct connection.
+        None => watch::channel(PathStatus::On(Path::Direct, remote)).1,
+    };
+    let call = Call::new(conn, expected.name.clone(), fp, setup, status).with_first_stream(first);
     Some((call, expected))
 }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{Fingerprint, PeerMessage};
 
+use tokio::sync::watch;
+
 use crate::error::{Error, Result};
+pub use crate::path_task::PathStatus;
 
 /// How a call's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +41,8 @@ pub struct Call {
     pub peer: String,
     /// The other side's key.
     pub fingerprint: Fingerprint,
-    /// How packets travel.
-    pub path: Path,
+    /// How packets travel now ([`Call::path`], [`Call::remote_addr`]).
+    status: watch::Receiver<PathStatus>,
     /// From the call request (caller) or the offer (callee) to the authenticated connection.
     pub setup: Duration,
     /// Time spent first reaching the server (caller only; zero when already connected).
@@ -53,12 +56,13 @@ impl Call {
         peer: String,
         fingerprint: Fingerprint,
         setup: Duration,
+        status: watch::Receiver<PathStatus>,
     ) -> Self {
         Self {
             connection,
             peer,
             fingerprint,
-            path: Path::Direct,
+            status,
             setup,
             server_time: Duration::ZERO,
             first_stream: Mutex::new(None),
@@ -70,9 +74,27 @@ impl Call {
         self
     }
 
-    /// The address the connection uses now.
+    /// How the call's packets travel now.
+    pub fn path(&self) -> Path {
+        match *self.status.borrow() {
+            PathStatus::On(path, _) => path,
+            _ => Path::Direct,
+        }
+    }
+
+    /// The address the call's packets go to now: the other side's on a
+    /// direct path, the relay's on a relayed one.
     pub fn remote_addr(&self) -> SocketAddr {
-        common::candidates::canonical(self.connection.remote_address())
+        match *self.status.borrow() {
+            PathStatus::On(_, addr) => common::candidates::canonical(addr),
+            _ => common::candidates::canonical(self.connection.remote_address()),
+        }
+    }
+
+    /// A watch of the call's path: changes when the call moves between
+    /// direct paths and the relay.
+    pub fn path_watch(&self) -> watch::Receiver<PathStatus> {
+        self.status.clone()
     }
 
     /// The `connected` event for this call.
@@ -80,7 +102,7 @@ impl Call {
         crate::Event::Connected {
             peer: self.peer.clone(),
             fingerprint: self.fingerprint.to_string(),
-            path: self.path.as_str().to_owned(),
+            path: self.path().as_str().to_owned(),
             remote_addr: self.remote_addr().to_string(),
             setup_ms: self.setup.as_secs_f64() * 1000.0,
             server_ms: self.server_time.as_secs_f64() * 1000.0,

@@ -1,10 +1,14 @@
 //! The caller's side of a call as a state machine without I/O.
 //!
 //! ```text
-//! Requesting --answer--> Dialing --attempt ok--> Connected
-//!      |                    |  \--all attempts failed / deadline--> Err(Unreachable)
+//! Requesting --answer--> Dialing --handshake done--> Connected
+//!      |                    |  \--no path / deadline--> Err(Unreachable)
 //!      \--error answer / key changed--> Err(..)
 //! ```
+//!
+//! The caller dials once, at the call's virtual address; underneath, the
+//! handshake races every vetted candidate and the relay
+//! ([`crate::path`]).
 //!
 //! Each transition consumes the state and returns the next one, so an old
 //! state cannot be used by mistake. The driver in [`crate::peer`] feeds it the
@@ -14,10 +18,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::candidates::targets;
-use common::{ErrorKind, Fingerprint, Message};
+use common::{ErrorKind, Fingerprint, Message, RelayTicket};
 
 use crate::error::Error;
 use crate::known_peers::Check;
+use crate::path::PathMode;
 
 /// Why one candidate did not work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +55,8 @@ pub enum CallState {
         to: String,
         /// When the request was sent.
         sent_at: Instant,
+        /// `--path`.
+        mode: PathMode,
     },
     /// Dialing the callee's candidates.
     Dialing {
@@ -59,10 +66,16 @@ pub enum CallState {
         sent_at: Instant,
         /// The key to pin.
         fingerprint: Fingerprint,
-        /// Candidates still being tried.
+        /// The callee's vetted candidates (none in relay mode).
         pending: Vec<SocketAddr>,
-        /// What failed so far.
-        failed: Vec<(SocketAddr, AttemptFailure)>,
+        /// The server's call id (in every probe).
+        call_id: u64,
+        /// The per-call probe key.
+        probe_key: [u8; 32],
+        /// Our relay ticket, if the call may use the relay.
+        relay: Option<RelayTicket>,
+        /// `--path`.
+        mode: PathMode,
     },
     /// An authenticated connection is up.
     Connected {
@@ -70,7 +83,7 @@ pub enum CallState {
         to: String,
         /// Its key.
         fingerprint: Fingerprint,
-        /// The winning address.
+        /// The address dialed (the call's virtual address).
         remote: SocketAddr,
         /// From request to authenticated connection.
         setup: Duration,
@@ -80,9 +93,15 @@ pub enum CallState {
 impl CallState {
     /// A request just sent at `now`.
     pub fn start(to: &str, now: Instant) -> Self {
+        Self::start_with(to, now, PathMode::Auto)
+    }
+
+    /// Like [`CallState::start`], with `--path`.
+    pub fn start_with(to: &str, now: Instant, mode: PathMode) -> Self {
         Self::Requesting {
             to: to.to_owned(),
             sent_at: now,
+            mode,
         }
     }
 
@@ -100,14 +119,16 @@ impl CallState {
         accept_new_key: bool,
         at: Vantage,
     ) -> Result<Self, Error> {
-        let Self::Requesting { to, sent_at } = self else {
+        let Self::Requesting { to, sent_at, mode } = self else {
             return Err(Error::Protocol("call answer in the wrong state".into()));
         };
         match answer {
             Message::CallAccepted {
                 fingerprint,
                 candidates,
-                ..
+                call_id,
+                probe_key,
+                relay,
             } => {
                 if let Check::Changed(old) = known(&fingerprint) {
                     if !accept_new_key {
@@ -119,22 +140,30 @@ impl CallState {
                         });
                     }
                 }
-                let pending = targets(&candidates, at.server, at.observed);
-                if pending.is_empty() {
-                    return Err(Error::Unreachable {
-                        name: to,
-                        tried: format!(
-                            "the server gave no address to try (of {} given, none acceptable)",
+                let relay = relay.filter(|_| mode != PathMode::Direct);
+                let pending = match mode {
+                    PathMode::Relay => vec![],
+                    _ => targets(&candidates, at.server, at.observed),
+                };
+                if pending.is_empty() && relay.is_none() {
+                    let tried = match mode {
+                        PathMode::Relay => "--path relay, and the server runs no relay".to_owned(),
+                        _ => format!(
+                            "the server gave no address to try (of {} given, none acceptable) and no relay",
                             candidates.len()
                         ),
-                    });
+                    };
+                    return Err(Error::Unreachable { name: to, tried });
                 }
                 Ok(Self::Dialing {
                     to,
                     sent_at,
                     fingerprint,
                     pending,
-                    failed: vec![],
+                    call_id,
+                    probe_key,
+                    relay,
+                    mode,
                 })
             }
             Message::Error { kind, message } => Err(Error::Server { kind, message }),
@@ -145,10 +174,10 @@ impl CallState {
         }
     }
 
-    /// One dial attempt finished at `now`.
-    pub fn on_attempt(
+    /// The dial of the call's virtual address `remote` finished at `now`.
+    pub fn on_dialed(
         self,
-        addr: SocketAddr,
+        remote: SocketAddr,
         outcome: Result<(), AttemptFailure>,
         now: Instant,
     ) -> Result<Self, Error> {
@@ -156,34 +185,21 @@ impl CallState {
             to,
             sent_at,
             fingerprint,
-            mut pending,
-            mut failed,
+            pending,
+            relay,
+            ..
         } = self
         else {
             return Ok(self);
         };
-        pending.retain(|a| *a != addr);
         match outcome {
             Ok(()) => Ok(Self::Connected {
                 to,
                 fingerprint,
-                remote: addr,
+                remote,
                 setup: now.duration_since(sent_at),
             }),
-            Err(why) => {
-                failed.push((addr, why));
-                if pending.is_empty() {
-                    Err(unreachable(to, &failed, &[]))
-                } else {
-                    Ok(Self::Dialing {
-                        to,
-                        sent_at,
-                        fingerprint,
-                        pending,
-                        failed,
-                    })
-                }
-            }
+            Err(why) => Err(unreachable(to, &pending, relay.is_some(), Some(why))),
         }
     }
 
@@ -191,11 +207,8 @@ impl CallState {
     pub fn on_deadline(self) -> Error {
         match self {
             Self::Dialing {
-                to,
-                failed,
-                pending,
-                ..
-            } => unreachable(to, &failed, &pending),
+                to, pending, relay, ..
+            } => unreachable(to, &pending, relay.is_some(), None),
             Self::Requesting { to, .. } => Error::Server {
                 kind: ErrorKind::Unreachable,
                 message: format!("{to} did not answer in time"),
@@ -207,33 +220,28 @@ impl CallState {
     }
 }
 
+/// The error of a call that found no path: what was tried, and how the
+/// last attempt ended.
 fn unreachable(
     name: String,
-    failed: &[(SocketAddr, AttemptFailure)],
-    silent: &[SocketAddr],
+    pending: &[SocketAddr],
+    relay: bool,
+    why: Option<AttemptFailure>,
 ) -> Error {
-    let mut parts: Vec<String> = failed
-        .iter()
-        .map(|(a, why)| match why {
-            AttemptFailure::WrongKey => {
-                format!("{a}: answered with another key (not {name}), skipped")
-            }
-            AttemptFailure::Timeout => format!("{a}: no answer"),
-            AttemptFailure::Other(s) => format!("{a}: {s}"),
-        })
-        .collect();
-    parts.extend(silent.iter().map(|a| format!("{a}: no answer")));
-    let key_note = if failed.iter().any(|(_, w)| *w == AttemptFailure::WrongKey) {
-        "; a key did not match"
-    } else {
-        ""
+    let mut parts: Vec<String> = pending.iter().map(|a| format!("{a}")).collect();
+    if relay {
+        parts.push("the relay".into());
+    }
+    let how = match why {
+        Some(AttemptFailure::WrongKey) => {
+            format!("an address answered with another key (not {name}): a key did not match")
+        }
+        Some(AttemptFailure::Other(s)) => s,
+        Some(AttemptFailure::Timeout) | None => "no answer".into(),
     };
     Error::Unreachable {
         name,
-        tried: format!(
-            "no direct path authenticated (tried {}){key_note}",
-            parts.join(", ")
-        ),
+        tried: format!("no path authenticated (tried {}): {how}", parts.join(", ")),
     }
 }
 
@@ -271,57 +279,82 @@ mod tests {
     }
 
     #[test]
-    fn first_authenticated_path_wins() {
+    fn the_dial_connects_or_says_what_was_tried() {
         let t0 = Instant::now();
-        let s = CallState::start("alice", t0)
-            .on_answer(
-                accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
-                |_| Check::New,
-                false,
-                AT,
-            )
-            .expect("dialing");
-        let s = s
-            .on_attempt(a("192.168.1.2:1"), Err(AttemptFailure::WrongKey), t0)
-            .expect("still dialing");
-        assert!(matches!(s, CallState::Dialing { ref pending, .. } if pending.len() == 1));
-        let s = s
-            .on_attempt(a("198.51.100.1:1"), Ok(()), t0 + Duration::from_millis(120))
-            .expect("connected");
-        match s {
-            CallState::Connected { remote, setup, .. } => {
-                assert_eq!(remote, a("198.51.100.1:1"));
+        let v = a("240.0.0.1:1");
+        let dialing = || {
+            CallState::start("alice", t0)
+                .on_answer(
+                    accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
+                    |_| Check::New,
+                    false,
+                    AT,
+                )
+                .expect("dialing")
+        };
+        match dialing().on_dialed(v, Ok(()), t0 + Duration::from_millis(120)) {
+            Ok(CallState::Connected { remote, setup, .. }) => {
+                assert_eq!(remote, v);
                 assert_eq!(setup, Duration::from_millis(120));
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn all_failed_is_unreachable_and_says_what_was_tried() {
-        let t0 = Instant::now();
-        let s = CallState::start("alice", t0)
-            .on_answer(
-                accepted(&["198.51.100.1:1", "192.168.1.2:1"]),
-                |_| Check::New,
-                false,
-                AT,
-            )
-            .expect("dialing");
-        let s = s
-            .on_attempt(a("192.168.1.2:1"), Err(AttemptFailure::WrongKey), t0)
-            .expect("dialing");
-        let err = s
-            .on_attempt(a("198.51.100.1:1"), Err(AttemptFailure::Timeout), t0)
+        let err = dialing()
+            .on_dialed(v, Err(AttemptFailure::WrongKey), t0)
             .expect_err("unreachable");
         assert_eq!(err.kind(), ErrorKind::Unreachable);
         let msg = err.to_string();
         assert!(
             msg.contains("192.168.1.2:1")
                 && msg.contains("198.51.100.1:1")
-                && msg.contains("a key did not match"),
+                && msg.contains("another key"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn path_modes_pick_what_may_be_tried() {
+        let t0 = Instant::now();
+        let ticket = RelayTicket {
+            call_id: 5,
+            secret: [2; 32],
+        };
+        let with_relay = Message::CallAccepted {
+            call_id: 1,
+            fingerprint: Fingerprint([7; 32]),
+            candidates: vec![a("198.51.100.1:1")],
+            probe_key: [1; 32],
+            relay: Some(ticket),
+        };
+        let answer = |mode, msg: Message| {
+            CallState::start_with("alice", t0, mode).on_answer(msg, |_| Check::New, false, AT)
+        };
+        match answer(PathMode::Relay, with_relay.clone()) {
+            Ok(CallState::Dialing { pending, relay, .. }) => {
+                assert!(pending.is_empty(), "relay mode never dials the callee");
+                assert_eq!(relay, Some(ticket));
+            }
+            other => panic!("{other:?}"),
+        }
+        match answer(PathMode::Direct, with_relay) {
+            Ok(CallState::Dialing { pending, relay, .. }) => {
+                assert_eq!(pending.len(), 1);
+                assert_eq!(relay, None, "direct mode never uses the relay");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = answer(PathMode::Relay, accepted(&["198.51.100.1:1"])).expect_err("no relay");
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        // No candidate at all is fine when there is a relay.
+        let only_relay = Message::CallAccepted {
+            call_id: 1,
+            fingerprint: Fingerprint([7; 32]),
+            candidates: vec![],
+            probe_key: [1; 32],
+            relay: Some(ticket),
+        };
+        assert!(answer(PathMode::Auto, only_relay.clone()).is_ok());
+        assert!(answer(PathMode::Direct, only_relay).is_err());
     }
 
     #[test]
@@ -332,7 +365,7 @@ mod tests {
             .expect("dialing");
         let err = s.on_deadline();
         assert!(
-            err.to_string().contains("198.51.100.1:1: no answer"),
+            err.to_string().contains("198.51.100.1:1") && err.to_string().contains("no answer"),
             "{err}"
         );
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use common::Fingerprint;
 
+use crate::path::{PathConfig, PathMode};
+
 /// How a peer reaches its server, who it is, and its timings.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -25,6 +27,11 @@ pub struct PeerConfig {
     pub timing: Timing,
     /// Limits on what callers may hold open at this peer.
     pub limits: Limits,
+    /// `listen --path`: which paths accepted calls may take. In
+    /// [`PathMode::Relay`] callers never learn this machine's addresses.
+    pub listen_path: PathMode,
+    /// Timings of the path table of every call (probes, fallback).
+    pub paths: PathConfig,
     /// Protocol identifier offered to the server. Leave the default; tests
     /// change it to check version-mismatch reporting.
     pub server_alpn: Vec<u8>,
@@ -125,6 +132,8 @@ impl PeerConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             timing: Timing::default(),
             limits: Limits::default(),
+            listen_path: PathMode::Auto,
+            paths: PathConfig::default(),
             server_alpn: common::tls::SERVER_ALPN.to_vec(),
         }
     }

@@ -1,5 +1,6 @@
 //! The one UDP socket: a quinn endpoint for the server link and every peer
-//! connection, plus tiny punch datagrams sent from the same socket.
+//! connection, through the path wrapper ([`crate::udp`]) that also carries
+//! probes and relay frames.
 //!
 //! Using one socket for everything means the public address the server
 //! observes is the one this peer's NAT uses toward other peers too, which is
@@ -15,11 +16,11 @@ use std::time::{Duration, Instant};
 use common::tls::{self, ClientKeyPolicy};
 use common::{Fingerprint, Identity};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::sync::Notify;
-use tracing::debug;
 
 use crate::config::{Limits, Timing};
 use crate::error::{Error, Result};
+use crate::router::Router;
+use crate::udp::PathSocket;
 
 /// A call this peer accepted and now expects a connection for.
 #[derive(Debug, Clone)]
@@ -30,11 +31,13 @@ pub(crate) struct Expected {
     pub(crate) fingerprint: Fingerprint,
     /// The caller's known_peers entry when the offer was checked.
     pub(crate) seen: Option<Fingerprint>,
+    /// Where its connection comes from: the call's virtual address once
+    /// the server sent `Dial`.
     pub(crate) candidates: Vec<SocketAddr>,
+    /// The call's path task, once the server sent `Dial`.
+    pub(crate) path: Option<crate::path_task::PathHandle>,
     pub(crate) offered_at: Instant,
     pub(crate) expires: Instant,
-    /// Wakes the punching task when the caller got through.
-    pub(crate) connected: Arc<Notify>,
 }
 
 impl Expected {
@@ -175,7 +178,10 @@ impl ExpectedCalls {
 /// The socket, its quinn endpoint and what it expects.
 pub(crate) struct Socket {
     pub(crate) endpoint: quinn::Endpoint,
-    udp: Arc<dyn quinn::AsyncUdpSocket>,
+    /// The wrapper quinn sends through (probes go out through it too).
+    pub(crate) udp: Arc<PathSocket>,
+    /// Which call is at which virtual address, and its paths.
+    pub(crate) router: Arc<Router>,
     pub(crate) expected: Arc<ExpectedCalls>,
     /// Incoming peer handshakes in flight ([`Limits::max_peer_handshakes`]).
     pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
@@ -200,9 +206,12 @@ impl Socket {
         let std_socket = std::net::UdpSocket::bind(addr)
             .map_err(|e| Error::io(format!("binding UDP {addr}"), e))?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let udp = runtime
+        let v6 = std_socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let inner = runtime
             .wrap_udp_socket(std_socket)
             .map_err(|e| Error::io("wrapping the UDP socket", e))?;
+        let router = Arc::new(Router::new(v6));
+        let udp = Arc::new(PathSocket::new(inner, router.clone(), v6));
         let expected = Arc::new(ExpectedCalls::default());
         let allow = expected.clone();
         let policy = ClientKeyPolicy::Allow(Arc::new(move |fp: &Fingerprint| allow.allows(fp)));
@@ -221,6 +230,7 @@ impl Socket {
         Ok(Self {
             endpoint,
             udp,
+            router,
             expected,
             handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_peer_handshakes)),
             server: Mutex::new(None),
@@ -299,22 +309,6 @@ impl Socket {
         *self.observed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends one punch datagram to each target from the one socket.
-    pub(crate) fn punch(&self, targets: &[SocketAddr]) {
-        for &destination in targets {
-            let transmit = quinn::udp::Transmit {
-                destination,
-                ecn: None,
-                contents: crate::punch::PUNCH,
-                segment_size: None,
-                src_ip: None,
-            };
-            if let Err(e) = self.udp.try_send(&transmit) {
-                debug!(%destination, "punch not sent: {e}");
-            }
-        }
-    }
-
     /// This peer's local candidates: its interface addresses that other
     /// peers on the same network could reach, with the socket's port.
     pub(crate) fn local_candidates(&self) -> Vec<SocketAddr> {
@@ -363,6 +357,14 @@ fn peer_transport(
     if let Some(rtt) = rtt_hint {
         transport.initial_rtt(rtt.clamp(Duration::from_millis(5), Duration::from_millis(333)));
     }
+    // A packet must still fit 1500 bytes with a relay header in front:
+    // quinn's path-MTU discovery does not know the path can switch.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(common::relay_frame::MAX_PAYLOAD as u16);
+    transport
+        .mtu_discovery_config(Some(mtu))
+        // Nudges after a path switch are 1-byte datagrams; nobody reads them.
+        .datagram_receive_buffer_size(Some(4096));
     // Bulk transfers: larger windows than quinn's defaults (tuned for 100 ms × 100 Mbit/s).
     transport
         .stream_receive_window((8u32 << 20).into())
@@ -413,8 +415,12 @@ pub(crate) fn remote_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint
 /// of all packets. Probes and relay frames are told apart from QUIC by that
 /// bit being clear (`common::probe`, `common::relay_frame`), so every QUIC
 /// packet here must keep it set.
+///
+/// The largest UDP payload taken is [`common::relay_frame::MAX_PAYLOAD`]:
+/// a packet must still fit 1500 bytes with a relay header in front.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
+    let _ = config.max_udp_payload_size(common::relay_frame::MAX_PAYLOAD as u16);
     config
 }

@@ -64,8 +64,16 @@ pub enum Event {
         peer: String,
         /// `direct` or `relay`.
         path: String,
-        /// The new address.
+        /// The new address (the relay's on a relayed call).
         remote_addr: String,
+        /// Why: `upgrade` (a direct path opened), `lower_rtt`, `failed`
+        /// (the old path stopped answering).
+        reason: String,
+    },
+    /// Something the user should know (e.g. that a call depends on the relay).
+    Notice {
+        /// What, for a person.
+        message: String,
     },
     /// A ping was answered.
     Pong {
@@ -175,7 +183,9 @@ impl Event {
                 peer,
                 path,
                 remote_addr,
-            } => format!("path to {peer} is now {path} ({remote_addr})"),
+                reason,
+            } => format!("path to {peer} is now {path} ({remote_addr}; {reason})"),
+            Self::Notice { message } => format!("notice: {message}"),
             Self::Pong {
                 peer,
                 seq,

@@ -29,9 +29,12 @@
 //! - [`peer`](Peer): the handle; lookup and call (drives [`call_state`]).
 //! - `listener`: presence with reconnection, call offers; `accept`: letting
 //!   in the callers of accepted calls.
-//! - [`call_state`], [`punch`], [`policy`]: the decisions, without I/O.
-//! - [`path`]: which path (direct candidate or relay) a call takes, without I/O.
-//! - `endpoint`: the one socket (quinn endpoint + punch datagrams).
+//! - [`call_state`], [`policy`]: the decisions, without I/O.
+//! - [`path`]: which path (direct candidate or relay) a call takes, without
+//!   I/O; `router`: virtual addresses ↔ calls ↔ paths, per datagram;
+//!   `path_task`: drives one call's table (probes, switches, events).
+//! - `endpoint`: the one socket and its quinn endpoint; `udp`: the socket
+//!   wrapper quinn sees (virtual addresses, probes, relay frames).
 //! - `server_link`: requests to the rendezvous server; `approve`: the
 //!   pre-approved callers a `listen` tells the server.
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
@@ -50,12 +53,14 @@ pub mod events;
 pub mod known_peers;
 mod listener;
 pub mod path;
+mod path_task;
 mod peer;
 pub mod policy;
-pub mod punch;
+mod router;
 mod server_link;
+mod udp;
 
-pub use call::{Call, Path};
+pub use call::{Call, Path, PathStatus};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
 pub use config::{default_config_dir, Limits, PeerConfig, Timing};
 pub use endpoint::endpoint_config;

@@ -18,22 +18,23 @@
 //! calls it accepts anyway (`approve`). Every write of the call exchange
 //! has [`crate::Timing::write_timeout`].
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::candidates::targets;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
+use common::relay_frame::Party;
 use common::{validate_name, Fingerprint, Message};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::call::Call;
 use crate::endpoint::Expected;
 use crate::error::{Error, Result};
 use crate::known_peers::Check;
+use crate::path::PathMode;
 use crate::peer::Peer;
 use crate::policy::{Decision, Policy};
-use crate::punch::PunchSchedule;
+use crate::router::CallSpec;
 use crate::server_link::ServerLink;
 use crate::Event;
 
@@ -226,9 +227,10 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
     }
 }
 
-/// An offer we accept: expect the caller, answer, then punch toward it
-/// until it connects. `seen` is the caller's known_peers entry as the check
-/// saw it (recorded only if still so, [`crate::KnownPeers::record_if`]).
+/// An offer we accept: expect the caller, answer, then start the call's
+/// path task on `Dial` (its probes toward the caller are the punches).
+/// `seen` is the caller's known_peers entry as the check saw it (recorded
+/// only if still so, [`crate::KnownPeers::record_if`]).
 async fn accepted(
     peer: &Peer,
     mut send: quinn::SendStream,
@@ -239,7 +241,7 @@ async fn accepted(
 ) {
     let socket = &peer.inner.socket;
     let timing = &peer.inner.config.timing;
-    let connected = Arc::new(Notify::new());
+    let mode = peer.inner.config.listen_path;
     let now = Instant::now();
     let expected = Expected {
         id: socket.expected.next_id(),
@@ -247,14 +249,19 @@ async fn accepted(
         fingerprint,
         seen,
         candidates: vec![],
+        path: None,
         offered_at: now,
         expires: now + timing.accept_window,
-        connected: connected.clone(),
     };
     socket.expected.add(expected.clone());
+    let hide = mode == PathMode::Relay;
     let accept = Message::Accept {
-        candidates: socket.local_candidates(),
-        hide_addresses: false,
+        candidates: if hide {
+            vec![]
+        } else {
+            socket.local_candidates()
+        },
+        hide_addresses: hide,
     };
     if write_answer(peer, &mut send, &accept).await.is_err() {
         return;
@@ -265,31 +272,37 @@ async fn accepted(
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
-    let Ok(Ok(Message::Dial { candidates, .. })) = dial else {
+    let Ok(Ok(Message::Dial {
+        call_id,
+        candidates,
+        probe_key,
+        relay,
+    })) = dial
+    else {
         debug!("no Dial after accepting a call");
         return;
     };
     // Our own check behind the server's: only the observed address (first,
     // never loopback or multicast) and, if it is our network, private ones
-    // are ever punched.
-    let targets = targets(&candidates, socket.server(), socket.observed());
+    // are ever probed.
+    let server = socket.server();
+    let spec = CallSpec {
+        call_id,
+        party: Party::Callee,
+        probe_key,
+        relay: relay
+            .filter(|_| mode != PathMode::Direct)
+            .map(|t| (server, t)),
+        candidates: targets(&candidates, server, socket.observed()),
+        mode,
+        loopback_ok: server.ip().is_loopback(),
+    };
+    let handle = crate::path_task::start(&peer.path_context(), spec, expected.name.clone());
     socket.expected.update(Expected {
-        candidates: targets.clone(),
+        candidates: vec![handle.virtual_addr],
+        path: Some(handle),
         ..expected
     });
-    let mut schedule = PunchSchedule::new(Instant::now(), targets);
-    loop {
-        if let Some(due) = schedule.poll(Instant::now()) {
-            socket.punch(due);
-        }
-        let Some(next) = schedule.next_deadline() else {
-            break;
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(next.into()) => {}
-            () = connected.notified() => break,
-        }
-    }
 }
 
 /// Checks an offer's caller before any policy: its name must keep the name

@@ -98,6 +98,12 @@ pub(crate) struct CallFlags {
     /// Accept (and record) a changed key for a known name.
     #[arg(long)]
     accept_new_key: bool,
+    /// Which paths the call may take: `auto` starts on whatever works first
+    /// and moves to a direct path when it can; `direct` never uses the relay;
+    /// `relay` never sends to the callee's addresses and never gives the
+    /// callee ours.
+    #[arg(long, value_enum, default_value_t = PathArg::Auto)]
+    path: PathArg,
 }
 
 impl CallFlags {
@@ -105,6 +111,28 @@ impl CallFlags {
         peer::CallOptions {
             timeout: secs(self.timeout),
             accept_new_key: self.accept_new_key,
+            path: self.path.into(),
+        }
+    }
+}
+
+/// `--path auto|direct|relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PathArg {
+    /// Direct when one works, the relay otherwise.
+    Auto,
+    /// Never the relay.
+    Direct,
+    /// Only the relay; no addresses exchanged.
+    Relay,
+}
+
+impl From<PathArg> for peer::path::PathMode {
+    fn from(p: PathArg) -> Self {
+        match p {
+            PathArg::Auto => Self::Auto,
+            PathArg::Direct => Self::Direct,
+            PathArg::Relay => Self::Relay,
         }
     }
 }

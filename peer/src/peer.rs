@@ -1,29 +1,38 @@
 //! The [`Peer`] handle: one identity, one socket, one server; lookup and call.
 //!
 //! Listening lives in [`crate::listener`]. The caller's decisions are in
-//! [`crate::call_state`]; this file drives them: ask the server, dial every
-//! candidate in parallel (paced), keep the first path that authenticates.
+//! [`crate::call_state`]; this file drives them: ask the server, start the
+//! call's path task (probes to every vetted candidate and the relay), dial
+//! the call's virtual address once: the handshake races every path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::relay_frame::Party;
 use common::{validate_name, Fingerprint, Identity, Message};
 use tokio::sync::{broadcast, Mutex};
-use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::call::Call;
+use crate::call::{Call, PathStatus};
 use crate::call_state::{AttemptFailure, CallState, Vantage};
 use crate::config::PeerConfig;
 use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
 use crate::error::{Error, Result};
 use crate::known_peers::{Check, KnownPeers};
+use crate::path::PathMode;
+use crate::path_task::TaskContext;
+use crate::router::CallSpec;
 use crate::server_link::{unexpected, ServerLink};
 use crate::Event;
 
-/// Gap between starting dial attempts to successive candidates.
-const DIAL_PACE: Duration = Duration::from_millis(5);
+/// How long a connected call waits for its path table's first choice
+/// before `connected` names the path its packets came in on.
+const SETTLE_WAIT: Duration = Duration::from_millis(300);
+
+/// How often a call dials again after a stranger's key answered at one of
+/// its addresses (each time without that address).
+const MAX_REDIALS: usize = 4;
 
 /// The answer to a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +52,9 @@ pub struct CallOptions {
     pub timeout: Duration,
     /// Accept (and record) a changed key for a known name.
     pub accept_new_key: bool,
+    /// `--path`: which paths the call may take. [`PathMode::Relay`] also
+    /// keeps our addresses from the callee.
+    pub path: PathMode,
 }
 
 impl Default for CallOptions {
@@ -50,6 +62,7 @@ impl Default for CallOptions {
         Self {
             timeout: Duration::from_secs(10),
             accept_new_key: false,
+            path: PathMode::Auto,
         }
     }
 }
@@ -87,7 +100,7 @@ impl Drop for Inner {
 /// config.name = Some("bob".into());
 /// let bob = Peer::new(config).await?;
 /// let call = bob.call("alice", CallOptions::default()).await?;
-/// println!("{} via {} at {}", call.peer, call.path.as_str(), call.remote_addr());
+/// println!("{} via {} at {}", call.peer, call.path().as_str(), call.remote_addr());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -237,22 +250,28 @@ impl Peer {
         // a bad line stops the call (fail closed), never makes `to` "new".
         let known = &self.inner.known;
         let recorded = known.get(to)?;
-        let candidates = self.inner.socket.local_candidates();
-        let state = CallState::start(to, Instant::now());
+        let hide = options.path == PathMode::Relay;
+        let candidates = if hide {
+            vec![]
+        } else {
+            self.inner.socket.local_candidates()
+        };
+        let state = CallState::start_with(to, Instant::now(), options.path);
         let answer = link
             .request(&Message::Call {
                 to: to.to_owned(),
                 candidates,
-                hide_addresses: false,
+                hide_addresses: hide,
             })
             .await?;
+        let server = link.conn.remote_address();
         let state = state
             .on_answer(
                 answer,
                 |fp| Check::of(recorded, fp),
                 options.accept_new_key,
                 Vantage {
-                    server: link.conn.remote_address(),
+                    server,
                     observed: self.inner.socket.observed(),
                 },
             )
@@ -268,52 +287,107 @@ impl Peer {
         let CallState::Dialing {
             fingerprint,
             pending,
+            call_id,
+            probe_key,
+            relay,
+            mode,
             ..
         } = &state
         else {
             return Err(Error::Protocol("call state".into()));
         };
-        let (fingerprint, targets) = (*fingerprint, pending.clone());
+        let fingerprint = *fingerprint;
+        let spec = CallSpec {
+            call_id: *call_id,
+            party: Party::Caller,
+            probe_key: *probe_key,
+            relay: relay.map(|t| (server, t)),
+            candidates: pending.clone(),
+            mode: *mode,
+            loopback_ok: server.ip().is_loopback(),
+        };
+        let mut handle = crate::path_task::start(&self.path_context(), spec, to.to_owned());
         let config = self
             .inner
             .socket
             .peer_client_config(fingerprint, Some(link.conn.rtt()))?;
-        let mut attempts = JoinSet::new();
-        for (i, addr) in targets.into_iter().enumerate() {
-            let endpoint = self.inner.socket.endpoint.clone();
-            let config = config.clone();
-            attempts.spawn(async move {
-                tokio::time::sleep(DIAL_PACE * i as u32).await;
-                (addr, dial_one(&endpoint, config, addr).await)
-            });
-        }
-        let mut state = state;
-        loop {
-            let next = tokio::time::timeout_at(deadline, attempts.join_next()).await;
-            let (addr, outcome) = match next {
-                Ok(Some(Ok(done))) => done,
-                Ok(Some(Err(join_error))) => {
-                    return Err(Error::Protocol(format!("dial task failed: {join_error}")))
+        let target = handle.virtual_addr;
+        let router = &self.inner.socket.router;
+        let endpoint = &self.inner.socket.endpoint;
+        // A stranger at one candidate (another machine on a LAN address)
+        // fails the handshake with its key: forget that address and dial
+        // again over the others, a few times at most.
+        let dial = async {
+            let mut outcome = dial_one(endpoint, config.clone(), target).await;
+            for _ in 0..MAX_REDIALS {
+                if !matches!(outcome, Err(AttemptFailure::WrongKey)) {
+                    break;
                 }
-                Ok(None) => return Err(Error::Protocol("no dial attempts left".into())),
-                Err(_) => return Err(state.on_deadline()),
-            };
-            let (result, conn) = match outcome {
-                Ok(conn) => (Ok(()), Some(conn)),
-                Err(why) => (Err(why), None),
-            };
-            debug!(%addr, ok = result.is_ok(), "dial attempt finished");
-            state = state.on_attempt(addr, result, Instant::now())?;
-            if let (CallState::Connected { setup, .. }, Some(conn)) = (&state, conn) {
-                attempts.abort_all();
-                // Only over what the check saw: another process may have
-                // pinned another key for `to` since (then `key_changed`).
-                if let Err(e) = known.record_if_async(to, recorded, &fingerprint).await {
-                    conn.close(common::error::close::DONE.into(), b"key not recorded");
-                    return Err(e);
+                let Some(stranger) = router.forget_last(target) else {
+                    break;
+                };
+                if router
+                    .targets(target)
+                    .is_none_or(|t| t.direct.is_empty() && !t.relay)
+                {
+                    break;
                 }
-                return Ok(Call::new(conn, to.to_owned(), fingerprint, *setup));
+                debug!(%stranger, "another key answered there; dialing the other paths");
+                outcome = dial_one(endpoint, config.clone(), target).await;
             }
+            outcome
+        };
+        let mut status = handle.status.clone();
+        let gave_up = async move {
+            if status
+                .wait_for(|s| matches!(s, PathStatus::GaveUp(_)))
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout_at(deadline, dial) => r,
+            () = gave_up => Ok(Err(AttemptFailure::Timeout)),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(state.on_deadline()),
+        };
+        debug!(ok = outcome.is_ok(), "dial finished");
+        let (result, conn) = match outcome {
+            Ok(conn) => (Ok(()), Some(conn)),
+            Err(why) => (Err(why), None),
+        };
+        let state = state.on_dialed(target, result, Instant::now())?;
+        let (CallState::Connected { setup, .. }, Some(conn)) = (&state, conn) else {
+            return Err(Error::Protocol("call state".into()));
+        };
+        handle.attach(conn.clone());
+        // Only over what the check saw: another process may have
+        // pinned another key for `to` since (then `key_changed`).
+        if let Err(e) = known.record_if_async(to, recorded, &fingerprint).await {
+            conn.close(common::error::close::DONE.into(), b"key not recorded");
+            return Err(e);
+        }
+        handle.settled(&self.inner.socket.router, SETTLE_WAIT).await;
+        Ok(Call::new(
+            conn,
+            to.to_owned(),
+            fingerprint,
+            *setup,
+            handle.status.clone(),
+        ))
+    }
+
+    /// What a call's path task needs.
+    pub(crate) fn path_context(&self) -> TaskContext {
+        TaskContext {
+            router: self.inner.socket.router.clone(),
+            socket: self.inner.socket.udp.clone(),
+            events: self.inner.events.clone(),
+            config: self.inner.config.paths.clone(),
         }
     }
 

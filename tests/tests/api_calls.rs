@@ -34,7 +34,7 @@ async fn one_megabyte_echoes_back_identical() {
         .expect("call");
     assert_eq!(call.peer, "alice");
     assert_eq!(call.fingerprint, alice.peer.fingerprint());
-    assert_eq!(call.path, peer::Path::Direct);
+    assert_eq!(call.path(), peer::Path::Direct);
     assert_eq!(call.remote_addr(), alice.peer.local_addr().expect("addr"));
     assert!(call.setup > Duration::ZERO && call.setup < T);
     let ev = serde_json::to_value(call.connected_event()).expect("json");

@@ -163,8 +163,8 @@ impl World {
         let mut setups = vec![];
         for _ in 0..settings.calls {
             let call = self.bob.call("alice", CallOptions::default()).await?;
-            if call.path != peer::Path::Direct {
-                bail!("call went {}", call.path.as_str());
+            if call.path() != peer::Path::Direct {
+                bail!("call went {}", call.path().as_str());
             }
             setups.push(call.setup);
             call.close();

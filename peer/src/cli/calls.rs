@@ -51,14 +51,14 @@ pub(crate) async fn ping(
 ) -> Result<()> {
     let call = peer.call(name, flags.options()).await?;
     let interval = crate::secs(interval);
-    let timeout = Duration::from_secs(5).max(interval * 2);
-    let path = call.path.as_str().to_owned();
+    // CLI.md: each reply is waited for up to 10 s (a path switch may hold one).
+    let timeout = Duration::from_secs(10).max(interval * 2);
     let answered = peer::app::ping(&call, count, interval, timeout, |seq, rtt| {
         let event = Event::Pong {
             peer: call.peer.clone(),
             seq,
             rtt_ms: rtt.as_secs_f64() * 1000.0,
-            path: path.clone(),
+            path: call.path().as_str().to_owned(),
             remote_addr: call.remote_addr().to_string(),
         };
         if out.json {

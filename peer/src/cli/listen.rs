@@ -32,6 +32,11 @@ pub(crate) struct ListenArgs {
     /// Largest file accepted with --receive-dir, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_file_size: u64,
+    /// Which paths accepted calls may take: `relay` never gives callers this
+    /// machine's addresses (calls go through the relay); `direct` accepts
+    /// no relayed call.
+    #[arg(long, value_enum, default_value_t = crate::PathArg::Auto)]
+    pub(crate) path: crate::PathArg,
 }
 
 impl ListenArgs {

@@ -96,6 +96,9 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
         .clone()
         .unwrap_or_else(|| dir.join("known_peers"));
     config.bind = cli.bind;
+    if let Command::Listen(args) = &cli.command {
+        config.listen_path = args.path.into();
+    }
     let peer = match Peer::new(config).await {
         Ok(p) => p,
         Err(e) => {

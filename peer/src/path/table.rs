@@ -210,6 +210,23 @@ impl PathTable {
             .map(|c| c.route)
     }
 
+    /// Forgets a direct candidate that proved to be someone else (a
+    /// stranger's key answered the handshake there). Returns whether it was
+    /// one.
+    pub fn forget(&mut self, route: Route) -> bool {
+        let route = canon(route);
+        match self.find(route) {
+            Some(i) if route != Route::Relay => {
+                self.paths.remove(i);
+                if self.chosen == Some(route) {
+                    self.chosen = None;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Every candidate path, the relay included (peer-reflexive ones too,
     /// proven or not: packets *from* them belong to this call).
     pub fn routes(&self) -> impl Iterator<Item = Route> + '_ {

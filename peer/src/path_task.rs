@@ -1,0 +1,241 @@
+//! The task that drives one call's [`crate::path::PathTable`] through the
+//! [`Router`]: sends its probes, follows its switches (the `path_changed`
+//! event), nudges quinn after each, and ends the call when it gives up.
+//!
+//! It starts when the server introduces the call (before the handshake:
+//! the probes are the punches), gets the connection once the handshake is
+//! done ([`PathHandle::attach`]), switches the probe key to one exported
+//! from that connection, and ends with the connection. The call's current
+//! path is published in a `watch` ([`PathStatus`]), which [`crate::Call`]
+//! reads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::probe::{export_context, EXPORT_LABEL};
+use tokio::sync::{broadcast, oneshot, watch};
+use tracing::debug;
+
+use crate::call::Path;
+use crate::path::{Action, GiveUpReason, PathConfig, Route, SwitchReason};
+use crate::router::{CallSpec, Polled, Router};
+use crate::udp::PathSocket;
+use crate::Event;
+
+/// Where a call's packets go, as its path task last decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathStatus {
+    /// No path validated yet (the handshake goes every vetted way).
+    Pending,
+    /// On this path, at this address (the relay's on a relayed call).
+    On(Path, SocketAddr),
+    /// No path works: the call cannot go on.
+    GaveUp(GiveUpReason),
+}
+
+/// The setup code's handle on a call's path task. Clones share the task;
+/// when every clone is gone before [`PathHandle::attach`], the task ends
+/// (the call was given up).
+#[derive(Debug, Clone)]
+pub(crate) struct PathHandle {
+    /// The address quinn dials or sees for this call.
+    pub(crate) virtual_addr: SocketAddr,
+    conn: Arc<std::sync::Mutex<Option<oneshot::Sender<quinn::Connection>>>>,
+    /// The call's path.
+    pub(crate) status: watch::Receiver<PathStatus>,
+}
+
+impl PathHandle {
+    /// Hands the task the call's connection (the handshake is done).
+    pub(crate) fn attach(&self, conn: quinn::Connection) {
+        let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(conn);
+        }
+    }
+
+    /// The path once the handshake is done: the chosen one, or — when no
+    /// probe has come back yet — wait up to `wait` for the choice, then
+    /// take the path the handshake's last packet came over.
+    pub(crate) async fn settled(&mut self, router: &Router, wait: Duration) -> PathStatus {
+        let chosen =
+            tokio::time::timeout(wait, self.status.wait_for(|s| *s != PathStatus::Pending)).await;
+        if let Ok(Ok(status)) = chosen {
+            return *status;
+        }
+        match router.path(self.virtual_addr) {
+            Some((_, Some(Route::Direct(a)))) => PathStatus::On(Path::Direct, a),
+            Some((_, Some(Route::Relay))) => router
+                .relay_addr(self.virtual_addr)
+                .map_or(PathStatus::Pending, |a| PathStatus::On(Path::Relay, a)),
+            _ => PathStatus::Pending,
+        }
+    }
+}
+
+/// What the task needs besides the call.
+pub(crate) struct TaskContext {
+    pub(crate) router: Arc<Router>,
+    pub(crate) socket: Arc<PathSocket>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) config: PathConfig,
+}
+
+/// Registers `spec` with the router and starts its task. `peer` is the
+/// other side's name (for events).
+pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHandle {
+    let call_id = spec.call_id;
+    let (virtual_addr, wake) = ctx
+        .router
+        .register(spec, ctx.config.clone(), Instant::now());
+    let (conn_tx, conn_rx) = oneshot::channel();
+    let (status_tx, status) = watch::channel(PathStatus::Pending);
+    let task = Task {
+        router: ctx.router.clone(),
+        socket: ctx.socket.clone(),
+        events: ctx.events.clone(),
+        virtual_addr,
+        call_id,
+        peer,
+        status: status_tx,
+        conn: None,
+        relayed_notice: false,
+    };
+    tokio::spawn(task.run(wake, conn_rx));
+    PathHandle {
+        virtual_addr,
+        conn: Arc::new(std::sync::Mutex::new(Some(conn_tx))),
+        status,
+    }
+}
+
+struct Task {
+    router: Arc<Router>,
+    socket: Arc<PathSocket>,
+    events: broadcast::Sender<Event>,
+    virtual_addr: SocketAddr,
+    call_id: u64,
+    peer: String,
+    status: watch::Sender<PathStatus>,
+    conn: Option<quinn::Connection>,
+    relayed_notice: bool,
+}
+
+/// How long a call may wait for its connection before its paths are
+/// dropped (the caller's timeout, the callee's accept window, are shorter).
+const MAX_SETUP: Duration = Duration::from_secs(60);
+
+impl Task {
+    async fn run(
+        mut self,
+        wake: Arc<tokio::sync::Notify>,
+        conn_rx: oneshot::Receiver<quinn::Connection>,
+    ) {
+        let mut conn_rx = Some(conn_rx);
+        let setup_deadline = tokio::time::Instant::now() + MAX_SETUP;
+        while let Some(next) = self.drain() {
+            let sleep = next.map_or(setup_deadline, tokio::time::Instant::from_std);
+            let conn = self.conn.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(sleep) => {
+                    if self.conn.is_none() && tokio::time::Instant::now() >= setup_deadline {
+                        break;
+                    }
+                }
+                () = wake.notified() => {}
+                got = async { conn_rx.as_mut().expect("guarded").await }, if conn_rx.is_some() => {
+                    conn_rx = None;
+                    match got {
+                        Ok(c) => self.attach(c),
+                        // The setup gave up on the call.
+                        Err(_) => break,
+                    }
+                }
+                _ = async { conn.as_ref().expect("guarded").closed().await }, if conn.is_some() => break,
+            }
+        }
+        self.router.remove(self.virtual_addr);
+    }
+
+    fn attach(&mut self, conn: quinn::Connection) {
+        let mut key = [0u8; 32];
+        match conn.export_keying_material(&mut key, EXPORT_LABEL, &export_context(self.call_id)) {
+            Ok(()) => self.router.connected(self.virtual_addr, key),
+            Err(e) => debug!("no keying material exported: {e:?}"),
+        }
+        self.conn = Some(conn);
+    }
+
+    /// Does everything the table wants now; `None` when the call is over,
+    /// else when to look again.
+    fn drain(&mut self) -> Option<Option<Instant>> {
+        loop {
+            match self.router.poll(self.virtual_addr, Instant::now()) {
+                Polled::Send(out) => self.socket.send_raw(out.to, out.bytes()),
+                Polled::Action(Action::Switch { to, reason }) => self.switched(to, reason),
+                Polled::Action(Action::Nudge) => self.nudge(),
+                Polled::Action(Action::GiveUp { reason }) => {
+                    debug!(peer = %self.peer, ?reason, "no path left");
+                    self.status.send_replace(PathStatus::GaveUp(reason));
+                    if let Some(c) = &self.conn {
+                        c.close(common::error::close::DONE.into(), b"no path to the peer");
+                    }
+                    return None;
+                }
+                Polled::Action(_) => {}
+                Polled::Idle(next) => return Some(next),
+                Polled::Gone => return None,
+            }
+        }
+    }
+
+    fn switched(&mut self, to: Route, reason: SwitchReason) {
+        let status = match to {
+            Route::Direct(a) => PathStatus::On(Path::Direct, a),
+            Route::Relay => match self.router.relay_addr(self.virtual_addr) {
+                Some(a) => PathStatus::On(Path::Relay, a),
+                None => return,
+            },
+        };
+        self.status.send_replace(status);
+        let PathStatus::On(path, addr) = status else {
+            return;
+        };
+        if path == Path::Relay && !self.relayed_notice {
+            self.relayed_notice = true;
+            let _ = self.events.send(Event::Notice {
+                message: format!(
+                    "the call with {} goes through the relay at {addr}: it depends on the server staying up",
+                    self.peer
+                ),
+            });
+        }
+        if reason != SwitchReason::First {
+            let _ = self.events.send(Event::PathChanged {
+                peer: self.peer.clone(),
+                path: path.as_str().to_owned(),
+                remote_addr: common::candidates::canonical(addr).to_string(),
+                reason: reason_str(reason).to_owned(),
+            });
+        }
+    }
+
+    /// Makes quinn send at once on the new path: a tiny datagram (the
+    /// other side drops it), so loss recovery restarts now, not after a
+    /// retransmission timeout that knows nothing of the switch.
+    fn nudge(&self) {
+        if let Some(c) = &self.conn {
+            let _ = c.send_datagram(bytes::Bytes::from_static(&[0]));
+        }
+    }
+}
+
+fn reason_str(reason: SwitchReason) -> &'static str {
+    match reason {
+        SwitchReason::First => "first",
+        SwitchReason::Upgrade => "upgrade",
+        SwitchReason::LowerRtt => "lower_rtt",
+        SwitchReason::Failed => "failed",
+    }
+}

@@ -1,0 +1,526 @@
+//! The socket's routing table: which virtual address is which call, and
+//! where each of its packets goes (DESIGN §5).
+//!
+//! quinn sees one stable *virtual* address per call ([`Router::register`]):
+//! an address in 240.0.0.0/4 (IPv4-mapped on an IPv6 socket), a range that
+//! candidate vetting always rejects, so it is never sent to or given out.
+//! Underneath, each call has a [`PathTable`] that picks the real path:
+//!
+//! - **Out** ([`Router::targets`]): a packet to a virtual address goes to
+//!   the call's chosen path: a direct address (the batch passes unchanged)
+//!   or the relay (each segment wrapped in a relay frame, [`Router::relay_frame`]).
+//!   Until a path is chosen, to every vetted path at once: the handshake
+//!   races them all and no pair waits out a direct-first timeout.
+//! - **In** ([`Router::recv`]): per datagram, by its first byte. QUIC (the
+//!   fixed bit set) from one of a call's paths is handed to quinn as coming
+//!   from the call's virtual address, so every copy of the first Initial
+//!   lands in one connection. A probe is checked under the call's key and
+//!   fed to its table. A relay frame from the call's relay is unwrapped:
+//!   its payload is a probe or QUIC of that call. Anything else is dropped.
+//!   While a call is expected, a QUIC Initial from an address no call knows
+//!   is dropped too: it would open a second connection beside the virtual
+//!   one (the caller's QUIC stack sends it again; by then the probe that
+//!   names its address has arrived).
+//!
+//! No sockets and no clock: the socket wrapper ([`crate::udp`]) and the
+//! per-call task ([`crate::path_task`]) do the I/O.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use common::candidates::canonical;
+use common::probe::{self, Probe, ProbeKey, ProbeKeys, PROBE_LEN};
+use common::relay_frame::{self, FrameKey, Header, Party, HEADER_LEN};
+use common::RelayTicket;
+use rand::SeedableRng;
+use tokio::sync::Notify;
+use tracing::trace;
+
+use crate::path::{Action, PathConfig, PathMode, PathParams, PathTable, Route};
+
+/// The first address of the virtual range (240.0.0.0/4, reserved).
+const VIRTUAL_BASE: u32 = 0xF000_0000;
+
+/// Whether `addr` is one of this router's kind of virtual addresses.
+pub(crate) fn is_virtual(addr: SocketAddr) -> bool {
+    match canonical(addr).ip() {
+        IpAddr::V4(ip) => u32::from(ip) & 0xF000_0000 == VIRTUAL_BASE,
+        IpAddr::V6(_) => false,
+    }
+}
+
+/// One call to route, as the server introduced it.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSpec {
+    /// The server's call id (in every probe).
+    pub(crate) call_id: u64,
+    /// Which side we are (the type of our relay frames).
+    pub(crate) party: Party,
+    /// The server's per-call probe key.
+    pub(crate) probe_key: [u8; 32],
+    /// The relay (the server's own address) and our ticket, if any.
+    pub(crate) relay: Option<(SocketAddr, RelayTicket)>,
+    /// The other side's candidates (vetted again by the table).
+    pub(crate) candidates: Vec<SocketAddr>,
+    /// `--path`.
+    pub(crate) mode: PathMode,
+    /// Loopback candidates are fine (the server link is on loopback).
+    pub(crate) loopback_ok: bool,
+}
+
+/// Our side of a relayed call.
+struct RelayLink {
+    server: SocketAddr,
+    call_id: u32,
+    key: FrameKey,
+    ours: Party,
+    counter: u64,
+}
+
+struct Entry {
+    table: PathTable,
+    keys: ProbeKeys,
+    relay: Option<RelayLink>,
+    call_id: u64,
+    /// Direct sources registered for this call in `Routes::by_addr`.
+    sources: Vec<SocketAddr>,
+    /// Wakes the call's task: the table has something to do.
+    wake: Arc<Notify>,
+    /// Whether its connection is up (then stray Initials are not for it).
+    connected: bool,
+    /// The path the last packet from the other side came over.
+    last_in: Option<Route>,
+}
+
+#[derive(Default)]
+struct Routes {
+    calls: HashMap<SocketAddr, Entry>,
+    by_probe: HashMap<u64, SocketAddr>,
+    by_relay: HashMap<(SocketAddr, u32), SocketAddr>,
+    by_addr: HashMap<SocketAddr, SocketAddr>,
+    next: u32,
+}
+
+/// What to do with one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// QUIC of no call (the server link): hand it to quinn as it is.
+    Pass,
+    /// QUIC of a call: hand it to quinn as coming from this (virtual) address.
+    Quic(SocketAddr),
+    /// QUIC inside a relay frame: hand quinn the bytes after the header,
+    /// as coming from this (virtual) address.
+    Relayed(SocketAddr),
+    /// Handled here (a probe) or dropped.
+    Consumed,
+}
+
+/// Where a packet for a virtual address goes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Targets {
+    /// Direct addresses (the batch goes to each unchanged).
+    pub(crate) direct: Vec<SocketAddr>,
+    /// Whether it goes through the relay too.
+    pub(crate) relay: bool,
+}
+
+/// The routing table (see the module docs). Cheap to share.
+#[derive(Default)]
+pub(crate) struct Router {
+    routes: Mutex<Routes>,
+    /// Whether the socket is IPv6 (virtual addresses are then v4-mapped).
+    v6: bool,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router for a socket of this family.
+    pub(crate) fn new(v6: bool) -> Self {
+        Self {
+            routes: Mutex::default(),
+            v6,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a call and returns its virtual address and the notify that
+    /// wakes its task. A probe id already in use is taken over (a newer
+    /// call of the same id on another server).
+    pub(crate) fn register(
+        &self,
+        spec: CallSpec,
+        cfg: PathConfig,
+        now: Instant,
+    ) -> (SocketAddr, Arc<Notify>) {
+        let mut routes = self.lock();
+        let virtual_addr = loop {
+            routes.next = routes.next.wrapping_add(1) & 0x0FFF_FFFF;
+            let ip = Ipv4Addr::from(VIRTUAL_BASE | routes.next.max(1));
+            let v4 = SocketAddr::new(IpAddr::V4(ip), 1);
+            let addr = if self.v6 {
+                SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), 1)
+            } else {
+                v4
+            };
+            if !routes.calls.contains_key(&addr) {
+                break addr;
+            }
+        };
+        let params = PathParams {
+            call_id: spec.call_id,
+            mode: spec.mode,
+            relay: spec.relay.is_some(),
+            candidates: spec.candidates,
+            loopback_ok: spec.loopback_ok,
+        };
+        let table = PathTable::new(params, cfg, now, rand::rngs::StdRng::from_entropy());
+        let relay = spec.relay.map(|(server, ticket)| RelayLink {
+            server: canonical(server),
+            call_id: ticket.call_id,
+            key: FrameKey::new(&ticket.secret),
+            ours: spec.party,
+            counter: rand::random::<u32>().into(),
+        });
+        if let Some(r) = &relay {
+            routes.by_relay.insert((r.server, r.call_id), virtual_addr);
+        }
+        routes.by_probe.insert(spec.call_id, virtual_addr);
+        let wake = Arc::new(Notify::new());
+        let entry = Entry {
+            table,
+            keys: ProbeKeys::new(ProbeKey::new(&spec.probe_key)),
+            relay,
+            call_id: spec.call_id,
+            sources: vec![],
+            wake: wake.clone(),
+            connected: false,
+            last_in: None,
+        };
+        routes.calls.insert(virtual_addr, entry);
+        routes.sync_sources(virtual_addr);
+        (virtual_addr, wake)
+    }
+
+    /// Forgets a call (its connection ended).
+    pub(crate) fn remove(&self, virtual_addr: SocketAddr) {
+        let mut routes = self.lock();
+        let Some(entry) = routes.calls.remove(&virtual_addr) else {
+            return;
+        };
+        if routes.by_probe.get(&entry.call_id) == Some(&virtual_addr) {
+            routes.by_probe.remove(&entry.call_id);
+        }
+        if let Some(r) = &entry.relay {
+            routes.by_relay.remove(&(r.server, r.call_id));
+        }
+        for s in entry.sources {
+            if routes.by_addr.get(&s) == Some(&virtual_addr) {
+                routes.by_addr.remove(&s);
+            }
+        }
+    }
+
+    /// The call's connection is up: probes are sealed with `exported`
+    /// (keying material of the connection) from now on, and Initials from
+    /// unknown addresses are no longer held against it.
+    pub(crate) fn connected(&self, virtual_addr: SocketAddr, exported: [u8; 32]) {
+        if let Some(e) = self.lock().calls.get_mut(&virtual_addr) {
+            e.keys.set_exported(ProbeKey::new(&exported));
+            e.connected = true;
+        }
+    }
+
+    /// Forgets the direct path the call's last packet came in on, if it is
+    /// one (a stranger's key answered the handshake there); returns it.
+    pub(crate) fn forget_last(&self, virtual_addr: SocketAddr) -> Option<SocketAddr> {
+        let mut routes = self.lock();
+        let e = routes.calls.get_mut(&virtual_addr)?;
+        let Some(Route::Direct(addr)) = e.last_in.take() else {
+            return None;
+        };
+        e.table.forget(Route::Direct(addr));
+        routes.sync_sources(virtual_addr);
+        Some(addr)
+    }
+
+    /// The next action of the call's table at `now` and, when there is
+    /// none, when to ask again. A probe to send comes sealed, with where
+    /// it goes, ready for the socket ([`Outgoing`]).
+    pub(crate) fn poll(&self, virtual_addr: SocketAddr, now: Instant) -> Polled {
+        let mut routes = self.lock();
+        let Some(e) = routes.calls.get_mut(&virtual_addr) else {
+            return Polled::Gone;
+        };
+        let Some(action) = e.table.poll(now) else {
+            return Polled::Idle(e.table.next_deadline());
+        };
+        let probe = match action {
+            Action::SendPing { to, ping } => (to, Probe::Ping(ping)),
+            Action::SendPong { to, pong } => (to, Probe::Pong(pong)),
+            other => return Polled::Action(other),
+        };
+        let bytes = probe.1.encode(e.keys.sealing());
+        let out = match probe.0 {
+            Route::Direct(addr) => Some(Outgoing::new(addr, &bytes)),
+            Route::Relay => e.relay.as_mut().map(|r| {
+                let header = r.next_header();
+                let mut out = Outgoing::new(r.server, &header);
+                out.extend(&bytes);
+                out
+            }),
+        };
+        match out {
+            Some(o) => Polled::Send(o),
+            None => Polled::Action(action),
+        }
+    }
+
+    /// The path the call's packets take now (`None` until one is chosen),
+    /// and the one its last packet came in on.
+    pub(crate) fn path(&self, virtual_addr: SocketAddr) -> Option<(Option<Route>, Option<Route>)> {
+        let routes = self.lock();
+        let e = routes.calls.get(&virtual_addr)?;
+        Some((e.table.chosen(), e.last_in))
+    }
+
+    /// The relay's address for a call, if it has one.
+    pub(crate) fn relay_addr(&self, virtual_addr: SocketAddr) -> Option<SocketAddr> {
+        let routes = self.lock();
+        routes
+            .calls
+            .get(&virtual_addr)?
+            .relay
+            .as_ref()
+            .map(|r| r.server)
+    }
+
+    /// Where a packet to `dest` goes; `None` when `dest` is not virtual
+    /// (send it as it is) and an empty [`Targets`] when the call is gone.
+    pub(crate) fn targets(&self, dest: SocketAddr) -> Option<Targets> {
+        if !is_virtual(dest) {
+            return None;
+        }
+        let routes = self.lock();
+        let Some(e) = routes.calls.get(&dest) else {
+            return Some(Targets::default());
+        };
+        let mut t = Targets::default();
+        let mut add = |r: Route| match r {
+            Route::Direct(a) => t.direct.push(a),
+            Route::Relay => t.relay = e.relay.is_some(),
+        };
+        match e.table.chosen() {
+            Some(r) => add(r),
+            None => e.table.unconfirmed_routes().for_each(add),
+        }
+        Some(t)
+    }
+
+    /// The relay frame header for the next segment of a packet to
+    /// `virtual_addr`, and where the frame goes.
+    pub(crate) fn relay_frame(
+        &self,
+        virtual_addr: SocketAddr,
+    ) -> Option<(SocketAddr, [u8; HEADER_LEN])> {
+        let mut routes = self.lock();
+        let r = routes.calls.get_mut(&virtual_addr)?.relay.as_mut()?;
+        Some((r.server, r.next_header()))
+    }
+
+    /// Classifies one received datagram from `from` (see [`Inbound`]);
+    /// probes are handled here.
+    pub(crate) fn recv(&self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Inbound {
+        let from = canonical(from);
+        let Some(&first) = bytes.first() else {
+            return Inbound::Consumed;
+        };
+        let mut routes = self.lock();
+        if first & 0x40 != 0 {
+            return match routes.by_addr.get(&from).copied() {
+                Some(v) => {
+                    if let Some(e) = routes.calls.get_mut(&v) {
+                        e.last_in = Some(Route::Direct(from));
+                    }
+                    Inbound::Quic(v)
+                }
+                None if is_initial(bytes) && routes.awaiting_connection() => {
+                    trace!(%from, "dropping an Initial from an address no call knows");
+                    Inbound::Consumed
+                }
+                None => Inbound::Pass,
+            };
+        }
+        if probe::is_probe(bytes) {
+            routes.probe(now, Route::Direct(from), bytes);
+            return Inbound::Consumed;
+        }
+        if !relay_frame::is_relay_frame(first) {
+            return Inbound::Consumed;
+        }
+        let Ok(frame) = relay_frame::decode(bytes) else {
+            return Inbound::Consumed;
+        };
+        let Some(&v) = routes.by_relay.get(&(from, frame.header.call_id)) else {
+            return Inbound::Consumed;
+        };
+        let from_other = routes.calls[&v]
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.ours.other() == frame.header.party);
+        if !from_other {
+            return Inbound::Consumed;
+        }
+        let payload = frame.payload;
+        if probe::is_probe(payload) {
+            routes.probe(now, Route::Relay, payload);
+            return Inbound::Consumed;
+        }
+        if payload.first().is_some_and(|b| b & 0x40 != 0) {
+            if let Some(e) = routes.calls.get_mut(&v) {
+                e.last_in = Some(Route::Relay);
+            }
+            return Inbound::Relayed(v);
+        }
+        Inbound::Consumed
+    }
+}
+
+/// What [`Router::poll`] says.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// Send this datagram.
+    Send(Outgoing),
+    /// Do this (switch, nudge, give up).
+    Action(Action),
+    /// Nothing now; ask again at this time (or when woken).
+    Idle(Option<Instant>),
+    /// The call is not routed any more.
+    Gone,
+}
+
+/// A datagram to send: at most a relay header and a probe.
+#[derive(Clone)]
+pub(crate) struct Outgoing {
+    /// Where.
+    pub(crate) to: SocketAddr,
+    buf: [u8; HEADER_LEN + PROBE_LEN],
+    len: usize,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outgoing({} bytes to {})", self.len, self.to)
+    }
+}
+
+impl Outgoing {
+    fn new(to: SocketAddr, bytes: &[u8]) -> Self {
+        let mut o = Self {
+            to,
+            buf: [0; HEADER_LEN + PROBE_LEN],
+            len: 0,
+        };
+        o.extend(bytes);
+        o
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+    }
+
+    /// The datagram's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl RelayLink {
+    fn next_header(&mut self) -> [u8; HEADER_LEN] {
+        self.counter = (self.counter + 1).min(relay_frame::MAX_COUNTER);
+        let header = Header {
+            party: self.ours,
+            call_id: self.call_id,
+            counter: self.counter,
+        };
+        relay_frame::encode_header(&header, &self.key)
+    }
+}
+
+impl Routes {
+    /// Registers the call's direct paths as sources of its packets.
+    fn sync_sources(&mut self, v: SocketAddr) {
+        let Some(e) = self.calls.get_mut(&v) else {
+            return;
+        };
+        let now: Vec<SocketAddr> = e
+            .table
+            .routes()
+            .filter_map(|r| match r {
+                Route::Direct(a) => Some(a),
+                Route::Relay => None,
+            })
+            .collect();
+        if now == e.sources {
+            return;
+        }
+        let old = std::mem::replace(&mut e.sources, now.clone());
+        for s in old {
+            if self.by_addr.get(&s) == Some(&v) {
+                self.by_addr.remove(&s);
+            }
+        }
+        for s in now {
+            self.by_addr.entry(s).or_insert(v);
+        }
+    }
+
+    /// Whether some call still waits for its connection.
+    fn awaiting_connection(&self) -> bool {
+        self.calls.values().any(|e| !e.connected)
+    }
+
+    /// A probe from `from`: checked under its call's keys and fed to the
+    /// call's table.
+    fn probe(&mut self, now: Instant, from: Route, bytes: &[u8]) {
+        let Some(v) = probe::peek_call_id(bytes).and_then(|id| self.by_probe.get(&id).copied())
+        else {
+            return;
+        };
+        let Some(e) = self.calls.get_mut(&v) else {
+            return;
+        };
+        match e.keys.open(bytes) {
+            Ok(Probe::Ping(p)) => e.table.ping_received(now, from, &p),
+            Ok(Probe::Pong(p)) => e.table.pong_received(now, from, &p),
+            Err(err) => {
+                trace!(?from, "dropping a probe: {err}");
+                return;
+            }
+        }
+        e.wake.notify_one();
+        if matches!(from, Route::Direct(_)) {
+            self.sync_sources(v);
+        }
+    }
+}
+
+/// Whether a QUIC datagram starts with a long-header Initial packet.
+fn is_initial(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|b| b & 0xB0 == 0x80) && bytes.len() >= 5
+}
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

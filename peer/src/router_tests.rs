@@ -1,0 +1,161 @@
+use super::*;
+
+use common::probe::Ping;
+use common::relay_frame::{encode, Header, Party, TYPE_DATA_CALLEE};
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+const SERVER: &str = "192.0.2.1:7700";
+const CALLEE: &str = "198.51.100.7:4000";
+
+fn spec() -> CallSpec {
+    CallSpec {
+        call_id: 42,
+        party: Party::Caller,
+        probe_key: [5; 32],
+        relay: Some((
+            a(SERVER),
+            RelayTicket {
+                call_id: 9,
+                secret: [6; 32],
+            },
+        )),
+        candidates: vec![a(CALLEE)],
+        mode: PathMode::Auto,
+        loopback_ok: false,
+    }
+}
+
+fn router() -> (Router, SocketAddr, Instant) {
+    let r = Router::new(false);
+    let now = Instant::now();
+    let (v, _) = r.register(spec(), PathConfig::default(), now);
+    (r, v, now)
+}
+
+/// A QUIC long-header Initial (first byte 0xC0) or a short header (0x40).
+fn quic(first: u8) -> Vec<u8> {
+    let mut p = vec![first, 0, 0, 0, 1];
+    p.resize(1200, 0);
+    p
+}
+
+fn frame_from(party: Party, call_id: u32, payload: &[u8]) -> Vec<u8> {
+    let header = Header {
+        party,
+        call_id,
+        counter: 1,
+    };
+    let mut out = vec![];
+    encode(&header, &FrameKey::new(&[1; 32]), payload, &mut out).expect("frame");
+    out
+}
+
+#[test]
+fn virtual_addresses_are_in_the_reserved_range_and_never_vetted() {
+    let (r, v, now) = router();
+    assert!(is_virtual(v), "{v}");
+    assert!(!common::candidates::is_observed_candidate(v, true));
+    let (w, _) = r.register(spec(), PathConfig::default(), now);
+    assert_ne!(v, w);
+    let v6 = Router::new(true);
+    let (m, _) = v6.register(spec(), PathConfig::default(), now);
+    assert!(m.is_ipv6() && is_virtual(m), "{m}");
+    assert!(!is_virtual(a(CALLEE)));
+}
+
+#[test]
+fn before_a_choice_packets_go_every_vetted_way_and_other_addresses_pass() {
+    let (r, v, _) = router();
+    assert_eq!(
+        r.targets(v),
+        Some(Targets {
+            direct: vec![a(CALLEE)],
+            relay: true,
+        })
+    );
+    assert_eq!(r.targets(a(SERVER)), None, "the server link passes through");
+    r.remove(v);
+    assert_eq!(
+        r.targets(v),
+        Some(Targets::default()),
+        "a gone call sends nothing"
+    );
+}
+
+#[test]
+fn quic_from_a_path_of_the_call_comes_from_its_virtual_address() {
+    let (r, v, now) = router();
+    assert_eq!(r.recv(now, a(CALLEE), &quic(0xC0)), Inbound::Quic(v));
+    assert_eq!(r.recv(now, a(SERVER), &quic(0x40)), Inbound::Pass);
+    // A stranger's Initial would open a second connection: dropped while
+    // the call waits for its own; its short-header packets pass (quinn
+    // drops what matches no connection).
+    let stranger = a("203.0.113.5:999");
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Consumed);
+    assert_eq!(r.recv(now, stranger, &quic(0x40)), Inbound::Pass);
+    r.connected(v, [7; 32]);
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Pass);
+    assert_eq!(r.path(v), Some((None, Some(Route::Direct(a(CALLEE))))));
+}
+
+#[test]
+fn relay_frames_of_the_other_party_from_the_relay_are_unwrapped() {
+    let (r, v, now) = router();
+    let packet = quic(0x40);
+    let theirs = frame_from(Party::Callee, 9, &packet);
+    assert_eq!(theirs[0], TYPE_DATA_CALLEE);
+    assert_eq!(r.recv(now, a(SERVER), &theirs), Inbound::Relayed(v));
+    // Our own party's frame (a reflection), another call id, another sender.
+    let ours = frame_from(Party::Caller, 9, &packet);
+    assert_eq!(r.recv(now, a(SERVER), &ours), Inbound::Consumed);
+    let other = frame_from(Party::Callee, 10, &packet);
+    assert_eq!(r.recv(now, a(SERVER), &other), Inbound::Consumed);
+    assert_eq!(r.recv(now, a(CALLEE), &theirs), Inbound::Consumed);
+    assert_eq!(r.recv(now, a(SERVER), &[0, 0, 0, 0]), Inbound::Consumed);
+    assert_eq!(r.path(v), Some((None, Some(Route::Relay))));
+    let (to, header) = r.relay_frame(v).expect("relayed");
+    assert_eq!(to, a(SERVER));
+    let (_, next) = r.relay_frame(v).expect("relayed");
+    let counter = |h: &[u8; HEADER_LEN]| relay_frame::decode(h).expect("header").header.counter;
+    assert_eq!(counter(&next), counter(&header) + 1, "counters rise");
+}
+
+#[test]
+fn a_valid_ping_is_answered_and_a_forged_one_is_not() {
+    let (r, v, now) = router();
+    let first_pings = drain_sends(&r, v, now);
+    assert_eq!(
+        first_pings.len(),
+        2,
+        "the callee and the relay: {first_pings:?}"
+    );
+    let ping = Probe::Ping(Ping {
+        call_id: 42,
+        tx: [1; 8],
+        nonce: [0; 8],
+    });
+    let forged = ping.encode(&ProbeKey::new(&[9; 32]));
+    assert_eq!(r.recv(now, a(CALLEE), &forged), Inbound::Consumed);
+    assert!(drain_sends(&r, v, now).is_empty(), "no answer to a bad MAC");
+    let good = ping.encode(&ProbeKey::new(&[5; 32]));
+    assert_eq!(r.recv(now, a(CALLEE), &good), Inbound::Consumed);
+    let pongs = drain_sends(&r, v, now);
+    assert_eq!(pongs.len(), 1, "{pongs:?}");
+    assert_eq!(pongs[0].to, a(CALLEE));
+    assert_eq!(pongs[0].bytes().len(), PROBE_LEN, "same size as the ping");
+}
+
+fn drain_sends(r: &Router, v: SocketAddr, now: Instant) -> Vec<Outgoing> {
+    let mut out = vec![];
+    for _ in 0..100 {
+        match r.poll(v, now) {
+            Polled::Send(o) => out.push(o),
+            Polled::Action(_) => {}
+            Polled::Idle(_) | Polled::Gone => break,
+        }
+    }
+    out
+}

@@ -1,0 +1,306 @@
+//! The socket wrapper quinn sees: the peer's one UDP socket, with calls at
+//! virtual addresses mapped onto their real paths by the [`Router`].
+//!
+//! Sending: a packet to a virtual address goes where the router says: to a
+//! direct address with its segmentation (GSO) batch untouched, or through
+//! the relay, one relay frame per segment. Anything else (the server link)
+//! passes through.
+//!
+//! Receiving: every datagram of a receive batch is classified per GRO
+//! segment ([`quinn::udp::RecvMeta::stride`]). The common cases are done in
+//! place: a batch that is all QUIC keeps its bytes (only its source may be
+//! rewritten to a call's virtual address); a batch that is all relay frames
+//! of one call has the headers cut out. A batch mixing kinds (rare: GRO
+//! only joins same-size datagrams of one flow) is split into single
+//! datagrams, held in a small queue and handed out on the next calls.
+//! Probes and foreign datagrams are consumed and never reach quinn.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use common::relay_frame::{HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD};
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+use crate::router::{Inbound, Router};
+
+/// Most split-out datagrams held between receive calls.
+const MAX_HELD: usize = 256;
+
+/// The wrapper (see the module docs).
+pub(crate) struct PathSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    router: Arc<Router>,
+    v6: bool,
+    held: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+}
+
+impl fmt::Debug for PathSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathSocket").finish_non_exhaustive()
+    }
+}
+
+impl PathSocket {
+    /// Wraps `inner`; `v6` is its family.
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, router: Arc<Router>, v6: bool) -> Self {
+        Self {
+            inner,
+            router,
+            v6,
+            held: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// `addr` in the socket's family.
+    fn family(&self, addr: SocketAddr) -> SocketAddr {
+        match (self.v6, addr) {
+            (true, SocketAddr::V4(a)) => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+            _ => addr,
+        }
+    }
+
+    /// Sends one small datagram as it is (probes, relay-wrapped probes).
+    pub(crate) fn send_raw(&self, to: SocketAddr, bytes: &[u8]) {
+        let transmit = Transmit {
+            destination: self.family(to),
+            ecn: None,
+            contents: bytes,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(e) = self.inner.try_send(&transmit) {
+            tracing::debug!(%to, "probe not sent: {e}");
+        }
+    }
+
+    /// Each segment of `transmit` in its own relay frame.
+    fn send_relayed(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let seg = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let mut result = Ok(());
+        for chunk in transmit.contents.chunks(seg) {
+            if chunk.len() > MAX_PAYLOAD {
+                tracing::debug!(
+                    len = chunk.len(),
+                    "a packet too large for the relay, dropped"
+                );
+                continue;
+            }
+            let Some((server, header)) = self.router.relay_frame(transmit.destination) else {
+                return Ok(());
+            };
+            buf[..HEADER_LEN].copy_from_slice(&header);
+            buf[HEADER_LEN..HEADER_LEN + chunk.len()].copy_from_slice(chunk);
+            let frame = Transmit {
+                destination: self.family(server),
+                ecn: transmit.ecn,
+                contents: &buf[..HEADER_LEN + chunk.len()],
+                segment_size: None,
+                src_ip: None,
+            };
+            if let Err(e) = self.inner.try_send(&frame) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Hands out held datagrams into free slots; returns how many.
+    fn fill_held(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], from: usize) -> usize {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k = from;
+        while k < bufs.len().min(meta.len()) {
+            let Some((addr, bytes)) = held.pop_front() else {
+                break;
+            };
+            if bytes.len() > bufs[k].len() {
+                continue;
+            }
+            bufs[k][..bytes.len()].copy_from_slice(&bytes);
+            meta[k] = RecvMeta {
+                addr,
+                len: bytes.len(),
+                stride: bytes.len(),
+                ecn: meta[k].ecn,
+                dst_ip: meta[k].dst_ip,
+            };
+            k += 1;
+        }
+        k - from
+    }
+
+    /// Classifies and rewrites one received buffer in place; returns its
+    /// new length (0: nothing left for quinn).
+    fn demux(&self, now: Instant, buf: &mut [u8], m: &mut RecvMeta) -> usize {
+        if m.len == 0 {
+            return 0;
+        }
+        let stride = m.stride.clamp(1, m.len.max(1));
+        let verdicts: Vec<Inbound> = buf[..m.len]
+            .chunks(stride)
+            .map(|seg| self.router.recv(now, m.addr, seg))
+            .collect();
+        let first = verdicts[0];
+        if verdicts.iter().all(|v| *v == first) {
+            match first {
+                Inbound::Pass => return m.len,
+                Inbound::Quic(v) => {
+                    m.addr = v;
+                    return m.len;
+                }
+                Inbound::Consumed => return 0,
+                Inbound::Relayed(v) if stride > HEADER_LEN => {
+                    let out = strip_headers(buf, m.len, stride);
+                    m.addr = v;
+                    m.stride = stride - HEADER_LEN;
+                    return out;
+                }
+                Inbound::Relayed(_) => return 0,
+            }
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for (seg, verdict) in buf[..m.len].chunks(stride).zip(verdicts) {
+            if held.len() >= MAX_HELD {
+                break;
+            }
+            match verdict {
+                Inbound::Pass => held.push_back((m.addr, seg.to_vec())),
+                Inbound::Quic(v) => held.push_back((v, seg.to_vec())),
+                Inbound::Relayed(v) => held.push_back((v, seg[HEADER_LEN..].to_vec())),
+                Inbound::Consumed => {}
+            }
+        }
+        0
+    }
+}
+
+/// Cuts the relay header off every `stride`-sized segment of `buf[..len]`,
+/// moving the payloads together; returns the new length.
+fn strip_headers(buf: &mut [u8], len: usize, stride: usize) -> usize {
+    let mut out = 0;
+    let mut start = 0;
+    while start < len {
+        let end = (start + stride).min(len);
+        let payload = start + HEADER_LEN..end;
+        let n = payload.len();
+        buf.copy_within(payload, out);
+        out += n;
+        start = end;
+    }
+    out
+}
+
+impl AsyncUdpSocket for PathSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let Some(targets) = self.router.targets(transmit.destination) else {
+            return self.inner.try_send(transmit);
+        };
+        let mut result = Ok(());
+        let mut sent = false;
+        for addr in &targets.direct {
+            let direct = Transmit {
+                destination: self.family(*addr),
+                ..transmit.clone()
+            };
+            match self.inner.try_send(&direct) {
+                Ok(()) => sent = true,
+                Err(e) => result = Err(e),
+            }
+        }
+        if targets.relay {
+            match self.send_relayed(transmit) {
+                Ok(()) => sent = true,
+                Err(e) => result = Err(e),
+            }
+        }
+        if sent {
+            Ok(())
+        } else {
+            result
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let held = self.fill_held(bufs, meta, 0);
+        if held > 0 {
+            return Poll::Ready(Ok(held));
+        }
+        loop {
+            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let now = Instant::now();
+            let mut kept = 0;
+            for i in 0..n {
+                let mut m = meta[i];
+                let len = self.demux(now, &mut bufs[i], &mut m);
+                if len == 0 {
+                    continue;
+                }
+                m.len = len;
+                m.stride = m.stride.min(len);
+                if kept != i {
+                    let (to, from) = bufs.split_at_mut(i);
+                    to[kept][..len].copy_from_slice(&from[0][..len]);
+                }
+                meta[kept] = m;
+                kept += 1;
+            }
+            kept += self.fill_held(bufs, meta, kept);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_headers_keeps_payloads_in_order_with_a_short_last_one() {
+        let stride = HEADER_LEN + 4;
+        let mut buf = vec![];
+        for (i, n) in [(1u8, 4), (2, 4), (3, 2)] {
+            buf.extend(std::iter::repeat_n(0xEE, HEADER_LEN));
+            buf.extend(std::iter::repeat_n(i, n));
+        }
+        let len = buf.len();
+        let out = strip_headers(&mut buf, len, stride);
+        assert_eq!(&buf[..out], &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3]);
+    }
+}
