@@ -224,7 +224,9 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     } else {
         eprintln!("rendezvous listening on {addr} (UDP)");
         match relay_rate {
-            Some(Some(rate)) => eprintln!("relay on, {} KiB/s per direction of a call", rate / 1024),
+            Some(Some(rate)) => {
+                eprintln!("relay on, {} KiB/s per direction of a call", rate / 1024)
+            }
             Some(None) => eprintln!("relay on, no rate limit"),
             None => eprintln!("relay off"),
         }

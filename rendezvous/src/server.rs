@@ -228,7 +228,11 @@ impl Server {
     /// Serves until `shutdown` completes, then closes every connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
-        let expiry = self.state.relay.clone().map(|r| tokio::spawn(driver::expire(r)));
+        let expiry = self
+            .state
+            .relay
+            .clone()
+            .map(|r| tokio::spawn(driver::expire(r)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

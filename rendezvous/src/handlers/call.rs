@@ -259,7 +259,11 @@ fn relay_tickets(
     let relay = state.relay.as_ref()?;
     // The socket's own view of the addresses (not canonicalised): relay
     // frames arrive from exactly these.
-    match relay.allocate(Instant::now(), caller.remote_address(), callee.remote_address()) {
+    match relay.allocate(
+        Instant::now(),
+        caller.remote_address(),
+        callee.remote_address(),
+    ) {
         Ok(tickets) => Some(tickets),
         Err(e) => {
             debug!(call_id, "no relay for this call: {e}");

@@ -48,11 +48,11 @@
 //! - [`stats`]: the counters and drop causes for the metrics.
 //! - `window`: the replay window and byte bucket.
 //! - `driver`: the shared table, allocation with fresh ids and secrets, expiry.
-//! - `socket`: the `AsyncUdpSocket` wrapper that demultiplexes and forwards.
+//! - [`socket`]: the `AsyncUdpSocket` wrapper that demultiplexes and forwards.
 
 pub mod config;
 pub(crate) mod driver;
-pub(crate) mod socket;
+pub mod socket;
 pub mod stats;
 pub mod table;
 mod window;

@@ -146,7 +146,7 @@ impl AsyncUdpSocket for RelaySocket {
 /// copied (`bufs` is the caller's array of equal chunks; which chunk holds
 /// which datagram does not matter to it). `take` sees each segment before
 /// anything overwrites it.
-pub(crate) fn filter_batch(
+pub fn filter_batch(
     bufs: &mut [IoSliceMut<'_>],
     meta: &mut [RecvMeta],
     n: usize,

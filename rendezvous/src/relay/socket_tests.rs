@@ -58,7 +58,10 @@ fn run(datagrams: &[Datagram]) -> (Vec<(SocketAddr, Vec<Vec<u8>>)>, Vec<(SocketA
     let seen = (0..n)
         .map(|i| {
             let m = &meta[i];
-            let segs = bufs[i][..m.len].chunks(m.stride).map(<[u8]>::to_vec).collect();
+            let segs = bufs[i][..m.len]
+                .chunks(m.stride)
+                .map(<[u8]>::to_vec)
+                .collect();
             (m.addr, segs)
         })
         .collect();
@@ -108,7 +111,10 @@ fn mixed_segments_are_compacted_on_stride_boundaries() {
     );
     assert_eq!(
         seen,
-        vec![(addr(1), vec![seg_bytes(QUIC, 100, 1), seg_bytes(QUIC, 100, 3)])]
+        vec![(
+            addr(1),
+            vec![seg_bytes(QUIC, 100, 1), seg_bytes(QUIC, 100, 3)]
+        )]
     );
 }
 
@@ -122,7 +128,10 @@ fn the_short_last_segment_stays_last_and_whole() {
     assert_eq!(taken.len(), 1);
     assert_eq!(
         seen,
-        vec![(addr(1), vec![seg_bytes(QUIC, 100, 0), seg_bytes(QUIC, 37, 2)])]
+        vec![(
+            addr(1),
+            vec![seg_bytes(QUIC, 100, 0), seg_bytes(QUIC, 37, 2)]
+        )]
     );
     // The short last one is a relay frame: taken whole, the rest untouched.
     let (seen, taken) = run(&[Datagram {
@@ -132,7 +141,10 @@ fn the_short_last_segment_stays_last_and_whole() {
     assert_eq!(taken, vec![(addr(1), seg_bytes(RELAY, 37, 2))]);
     assert_eq!(
         seen,
-        vec![(addr(1), vec![seg_bytes(QUIC, 100, 0), seg_bytes(QUIC, 100, 1)])]
+        vec![(
+            addr(1),
+            vec![seg_bytes(QUIC, 100, 0), seg_bytes(QUIC, 100, 1)]
+        )]
     );
 }
 
