@@ -32,7 +32,12 @@ fn seg_bytes(first: u8, len: usize, tag: u8) -> Vec<u8> {
 /// Runs `filter_batch` over `datagrams` in buffers of 4 KiB, taking relay
 /// segments; returns what quinn would see (source, segments as bytes) and
 /// what was taken.
-fn run(datagrams: &[Datagram]) -> (Vec<(SocketAddr, Vec<Vec<u8>>)>, Vec<(SocketAddr, Vec<u8>)>) {
+/// What quinn would see: each datagram's source and segments.
+type Seen = Vec<(SocketAddr, Vec<Vec<u8>>)>;
+/// What the relay took: source and bytes of each segment.
+type Taken = Vec<(SocketAddr, Vec<u8>)>;
+
+fn run(datagrams: &[Datagram]) -> (Seen, Taken) {
     let mut storage = vec![[0u8; 4096]; 8];
     let mut meta = [RecvMeta::default(); 8];
     for (i, d) in datagrams.iter().enumerate() {
