@@ -108,27 +108,55 @@ pub(crate) async fn handle(
         Ok(done) => done,
         Err(reply) => return reply,
     };
+    let asked = Asked {
+        call_id,
+        owner,
+        candidates,
+        caller_hides,
+        callee: Callee {
+            id: callee_id,
+            conn: callee_conn,
+            send: callee_send,
+        },
+    };
+    answered(state, id, &caller, asked, answer, &to).await
+}
+
+/// A call offered to the callee, waiting on its answer.
+struct Asked {
+    call_id: u64,
+    owner: Fingerprint,
+    /// The caller's own candidates.
+    candidates: Vec<SocketAddr>,
+    caller_hides: bool,
+    callee: Callee,
+}
+
+/// The caller's reply once the callee answered (`Accept` introduces both).
+async fn answered(
+    state: &State,
+    id: SessionId,
+    caller: &Caller,
+    asked: Asked,
+    answer: Message,
+    to: &str,
+) -> Message {
     match answer {
         Message::Accept {
             candidates: callee_candidates,
             hide_addresses: callee_hides,
         } => {
             state.metrics.calls_accepted.inc();
-            debug!(call_id, from = %caller.name, %to, "call accepted");
+            debug!(call_id = asked.call_id, from = %caller.name, %to, "call accepted");
             let consent = Consent {
-                call_id,
-                owner,
-                caller_candidates: candidates,
-                caller_hides,
+                call_id: asked.call_id,
+                owner: asked.owner,
+                caller_candidates: asked.candidates,
+                caller_hides: asked.caller_hides,
                 callee_candidates,
                 callee_hides,
             };
-            let callee = Callee {
-                id: callee_id,
-                conn: callee_conn,
-                send: callee_send,
-            };
-            introduce(state, id, &caller, callee, consent, &to).await
+            introduce(state, id, caller, asked.callee, consent, to).await
         }
         Message::Reject { reason } => {
             state.metrics.calls_rejected.inc();

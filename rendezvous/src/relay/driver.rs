@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use common::RelayTicket;
@@ -16,7 +16,6 @@ use tracing::debug;
 use super::config::RelayConfig;
 use super::stats::RelayStats;
 use super::table::{Action, AllocError, Allocation, PartySpec, RelayTable};
-use crate::server::lock;
 
 /// Tries at a fresh random call id before giving up (a collision in a table
 /// of at most 65,536 of 2³² ids is rare; four in a row is a bug).
@@ -133,6 +132,12 @@ impl Relay {
         };
         (stats, drops)
     }
+}
+
+/// Locks the table, recovering from a panicked holder (each critical
+/// section is one table operation: the table stays consistent).
+fn lock(m: &Mutex<RelayTable>) -> MutexGuard<'_, RelayTable> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Forgets idle calls as their deadlines come, until aborted.
