@@ -1,11 +1,11 @@
 //! The server's UDP socket as quinn sees it, with the relay in front.
 //!
-//! The relay shares the server's port (DESIGN §6). [`RelaySocket`] wraps
+//! The relay shares the server's port (DESIGN §6). `RelaySocket` wraps
 //! quinn's own tokio socket; after every receive it looks at each datagram
 //! — per GRO segment ([`RecvMeta::stride`]: one receive may hold several
 //! datagrams from one source, `stride` bytes each, the last maybe shorter)
 //! — and hands those whose first byte is a relay frame
-//! ([`relay_frame::is_relay_frame`]) to the [`RelayTable`]. A frame it
+//! ([`relay_frame::is_relay_frame`]) to the [`super::RelayTable`]. A frame it
 //! forwards leaves unchanged through the same socket (`try_send`, one
 //! datagram, no offload); a full send buffer drops it (counted: QUIC's loss
 //! recovery at the two ends handles it). Every other datagram — QUIC, or
