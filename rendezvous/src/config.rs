@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::relay::RelayConfig;
+
 /// How to run a server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -17,6 +19,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Limits and timings.
     pub limits: Limits,
+    /// The relay on the same port (default on, with
+    /// [`RelayConfig::default`]); `None`: no relay (`--relay off`): relay
+    /// frames are not looked at and calls get no relay ticket.
+    pub relay: Option<RelayConfig>,
 }
 
 /// Limits and timings (see each field for its default and why).
@@ -258,6 +264,7 @@ impl Config {
             listen,
             data_dir,
             limits: Limits::default(),
+            relay: Some(RelayConfig::default()),
         }
     }
 }

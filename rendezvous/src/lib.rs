@@ -1,9 +1,10 @@
 //! The rendezvous server: peers register a name, look each other up, and ask
 //! to be introduced; the server brokers consent-first calls and steps aside.
 //!
-//! It never carries call data (the relay, later, will carry only end-to-end
-//! encrypted packets) and it never gives out an address before the callee
-//! accepted a call.
+//! It carries no call data of its own: its relay (same process, same UDP
+//! port, on by default) forwards only the end-to-end encrypted packets of
+//! calls the callee accepted, between their two parties, and it never gives
+//! out an address before the callee accepted a call.
 //!
 //! # Layout
 //!
@@ -13,7 +14,8 @@
 //! - [`registry`]: sessions and presence (pure, unit-tested).
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
-//! - [`relay`]: the relay's allocation table and per-datagram checks (pure).
+//! - [`relay`]: the relay's allocation table and per-datagram checks (pure),
+//!   and its drivers: the socket wrapper in front of quinn, the shared table.
 //! - `offers`: call offers per (source, callee), per callee and per contact (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rendezvous::relay::{ByteRate, RelayConfig};
 use rendezvous::{Config, Limits, Rate, Server};
 
 /// Rendezvous server: peers register names, find each other and get introduced
@@ -67,6 +68,13 @@ struct Cli {
     /// Most names one key may hold; past it registrations get `too_many_names`.
     #[arg(long, env = "RENDEZVOUS_MAX_NAMES_PER_KEY", default_value_t = Limits::default().max_names_per_key)]
     max_names_per_key: usize,
+    /// The relay on the same port, for calls with no direct path: on or off.
+    #[arg(long, env = "RENDEZVOUS_RELAY", value_enum, default_value_t = OnOff::On)]
+    relay: OnOff,
+    /// Rate of each direction of a relayed call, bytes per second (suffixes
+    /// KiB, MiB, GiB), or `off` for none.
+    #[arg(long, env = "RENDEZVOUS_RELAY_RATE", default_value = "10MiB", value_parser = parse_relay_rate)]
+    relay_rate: RelayRate,
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
@@ -87,6 +95,26 @@ enum Command {
 /// non-finite rates are refused).
 fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse().map_err(|e: rendezvous::RateError| e.to_string())
+}
+
+/// A switch flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// A `--relay-rate`: a limit, or none.
+#[derive(Debug, Clone, Copy)]
+struct RelayRate(Option<ByteRate>);
+
+fn parse_relay_rate(s: &str) -> Result<RelayRate, String> {
+    if s == "off" {
+        return Ok(RelayRate(None));
+    }
+    s.parse()
+        .map(|r| RelayRate(Some(r)))
+        .map_err(|e: rendezvous::relay::ByteRateError| format!("{e}, or off"))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -171,6 +199,10 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     config.limits.max_pending_handshakes_per_source = cli.max_pending_per_source;
     config.limits.max_pending_handshakes_per_source_idle = cli.max_pending_per_source_idle;
     config.limits.max_names_per_key = cli.max_names_per_key;
+    config.relay = (cli.relay == OnOff::On).then(|| RelayConfig {
+        rate: cli.relay_rate.0,
+        ..RelayConfig::default()
+    });
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();
@@ -180,13 +212,24 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             .with_context(|| format!("metrics listener on {metrics_addr}"))?;
         tokio::spawn(rendezvous::http::serve(listener, server.metrics_handle()));
     }
+    let relay_rate = server.relay_config().map(|r| r.rate.map(|r| r.per_second));
     if cli.json {
-        eprintln!(
-            "{}",
-            serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()})
-        );
+        let mut event = serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()});
+        if let Some(rate) = relay_rate {
+            // `relay_rate`: bytes per second per direction of a call; null: none.
+            event["relay"] = true.into();
+            event["relay_rate"] = rate.into();
+        }
+        eprintln!("{event}");
     } else {
         eprintln!("rendezvous listening on {addr} (UDP)");
+        match relay_rate {
+            Some(Some(rate)) => {
+                eprintln!("relay on, {} KiB/s per direction of a call", rate / 1024)
+            }
+            Some(None) => eprintln!("relay on, no rate limit"),
+            None => eprintln!("relay off"),
+        }
         eprintln!("fingerprint: {fingerprint}");
         eprintln!(
             "peers use: peer --server HOST:{} --server-fingerprint {fingerprint} ...",

@@ -29,7 +29,9 @@ pub type SessionId = u64;
 pub struct Session<H> {
     /// The key from the TLS handshake.
     pub fingerprint: Fingerprint,
-    /// Where the server sees the connection come from.
+    /// Where the server sees the connection come from: at the handshake,
+    /// then wherever it was last seen ([`Registry::observe`]: quinn follows
+    /// a client whose address changed, and so does this).
     pub observed: SocketAddr,
     /// The name it registered, if any.
     pub name: Option<String>,
@@ -164,6 +166,18 @@ impl<H: Clone> Registry<H> {
         Ok(count)
     }
 
+    /// Notes that session `id` is now seen at `observed` (a NAT rebinding,
+    /// a peer that moved); false if the session is closed.
+    pub fn observe(&mut self, id: SessionId, observed: SocketAddr) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(session) => {
+                session.observed = observed;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The `listen` session that holds `name`, if it is online.
     pub fn present(&self, name: &str) -> Option<(SessionId, &Session<H>)> {
         let id = *self.presence.get(name)?;
@@ -247,6 +261,19 @@ mod tests {
             r.register(new, "alice", true).expect("again").replaced,
             None
         );
+    }
+
+    #[test]
+    fn the_observed_address_follows_the_session() {
+        let mut r = Registry::<()>::default();
+        let id = r.open(Fingerprint([1; 32]), addr(1), ());
+        r.register(id, "alice", true).expect("listen");
+        assert!(r.observe(id, addr(9)));
+        assert_eq!(r.present("alice").map(|(_, s)| s.observed), Some(addr(9)));
+        assert_eq!(r.session(id).map(|s| s.observed), Some(addr(9)));
+        r.close(id);
+        assert!(!r.observe(id, addr(3)), "a closed session is not revived");
+        assert_eq!(r.sessions(), 0);
     }
 
     #[test]

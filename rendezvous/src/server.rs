@@ -28,6 +28,8 @@ use crate::handlers;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, SessionId};
+use crate::relay::driver::{self, Relay};
+use crate::relay::RelayConfig;
 use crate::store::{NameStore, RedbStore, StoreError};
 use crate::transport::make_endpoint;
 
@@ -85,6 +87,8 @@ pub(crate) struct State {
     pub(crate) next_call_id: AtomicU64,
     /// Sessions with a registration in flight (see `handlers::register`).
     pub(crate) claiming: Mutex<std::collections::HashSet<SessionId>>,
+    /// The relay on the server's port; `None` when it is off.
+    pub(crate) relay: Option<Arc<Relay>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -111,7 +115,20 @@ impl State {
             metrics: Metrics::default(),
             next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
             claiming: Mutex::default(),
+            relay: None,
         }
+    }
+
+    /// Prometheus text of every counter, the relay's copied in first.
+    /// (Under the registry lock, so two scrapes at once never both add the
+    /// same difference to a mirrored counter.)
+    pub(crate) fn render_metrics(&self) -> String {
+        let registry = lock(&self.registry);
+        if let Some(relay) = &self.relay {
+            let (stats, send) = relay.stats();
+            self.metrics.set_relay(&stats, send);
+        }
+        self.metrics.render(&registry)
     }
 
     /// Takes a token for `ip` from the limiter `pick` chooses.
@@ -160,8 +177,22 @@ impl Server {
     pub fn with_store(config: Config, store: Arc<dyn NameStore>) -> Result<Self, ServerError> {
         let identity = load_identity(&config.data_dir)?;
         let limits = config.limits.clone();
-        let endpoint = make_endpoint(&identity, &config)?;
-        let state = Arc::new(State::new(limits, store));
+        let relay = config.relay.clone().map(|c| Arc::new(Relay::new(c)));
+        let endpoint = make_endpoint(&identity, &config, relay.clone())?;
+        match &relay {
+            Some(r) => match r.config().rate {
+                Some(rate) => info!(
+                    rate_bytes_per_s = rate.per_second,
+                    "relay on (same port), each direction of a call at most {} KiB/s",
+                    rate.per_second / 1024
+                ),
+                None => info!("relay on (same port), no rate limit"),
+            },
+            None => info!("relay off"),
+        }
+        let mut state = State::new(limits, store);
+        state.relay = relay;
+        let state = Arc::new(state);
         Ok(Self {
             endpoint,
             state,
@@ -179,9 +210,14 @@ impl Server {
         self.fingerprint
     }
 
+    /// The relay's limits; `None` when the relay is off.
+    pub fn relay_config(&self) -> Option<&RelayConfig> {
+        self.state.relay.as_deref().map(Relay::config)
+    }
+
     /// Prometheus text of the server's counters.
     pub fn metrics_text(&self) -> String {
-        self.state.metrics.render(&lock(&self.state.registry))
+        self.state.render_metrics()
     }
 
     /// A cheap handle that renders the metrics while the server runs.
@@ -192,6 +228,11 @@ impl Server {
     /// Serves until `shutdown` completes, then closes every connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
+        let expiry = self
+            .state
+            .relay
+            .clone()
+            .map(|r| tokio::spawn(driver::expire(r)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -203,6 +244,9 @@ impl Server {
             }
         }
         sweeper.abort();
+        if let Some(expiry) = expiry {
+            expiry.abort();
+        }
         // Peers are told to spread their return, so the next server is not
         // met by all of them in one second (`Limits::reconnect_rate`).
         let sessions = lock(&self.state.registry).sessions();
@@ -278,7 +322,7 @@ pub struct MetricsHandle(Arc<State>);
 impl MetricsHandle {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.0.metrics.render(&lock(&self.0.registry))
+        self.0.render_metrics()
     }
 
     /// The sizes of the server's in-memory tables: what a flood could grow.

@@ -21,6 +21,9 @@
 //!   honours the Retry tokens its predecessor handed out.
 //! - **Bursts.** Large UDP socket buffers, so a burst of reconnecting peers
 //!   is queued rather than dropped.
+//! - **Relay.** With the relay on, quinn gets its socket through
+//!   [`crate::relay::socket::RelaySocket`], which takes the relay's frames
+//!   out of every receive before quinn sees it (same port, DESIGN §6).
 
 use std::sync::Arc;
 
@@ -31,6 +34,8 @@ use tracing::{info, warn};
 
 use crate::cids::KeyedCids;
 use crate::config::{Config, Limits};
+use crate::relay::driver::Relay;
+use crate::relay::socket::RelaySocket;
 use crate::server::ServerError;
 
 fn cfg_err(e: &dyn std::fmt::Display) -> ServerError {
@@ -105,10 +110,12 @@ fn bind_socket(config: &Config) -> Result<std::net::UdpSocket, ServerError> {
     Ok(socket)
 }
 
-/// The server's endpoint, listening on `config.listen`.
+/// The server's endpoint, listening on `config.listen`; with `relay`, its
+/// socket hands relay frames to it first.
 pub(crate) fn make_endpoint(
     identity: &Identity,
     config: &Config,
+    relay: Option<Arc<Relay>>,
 ) -> Result<quinn::Endpoint, ServerError> {
     let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
         .map_err(|e| cfg_err(&e))?;
@@ -121,15 +128,21 @@ pub(crate) fn make_endpoint(
     );
     let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key));
     server_config.transport_config(Arc::new(transport_config(&config.limits)?));
-    let socket = bind_socket(config)?;
-    quinn::Endpoint::new(
-        endpoint_config(identity, &config.limits),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| ServerError::Bind {
+    let bind_err = |source| ServerError::Bind {
         addr: config.listen,
         source,
-    })
+    };
+    let socket = bind_socket(config)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let mut udp = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
+    if let Some(relay) = relay {
+        udp = Arc::new(RelaySocket::new(udp, relay));
+    }
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(identity, &config.limits),
+        Some(server_config),
+        udp,
+        runtime,
+    )
+    .map_err(bind_err)
 }

@@ -53,8 +53,27 @@ impl TestServer {
         addr: SocketAddr,
         tune: impl FnOnce(&mut rendezvous::Limits),
     ) -> Self {
+        Self::start_configured(data_dir, addr, |c| tune(&mut c.limits)).await
+    }
+
+    /// A server on a fresh port and data dir, its config (limits, relay)
+    /// changed by `tune`.
+    pub async fn start_tuned(tune: impl FnOnce(&mut rendezvous::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let mut s = Self::start_configured(dir.path().to_owned(), addr, tune).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Like [`TestServer::start_with`], with the whole config changed by `tune`.
+    pub async fn start_configured(
+        data_dir: PathBuf,
+        addr: SocketAddr,
+        tune: impl FnOnce(&mut rendezvous::Config),
+    ) -> Self {
         let mut config = rendezvous::Config::new(addr, data_dir.clone());
-        tune(&mut config.limits);
+        tune(&mut config);
         let server = rendezvous::Server::bind(config).expect("server binds");
         let addr = server.local_addr().expect("addr");
         let fingerprint = server.fingerprint();

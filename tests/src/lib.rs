@@ -12,6 +12,8 @@
 //! - [`dial`]: dialing a listening peer directly with a chosen key.
 //! - [`fake_server`]: a rendezvous server that registers one `listen` and
 //!   then says whatever the test wants.
+//! - [`relay_tap`]: a raw client whose socket also sends and taps relay
+//!   frames (the relay tests).
 //! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
 //!   the other side answers.
 pub mod dial;
@@ -19,4 +21,5 @@ pub mod fake_server;
 pub mod inproc;
 pub mod lab;
 pub mod proc;
+pub mod relay_tap;
 pub mod stall;

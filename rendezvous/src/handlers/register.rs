@@ -36,10 +36,20 @@ pub(crate) async fn handle(
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
-    let Some((fingerprint, observed, current)) = lock(&state.registry)
-        .session(id)
-        .map(|s| (s.fingerprint, s.observed, s.name.clone()))
-    else {
+    // Where the connection is now: a re-registration after a NAT rebinding
+    // (quinn followed the peer) learns its new address, and calls to it use it.
+    let session = {
+        let mut registry = lock(&state.registry);
+        let found = registry.session(id).map(|s| {
+            let now = common::candidates::canonical(s.handle.remote_address());
+            (s.fingerprint, now, s.name.clone())
+        });
+        if let Some((_, now, _)) = found {
+            registry.observe(id, now);
+        }
+        found
+    };
+    let Some((fingerprint, observed, current)) = session else {
         return Message::error(ErrorKind::Internal, "session closed");
     };
     if let Some(current) = current.filter(|c| *c != name) {

@@ -1,10 +1,13 @@
 //! The relay: forwards the opaque QUIC packets of accepted calls between
 //! their two parties, for pairs with no direct path (DESIGN §6).
 //!
-//! This module is the relay's sans-IO core; it owns no socket and reads no
-//! clock, so it can run inside `rendezvous` (demultiplexed from QUIC on the
-//! same UDP port by the first byte, see [`common::relay_frame`]) or alone on
-//! another host. The flow:
+//! The core ([`table`], [`config`], [`stats`]) is sans-IO: it owns no socket
+//! and reads no clock, so it can run inside `rendezvous` (demultiplexed from
+//! QUIC on the same UDP port by the first byte, see [`common::relay_frame`])
+//! or alone on another host. Inside `rendezvous` two thin drivers run it:
+//! `socket` (quinn's socket with the relay's frames taken out of every
+//! receive and forwarded) and `driver` (the table behind a mutex, the
+//! allocation at consent, the idle-expiry task). The flow:
 //!
 //! 1. **Consent.** The callee accepts; the server picks a relay call id and a
 //!    32-byte secret per party, sends each party its own, and calls
@@ -44,8 +47,12 @@
 //! - [`table`]: the allocation table and the per-datagram checks.
 //! - [`stats`]: the counters and drop causes for the metrics.
 //! - `window`: the replay window and byte bucket.
+//! - `driver`: the shared table, allocation with fresh ids and secrets, expiry.
+//! - [`socket`]: the `AsyncUdpSocket` wrapper that demultiplexes and forwards.
 
 pub mod config;
+pub(crate) mod driver;
+pub mod socket;
 pub mod stats;
 pub mod table;
 mod window;

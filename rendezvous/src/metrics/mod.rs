@@ -14,6 +14,12 @@ use common::ErrorKind;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
 
 use crate::registry::Registry;
+use crate::relay::driver::SendDrops;
+use crate::relay::RelayStats;
+
+mod relay;
+
+use relay::RelayMetrics;
 
 /// Everything the server counts.
 #[derive(Clone)]
@@ -49,6 +55,7 @@ pub struct Metrics {
     /// One child of `rendezvous_errors_total` per kind, in [`ERROR_KINDS`]
     /// order, so counting an error needs no label lookup.
     errors: Vec<IntCounter>,
+    relay: RelayMetrics,
     connected_peers: IntGauge,
     online_names: IntGauge,
     registry: prometheus::Registry,
@@ -100,16 +107,30 @@ fn unnamed_gauge() -> IntGauge {
     IntGauge::new("rendezvous_unnamed", "unnamed").expect("valid name")
 }
 
-#[allow(clippy::expect_used)]
 fn errors_vec(registry: &prometheus::Registry) -> Vec<IntCounter> {
-    let opts = Opts::new("rendezvous_errors_total", "Error answers by kind.");
+    let kinds: Vec<&str> = ERROR_KINDS.iter().map(|k| k.as_str()).collect();
+    labelled(
+        registry,
+        "rendezvous_errors_total",
+        "Error answers by kind.",
+        "kind",
+        &kinds,
+    )
+}
+
+/// One counter per label value, in `values` order.
+#[allow(clippy::expect_used)]
+fn labelled(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> Vec<IntCounter> {
     // A constant name and one label: construction cannot fail.
-    let v = IntCounterVec::new(opts, &["kind"]).expect("valid metric");
+    let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     let _ = registry.register(Box::new(v.clone()));
-    ERROR_KINDS
-        .iter()
-        .map(|kind| v.with_label_values(&[kind.as_str()]))
-        .collect()
+    values.iter().map(|l| v.with_label_values(&[l])).collect()
 }
 
 impl Default for Metrics {
@@ -184,6 +205,7 @@ impl Default for Metrics {
                 "Malformed or unexpected frames.",
             ),
             errors: errors_vec(&r),
+            relay: RelayMetrics::new(&r),
             registry: r,
         }
     }
@@ -214,6 +236,11 @@ impl Metrics {
     fn error_counter(&self, kind: ErrorKind) -> Option<&IntCounter> {
         let i = ERROR_KINDS.iter().position(|k| *k == kind)?;
         self.errors.get(i)
+    }
+
+    /// Copies the relay's counters in (before [`Metrics::render`]).
+    pub(crate) fn set_relay(&self, stats: &RelayStats, send: SendDrops) {
+        self.relay.set(stats, send);
     }
 
     /// Prometheus text exposition, with gauges read from the registry.
@@ -266,6 +293,44 @@ mod tests {
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn relay_counters_mirror_the_table_and_never_go_back() {
+        let m = Metrics::default();
+        let mut stats = RelayStats {
+            packets_relayed: 7,
+            bytes_relayed: 700,
+            active: 2,
+            refused_full: 1,
+            ..RelayStats::default()
+        };
+        let send = SendDrops {
+            buffer_full: 3,
+            error: 0,
+        };
+        m.set_relay(&stats, send);
+        m.set_relay(&stats, send);
+        let text = m.render(&Registry::<()>::default());
+        for line in [
+            "rendezvous_relay_packets_total 7",
+            "rendezvous_relay_bytes_total 700",
+            "rendezvous_relay_active_calls 2",
+            "rendezvous_relay_calls_total 0",
+            "rendezvous_relay_allocations_refused_total{reason=\"full\"} 1",
+            "rendezvous_relay_allocations_refused_total{reason=\"source\"} 0",
+            "rendezvous_relay_drops_total{cause=\"bad_mac\"} 0",
+            "rendezvous_relay_drops_total{cause=\"replayed_elsewhere\"} 0",
+            "rendezvous_relay_send_dropped_total{reason=\"buffer_full\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        stats.active = 0;
+        stats.packets_relayed = 9;
+        m.set_relay(&stats, send);
+        let text = m.render(&Registry::<()>::default());
+        assert!(text.contains("rendezvous_relay_packets_total 9"));
+        assert!(text.contains("rendezvous_relay_active_calls 0"));
     }
 
     #[test]
