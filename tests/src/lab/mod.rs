@@ -16,7 +16,7 @@
 //! - [`sites`]: links, NAT routers and LANs ([`Nat`], [`Site`], [`Host`]);
 //! - [`delay`]: NFQUEUE link delay and RTT measurement with `ping`;
 //! - [`paths`]: a direct path cut and restored, a NAT rebinding, packet
-//!   counters;
+//!   counters; [`calls`]: listeners, pings and event watches for call tests;
 //! - [`udp`]: the `lab-udp` probe, with which tests check that each NAT kind
 //!   behaves as its name says.
 //!
@@ -41,6 +41,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod calls;
 pub mod delay;
 pub mod paths;
 pub mod sites;
