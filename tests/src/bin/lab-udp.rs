@@ -1,7 +1,7 @@
 //! A tiny STUN-like UDP tool that lets the NAT lab check its own NATs.
 //!
 //! ```text
-//! lab-udp serve --listen ADDR [--other-port ADDR] [--max-seconds S]
+//! lab-udp serve --listen ADDR [--other-port ADDR] [--tell ADDR] [--max-seconds S]
 //! lab-udp probe [--bind ADDR] --to ADDR [--to ADDR ...] [--late-ms MS]
 //!               [--wait-ms MS] [--connect]
 //! ```
@@ -9,7 +9,11 @@
 //! `serve` answers every datagram with `seen <source address>` (what a NAT
 //! made of the sender, as the server saw it). With `--other-port` it also
 //! answers from a second socket (same host, another port) with `other-port`,
-//! which a NAT that filters by address *and* port must not let in. A probe
+//! which a NAT that filters by address *and* port must not let in. With
+//! `--tell ADDR` it also sends `tell <source address>` to ADDR, another
+//! `serve` on another host, which then sends `stranger` to that address
+//! (and nothing else): a host the probe never sent to, which only a NAT
+//! with endpoint-independent filtering (a full cone) lets in. A probe
 //! whose payload is `late=MS` gets one more answer, `late MS`, MS
 //! milliseconds later: by then a NAT with a shorter UDP timeout has forgotten
 //! the mapping. It prints `ready` once bound and stops after `--max-seconds`
@@ -38,9 +42,10 @@ fn main() -> Result<()> {
             connect = true;
             continue;
         }
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "--listen",
             "--other-port",
+            "--tell",
             "--max-seconds",
             "--bind",
             "--to",
@@ -75,13 +80,14 @@ fn main() -> Result<()> {
         "serve" => {
             let listen = addr(&one("--listen").context("serve needs --listen")?)?;
             let other = one("--other-port").map(|v| addr(&v)).transpose()?;
+            let tell = one("--tell").map(|v| addr(&v)).transpose()?;
             let max = match one("--max-seconds") {
                 Some(v) => {
                     Duration::from_secs(v.parse().with_context(|| format!("--max-seconds {v}"))?)
                 }
                 None => Duration::from_secs(600),
             };
-            serve(listen, other, max)
+            serve(listen, other, tell, max)
         }
         "probe" => {
             let bind = addr(&one("--bind").unwrap_or_else(|| "0.0.0.0:0".into()))?;
@@ -99,7 +105,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(listen: SocketAddr, other: Option<SocketAddr>, max: Duration) -> Result<()> {
+fn serve(
+    listen: SocketAddr,
+    other: Option<SocketAddr>,
+    tell: Option<SocketAddr>,
+    max: Duration,
+) -> Result<()> {
     let socket = UdpSocket::bind(listen).with_context(|| format!("bind {listen}"))?;
     let other = other
         .map(|a| UdpSocket::bind(a).with_context(|| format!("bind {a}")))
@@ -121,14 +132,24 @@ fn serve(listen: SocketAddr, other: Option<SocketAddr>, max: Duration) -> Result
         socket.set_read_timeout(Some(nap))?;
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             handled += 1;
-            let _ = socket.send_to(format!("seen {from}").as_bytes(), from);
-            if let Some(o) = &other {
-                let _ = o.send_to(b"other-port", from);
-            }
             let text = String::from_utf8_lossy(&buf[..n]);
-            if let Some(ms) = text.strip_prefix("late=").and_then(|v| v.parse().ok()) {
-                let due = Instant::now() + Duration::from_millis(ms);
-                late.push((due, from, format!("late {ms}")));
+            if let Some(to) = text.strip_prefix("tell ") {
+                // Another serve asks this host to be the stranger.
+                if let Ok(to) = to.parse::<SocketAddr>() {
+                    let _ = socket.send_to(b"stranger", to);
+                }
+            } else {
+                let _ = socket.send_to(format!("seen {from}").as_bytes(), from);
+                if let Some(t) = tell {
+                    let _ = socket.send_to(format!("tell {from}").as_bytes(), t);
+                }
+                if let Some(o) = &other {
+                    let _ = o.send_to(b"other-port", from);
+                }
+                if let Some(ms) = text.strip_prefix("late=").and_then(|v| v.parse().ok()) {
+                    let due = Instant::now() + Duration::from_millis(ms);
+                    late.push((due, from, format!("late {ms}")));
+                }
             }
         }
         let now = Instant::now();

@@ -3,7 +3,8 @@
 //! A [`Lab`] owns an "internet" router namespace (`inet`) and, on links of
 //! their own, the rendezvous server on a public address and sites: a peer
 //! with a public address ([`Nat::Open`]), or peers behind NAT routers built
-//! with nftables ([`Nat::Cone`], [`Nat::Symmetric`], [`Nat::Cgnat`]), several
+//! with nftables ([`Nat::Cone`], [`Nat::FullCone`], [`Nat::Symmetric`],
+//! [`Nat::Cgnat`]), several
 //! peers on one LAN, two LAN segments behind one NAT that does not hairpin,
 //! a site whose router drops all UDP ([`Nat::UdpBlocked`]). Links can get a
 //! one-way delay through NFQUEUE and the `nfq-delay` program (this kernel has
@@ -14,6 +15,8 @@
 //!   server, peers' homes, and the checks for leftover namespaces;
 //! - [`sites`]: links, NAT routers and LANs ([`Nat`], [`Site`], [`Host`]);
 //! - [`delay`]: NFQUEUE link delay and RTT measurement with `ping`;
+//! - [`paths`]: a direct path cut and restored, a NAT rebinding, packet
+//!   counters; [`calls`]: listeners, pings and event watches for call tests;
 //! - [`udp`]: the `lab-udp` probe, with which tests check that each NAT kind
 //!   behaves as its name says.
 //!
@@ -38,7 +41,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod calls;
 pub mod delay;
+pub mod paths;
 pub mod sites;
 pub mod udp;
 
@@ -83,7 +88,7 @@ fn unavailable() -> Option<String> {
     if !root {
         return Some("the NAT lab needs root (network namespaces, nftables)".into());
     }
-    for tool in ["ip", "nft", "iptables", "ping"] {
+    for tool in ["ip", "nft", "iptables", "ping", "conntrack"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -91,7 +96,7 @@ fn unavailable() -> Option<String> {
             .is_ok_and(|s| s.success());
         if !found {
             return Some(format!(
-                "`{tool}` is missing (apt-get install -y nftables iptables iproute2 iputils-ping)"
+                "`{tool}` is missing (apt-get install -y nftables iptables iproute2 iputils-ping conntrack)"
             ));
         }
     }

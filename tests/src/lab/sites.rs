@@ -6,6 +6,13 @@
 //! LAN → WAN and established/related traffic through, and an input chain
 //! that drops (never rejects) unsolicited packets from the WAN, as a home
 //! router does — bare Linux would answer with ICMP port-unreachable.
+//!
+//! Linux has no full-cone NAT; [`Nat::FullCone`] is emulated for a site of
+//! one host: masquerade (which keeps the source port), plus a `dnat` of
+//! every UDP datagram arriving on `wan` to that host, same port. A mapping
+//! `public:P` so reaches the host's socket on `P` from any outside address,
+//! and the host's ICMP errors toward the WAN are dropped, so a datagram to a
+//! port nobody uses vanishes as it does at a real NAT.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -18,10 +25,16 @@ use super::{run, sysctl, Lab};
 pub enum Nat {
     /// A public address, no NAT, no firewall.
     Open,
-    /// `masquerade`: endpoint-independent mapping (the port is kept where
-    /// free), filtering by address and port, unsolicited packets from the
-    /// WAN dropped silently as a home router does.
+    /// A *port-restricted* cone, `masquerade`: endpoint-independent mapping
+    /// (the port is kept where free), filtering by address and port (a
+    /// datagram gets in only from an address and port the host sent to),
+    /// unsolicited packets from the WAN dropped silently as a home router
+    /// does.
     Cone,
+    /// A full cone (one host): endpoint-independent mapping *and*
+    /// filtering: any outside host may send to the mapped port, also one
+    /// the host never sent to. See the module docs for the emulation.
+    FullCone,
     /// `masquerade fully-random`: a new public port per destination.
     Symmetric,
     /// A cone home NAT behind a cone carrier NAT in 100.64.0.0/10.
@@ -36,6 +49,7 @@ impl Nat {
         match self {
             Nat::Open => "open",
             Nat::Cone => "cone",
+            Nat::FullCone => "full-cone",
             Nat::Symmetric => "symmetric",
             Nat::Cgnat => "cgnat",
             Nat::UdpBlocked => "udp-blocked",
@@ -64,28 +78,43 @@ pub struct Site {
     pub hosts: Vec<Host>,
 }
 
-/// The nftables script of a NAT router whose internet side is `wan`:
-/// `fully_random` makes it symmetric, `drop_udp` drops all UDP the LAN
-/// sends out.
-pub fn nat_rules(fully_random: bool, drop_udp: bool) -> String {
-    let masq = if fully_random {
+/// The nftables script of a NAT router whose internet side is `wan` and
+/// whose first LAN host is `192.168.index.2`, for NAT kind `nat`: `Cone`
+/// (also each router of a `Cgnat` site), `Symmetric` (`fully-random`),
+/// `FullCone` (every UDP datagram from the WAN `dnat`ed to the first LAN
+/// host, its ICMP errors to the WAN dropped) or `UdpBlocked` (all UDP the
+/// LAN sends out dropped).
+pub fn nat_rules(nat: Nat, index: u8) -> String {
+    let masq = if nat == Nat::Symmetric {
         "masquerade fully-random"
     } else {
         "masquerade"
     };
-    let udp = if drop_udp {
-        "meta l4proto udp drop"
+    let pre = if nat == Nat::FullCone {
+        format!(
+            "chain pre {{ type nat hook prerouting priority dstnat; \
+             iifname \"wan\" meta l4proto udp dnat to 192.168.{index}.2; }}"
+        )
     } else {
-        ""
+        String::new()
+    };
+    let forward = match nat {
+        Nat::UdpBlocked => "meta l4proto udp drop",
+        Nat::FullCone => {
+            "oifname \"wan\" icmp type destination-unreachable drop
+    iifname \"wan\" ct status dnat accept"
+        }
+        _ => "",
     };
     format!(
         r#"table ip nat {{
+  {pre}
   chain post {{ type nat hook postrouting priority srcnat; oifname "wan" {masq}; }}
 }}
 table inet filter {{
   chain forward {{
     type filter hook forward priority filter; policy drop;
-    {udp}
+    {forward}
     ct state established,related accept
     iifname != "wan" oifname "wan" accept
   }}
@@ -140,8 +169,8 @@ impl Lab {
     }
 
     /// Loads [`nat_rules`] into `router`.
-    fn nat_router(&self, router: &str, fully_random: bool, drop_udp: bool) {
-        let rules = nat_rules(fully_random, drop_udp);
+    fn nat_router(&self, router: &str, nat: Nat, index: u8) {
+        let rules = nat_rules(nat, index);
         self.sh(
             router,
             &format!(
@@ -224,11 +253,15 @@ impl Lab {
                     hosts: vec![Host { ns, addr: public }],
                 }
             }
-            Nat::Cone | Nat::Symmetric | Nat::UdpBlocked => {
+            Nat::Cone | Nat::FullCone | Nat::Symmetric | Nat::UdpBlocked => {
+                assert!(
+                    nat != Nat::FullCone || hosts == 1,
+                    "a full-cone site is one host (its dnat has one target)"
+                );
                 let router = format!("{}r{i}", self.id);
                 self.add_ns(&router);
                 let (index, public) = self.uplink(&router);
-                self.nat_router(&router, nat == Nat::Symmetric, nat == Nat::UdpBlocked);
+                self.nat_router(&router, nat, index);
                 let hosts = self.lan(&router, "lan", index, hosts);
                 Site {
                     index,
@@ -252,8 +285,8 @@ impl Lab {
                 );
                 self.link(&home, "wan", home_wan, &carrier, "cgn", carrier_in);
                 self.sh(&home, &format!("ip route add default via {carrier_in}"));
-                self.nat_router(&carrier, false, false);
-                self.nat_router(&home, false, false);
+                self.nat_router(&carrier, Nat::Cone, index);
+                self.nat_router(&home, Nat::Cone, index);
                 let hosts = self.lan(&home, "lan", index, hosts);
                 Site {
                     index,
@@ -274,7 +307,7 @@ impl Lab {
         let router = format!("{}r{i}", self.id);
         self.add_ns(&router);
         let (index, public) = self.uplink(&router);
-        self.nat_router(&router, true, false);
+        self.nat_router(&router, Nat::Symmetric, index);
         let mut hosts = self.lan(&router, "lan", index, 1);
         hosts.extend(self.lan(&router, "lanb", 100 + index, 1));
         // The forward chain only lets LAN → wan out; between the segments
@@ -297,13 +330,18 @@ mod tests {
 
     #[test]
     fn nat_rules_name_the_kind_and_drop_rather_than_reject() {
-        let cone = nat_rules(false, false);
+        let cone = nat_rules(Nat::Cone, 3);
         assert!(cone.contains("oifname \"wan\" masquerade;"));
         assert!(!cone.contains("fully-random"));
         assert!(!cone.contains("reject"));
         assert!(cone.contains("iifname \"wan\" drop"));
-        assert!(nat_rules(true, false).contains("masquerade fully-random"));
-        assert!(nat_rules(false, true).contains("meta l4proto udp drop"));
+        assert!(!cone.contains("dnat"));
+        assert!(nat_rules(Nat::Symmetric, 3).contains("masquerade fully-random"));
+        assert!(nat_rules(Nat::UdpBlocked, 3).contains("meta l4proto udp drop"));
         assert!(!cone.contains("udp drop"));
+        let full = nat_rules(Nat::FullCone, 3);
+        assert!(full.contains("oifname \"wan\" masquerade;"));
+        assert!(full.contains("meta l4proto udp dnat to 192.168.3.2;"));
+        assert!(full.contains("icmp type destination-unreachable drop"));
     }
 }

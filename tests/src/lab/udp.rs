@@ -2,7 +2,9 @@
 //! that each NAT kind does what its name says before trusting a call result:
 //! which public address and port a NAT gives one socket toward two
 //! destinations (mapping), what it lets in (filtering), whether it drops or
-//! rejects, and when it forgets a mapping (UDP timeout).
+//! rejects, and when it forgets a mapping (UDP timeout). A third host
+//! answering a probe that never sent to it (`stranger`) tells a full cone
+//! from a port-restricted one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -70,10 +72,25 @@ impl Lab {
     /// Starts `lab-udp serve` in `ns` on `listen` (and `other_port`, a
     /// second socket answering `other-port`), kept until the lab is dropped.
     pub fn udp_server(&mut self, ns: &str, listen: SocketAddr, other_port: Option<SocketAddr>) {
+        self.udp_server_telling(ns, listen, other_port, None);
+    }
+
+    /// [`Lab::udp_server`] that also asks the `serve` at `tell` (another
+    /// host) to send `stranger` to every probe's address (`--tell`).
+    pub fn udp_server_telling(
+        &mut self,
+        ns: &str,
+        listen: SocketAddr,
+        other_port: Option<SocketAddr>,
+        tell: Option<SocketAddr>,
+    ) {
         let mut cmd = command(Some(ns), &bin("lab-udp"));
         cmd.args(["serve", "--listen", &listen.to_string()]);
         if let Some(o) = other_port {
             cmd.args(["--other-port", &o.to_string()]);
+        }
+        if let Some(t) = tell {
+            cmd.args(["--tell", &t.to_string()]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut p = Proc::spawn(&format!("lab-udp serve {listen}"), cmd);
