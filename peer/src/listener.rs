@@ -254,6 +254,7 @@ async fn accepted(
         expires: now + timing.accept_window,
     };
     socket.expected.add(expected.clone());
+    let _held = socket.router.hold_initials();
     let hide = mode == PathMode::Relay;
     let accept = Message::Accept {
         candidates: if hide {

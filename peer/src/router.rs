@@ -96,6 +96,8 @@ struct Entry {
 
 #[derive(Default)]
 struct Routes {
+    /// Accepted offers whose `Dial` has not come yet ([`Router::hold_initials`]).
+    held: usize,
     calls: HashMap<SocketAddr, Entry>,
     by_probe: HashMap<u64, SocketAddr>,
     by_relay: HashMap<(SocketAddr, u32), SocketAddr>,
@@ -209,6 +211,17 @@ impl Router {
         routes.calls.insert(virtual_addr, entry);
         routes.sync_sources(virtual_addr);
         (virtual_addr, wake)
+    }
+
+    /// An offer was accepted and its `Dial` is on the way: until the guard
+    /// is dropped (the call is registered, or given up), Initials from
+    /// unknown addresses are dropped, as while a registered call waits. A
+    /// caller whose packets reach us unsolicited (an open or full-cone
+    /// callee) may get its first Initial here before our `Dial`; let in, it
+    /// would open a connection beside the call's virtual one.
+    pub(crate) fn hold_initials(self: &Arc<Self>) -> InitialsHeld {
+        self.lock().held += 1;
+        InitialsHeld(self.clone())
     }
 
     /// Forgets a call (its connection ended).
@@ -395,6 +408,17 @@ impl Router {
     }
 }
 
+/// Holds stray Initials off while an accepted call's `Dial` is on the way
+/// ([`Router::hold_initials`]).
+pub(crate) struct InitialsHeld(Arc<Router>);
+
+impl Drop for InitialsHeld {
+    fn drop(&mut self) {
+        let mut routes = self.0.lock();
+        routes.held = routes.held.saturating_sub(1);
+    }
+}
+
 /// What [`Router::poll`] says.
 #[derive(Debug)]
 pub(crate) enum Polled {
@@ -488,7 +512,7 @@ impl Routes {
 
     /// Whether some call still waits for its connection.
     fn awaiting_connection(&self) -> bool {
-        self.calls.values().any(|e| !e.connected)
+        self.held > 0 || self.calls.values().any(|e| !e.connected)
     }
 
     /// A probe from `from`: checked under its call's keys and fed to the

@@ -159,3 +159,15 @@ fn drain_sends(r: &Router, v: SocketAddr, now: Instant) -> Vec<Outgoing> {
     }
     out
 }
+
+#[test]
+fn initials_are_held_off_while_an_accepted_calls_dial_is_on_the_way() {
+    let r = Arc::new(Router::new(false));
+    let now = Instant::now();
+    let stranger = a("203.0.113.5:999");
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Pass);
+    let held = r.hold_initials();
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Consumed);
+    drop(held);
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Pass);
+}

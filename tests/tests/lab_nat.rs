@@ -227,6 +227,19 @@ fn follow(mut cell: Cell) -> (String, Vec<String>) {
         wrong.push(format!("{name}: unexpected path changes to {moves:?}"));
         shown.push_str(&format!(" (then {moves:?})"));
     }
+    if !wrong.is_empty() {
+        // The caller's own account (set RUST_LOG=peer=debug for more).
+        let log = watch.proc.log();
+        let tail: String = log
+            .chars()
+            .rev()
+            .take(4000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        wrong.push(format!("{name}: caller's log:\n{tail}"));
+    }
     (shown, wrong)
 }
 

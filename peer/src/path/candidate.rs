@@ -86,6 +86,17 @@ impl Candidate {
         true
     }
 
+    /// A valid ping came in on this path while ours have not been answered
+    /// yet: ping back at once (ICE's triggered check). The other side's
+    /// ping has just opened its NAT toward us, so ours gets through now,
+    /// where the next scheduled one might come only after the relay won.
+    pub(super) fn triggered(&mut self, now: Instant) {
+        let waiting = !matches!(self.state, PathState::Validated { .. });
+        if self.verified() && waiting && self.next_ping.is_some_and(|t| t > now) {
+            self.next_ping = Some(now);
+        }
+    }
+
     /// A ping goes out now: remember it and schedule the next one.
     pub(super) fn ping_sent(&mut self, tx: TxId, now: Instant, chosen: bool, cfg: &PathConfig) {
         if self.inflight.len() >= cfg.max_inflight.max(1) {

@@ -102,6 +102,7 @@ impl PathTable {
             },
         };
         self.paths[idx].nonce_echoed(&ping.nonce, now);
+        self.paths[idx].triggered(now);
         if self.pongs.len() >= self.cfg.max_queued_pongs {
             return;
         }

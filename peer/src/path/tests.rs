@@ -498,3 +498,24 @@ fn a_relay_answering_first_waits_out_its_grace_for_a_direct_path() {
         "no direct candidate: no grace"
     );
 }
+
+#[test]
+fn a_ping_from_the_other_side_triggers_a_ping_back_at_once() {
+    let direct = d("198.51.100.7:4000");
+    let mut s = Sim::new(PathMode::Auto, true, &["198.51.100.7:4000"]);
+    // Our first pings hit the other side's closed NAT.
+    s.run(ms(60));
+    let before = s.sent_to().iter().filter(|r| **r == direct).count();
+    // Its own ping opens it: ours must follow now, not at the next gap.
+    s.open(direct, ms(2));
+    s.table.ping_received(s.now, direct, &ping(3, [0; 8]));
+    s.run(ms(10));
+    let pings_after = s
+        .log
+        .iter()
+        .filter(|(t, a)| *t >= ms(60) && matches!(a, Action::SendPing { to, .. } if *to == direct))
+        .count();
+    assert!(pings_after >= 1, "{:?}", s.log);
+    assert_eq!(s.table.chosen(), Some(direct), "validated within a few ms");
+    assert!(before >= 1);
+}
