@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::call::{Call, Path, PathStatus};
 use crate::endpoint::{remote_fingerprint, Expected};
 use crate::error::Error;
-use crate::peer::Inner;
+use crate::shared::Inner;
 use crate::Event;
 
 /// Most authenticated connections of one key that may wait for their first

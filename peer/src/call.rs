@@ -10,26 +10,7 @@ use common::{Fingerprint, PeerMessage};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-pub use crate::path_task::PathStatus;
-
-/// How a call's packets travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Straight between the two peers.
-    Direct,
-    /// Through a relay (end-to-end encrypted all the same).
-    Relay,
-}
-
-impl Path {
-    /// `direct` or `relay`, as in events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Relay => "relay",
-        }
-    }
-}
+pub use crate::path::{Path, PathStatus};
 
 /// A live call: a QUIC connection whose other end proved it holds the key
 /// the server vouched for.

@@ -58,6 +58,7 @@ mod peer;
 pub mod policy;
 mod router;
 mod server_link;
+mod shared;
 mod udp;
 
 pub use call::{Call, Path, PathStatus};

@@ -17,22 +17,10 @@ use common::probe::{export_context, EXPORT_LABEL};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::debug;
 
-use crate::call::Path;
-use crate::path::{Action, GiveUpReason, PathConfig, Route, SwitchReason};
+use crate::path::{Action, Path, PathConfig, PathStatus, Route, SwitchReason};
 use crate::router::{CallSpec, Polled, Router};
 use crate::udp::PathSocket;
 use crate::Event;
-
-/// Where a call's packets go, as its path task last decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathStatus {
-    /// No path validated yet (the handshake goes every vetted way).
-    Pending,
-    /// On this path, at this address (the relay's on a relayed call).
-    On(Path, SocketAddr),
-    /// No path works: the call cannot go on.
-    GaveUp(GiveUpReason),
-}
 
 /// The setup code's handle on a call's path task. Clones share the task;
 /// when every clone is gone before [`PathHandle::attach`], the task ends

@@ -1,6 +1,6 @@
 //! The [`Peer`] handle: one identity, one socket, one server; lookup and call.
 //!
-//! Listening lives in [`crate::listener`]. The caller's decisions are in
+//! Listening lives in `listener`. The caller's decisions are in
 //! [`crate::call_state`]; this file drives them: ask the server, start the
 //! call's path task (probes to every vetted candidate and the relay), dial
 //! the call's virtual address once: the handshake races every path.
@@ -24,6 +24,7 @@ use crate::path::PathMode;
 use crate::path_task::TaskContext;
 use crate::router::CallSpec;
 use crate::server_link::{unexpected, ServerLink};
+use crate::shared::Inner;
 use crate::Event;
 
 /// How long a connected call waits for its path table's first choice
@@ -64,29 +65,6 @@ impl Default for CallOptions {
             accept_new_key: false,
             path: PathMode::Auto,
         }
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) config: PeerConfig,
-    pub(crate) identity: Arc<Identity>,
-    pub(crate) socket: Socket,
-    pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) known: KnownPeers,
-    /// The one-shot server link (lookup, call), made on first use.
-    link: Mutex<Option<(ServerLink, bool)>>,
-    /// The server refused [`Message::Approve`] (it predates it): not sent again.
-    pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
-    /// Where accepted calls go while listening.
-    pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Ends the accept loop, which holds a clone of the endpoint.
-        self.socket
-            .endpoint
-            .close(common::error::close::DONE.into(), b"peer dropped");
     }
 }
 

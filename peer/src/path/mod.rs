@@ -72,12 +72,42 @@ pub enum Route {
 
 impl Route {
     /// Direct or relay, as `connected`/`path_changed` report it.
-    pub fn kind(self) -> crate::Path {
+    pub fn kind(self) -> Path {
         match self {
-            Self::Direct(_) => crate::Path::Direct,
-            Self::Relay => crate::Path::Relay,
+            Self::Direct(_) => Path::Direct,
+            Self::Relay => Path::Relay,
         }
     }
+}
+
+/// How a call's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Straight between the two peers.
+    Direct,
+    /// Through a relay (end-to-end encrypted all the same).
+    Relay,
+}
+
+impl Path {
+    /// `direct` or `relay`, as in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+/// Where a call's packets go, as its path task last decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathStatus {
+    /// No path validated yet (the handshake goes every vetted way).
+    Pending,
+    /// On this path, at this address (the relay's on a relayed call).
+    On(Path, SocketAddr),
+    /// No path works: the call cannot go on.
+    GaveUp(GiveUpReason),
 }
 
 /// `--path auto|direct|relay`.

@@ -1,0 +1,41 @@
+//! The state one [`crate::Peer`] and its tasks share: its identity and
+//! socket, its event channel, known_peers, the one-shot server link and
+//! where accepted calls go. Its own module, so the tasks that hold it
+//! (the accept loop, the presence loop) need not import the handle.
+
+use std::sync::Arc;
+
+use common::Identity;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::call::Call;
+use crate::config::PeerConfig;
+use crate::endpoint::Socket;
+use crate::error::Result;
+use crate::known_peers::KnownPeers;
+use crate::server_link::ServerLink;
+use crate::Event;
+
+/// Everything a peer's handle and tasks share.
+pub(crate) struct Inner {
+    pub(crate) config: PeerConfig,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) socket: Socket,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) known: KnownPeers,
+    /// The one-shot server link (lookup, call), made on first use.
+    pub(crate) link: Mutex<Option<(ServerLink, bool)>>,
+    /// The server refused [`common::Message::Approve`] (it predates it): not sent again.
+    pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
+    /// Where accepted calls go while listening.
+    pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the accept loop, which holds a clone of the endpoint.
+        self.socket
+            .endpoint
+            .close(common::error::close::DONE.into(), b"peer dropped");
+    }
+}
