@@ -29,7 +29,7 @@
 //! - [`peer`](Peer): the handle; lookup and call (drives [`call_state`]).
 //! - `listener`: presence with reconnection, call offers; `accept`: letting
 //!   in the callers of accepted calls.
-//! - [`call_state`], [`policy`]: the decisions, without I/O.
+//! - [`call_state`] (caller), [`callee_state`], [`policy`]: the decisions, without I/O.
 //! - [`path`]: which path (direct candidate or relay) a call takes, without
 //!   I/O; `router`: virtual addresses ↔ calls ↔ paths, per datagram;
 //!   `path_task`: drives one call's table (probes, switches, events).
@@ -46,6 +46,7 @@ pub mod app;
 mod approve;
 mod call;
 pub mod call_state;
+pub mod callee_state;
 pub mod config;
 mod endpoint;
 pub mod error;

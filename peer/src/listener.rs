@@ -12,28 +12,30 @@
 //!   one that opens a stream to the [`Listener`]: one accepted offer is one
 //!   call, later connections of that key are refused.
 //!
-//! On accept, the callee sends punch datagrams toward the caller's vetted
-//! candidates ([`crate::punch`], [`common::candidates::targets`]) until the
-//! caller gets through. After each registration it tells the server whose
+//! Each offer is decided by [`crate::callee_state::CalleeState`]; on `Dial`
+//! the call's path task starts probing the caller's vetted candidates and
+//! the relay (the probes are the punches: they open our NAT toward the
+//! caller). After each registration the listener tells the server whose
 //! calls it accepts anyway (`approve`). Every write of the call exchange
 //! has [`crate::Timing::write_timeout`].
 
 use std::time::{Duration, Instant};
 
-use common::candidates::targets;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::relay_frame::Party;
-use common::{validate_name, Fingerprint, Message};
+use common::{validate_name, Message};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::call::Call;
+use crate::call_state::Vantage;
+use crate::callee_state::{Answer, CalleeState, OfferIgnored};
 use crate::endpoint::Expected;
 use crate::error::{Error, Result};
 use crate::known_peers::Check;
 use crate::path::PathMode;
 use crate::peer::Peer;
-use crate::policy::{Decision, Policy};
+use crate::policy::Policy;
 use crate::router::CallSpec;
 use crate::server_link::ServerLink;
 use crate::Event;
@@ -166,7 +168,8 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     Ok(link)
 }
 
-/// One offer: decide, answer, then punch toward the caller until it connects.
+/// One offer: decide ([`CalleeState`]), answer, and on `Dial` start the
+/// call's path task (its probes toward the caller are the punches).
 async fn answer_offer(
     peer: Peer,
     policy: Policy,
@@ -178,33 +181,32 @@ async fn answer_offer(
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
-    let Ok(Ok(Message::IncomingCall {
-        from, fingerprint, ..
-    })) = offer
-    else {
+    let state = match offer {
+        Ok(Ok(msg)) => CalleeState::on_offer(msg, Instant::now()),
+        _ => Err(OfferIgnored::NotAnOffer("nothing")),
+    };
+    let Ok(state) = state else {
         debug!("ignoring a malformed call offer");
         return;
     };
-    let (decision, seen) = match vet_offer(&peer, &from, &fingerprint) {
-        Ok(known) => (
-            policy.decide(&from, &fingerprint, known),
-            (known == Check::Known).then_some(fingerprint),
-        ),
-        Err(reason) => (Decision::Reject(reason), None),
+    let known = check_caller(&peer, &state);
+    let mode = peer.inner.config.listen_path;
+    let local = match mode {
+        PathMode::Relay => vec![],
+        _ => peer.inner.socket.local_candidates(),
     };
-    if let Decision::Reject(reason) = decision {
-        let reject = Message::Reject {
-            reason: reason.clone(),
-        };
-        let _ = write_answer(&peer, &mut send, &reject).await;
-        let _ = send.finish();
-        // A refused name may be anything a server sent: cut and escape it.
-        let from: String = from.chars().take(64).collect();
-        let from = common::escape_for_terminal(&from).into_owned();
-        peer.emit(Event::CallRefused { from, reason });
-        return;
+    match state.decide(&policy, known, local, mode) {
+        Answer::Reject {
+            message,
+            from,
+            reason,
+        } => {
+            let _ = write_answer(&peer, &mut send, &message).await;
+            let _ = send.finish();
+            peer.emit(Event::CallRefused { from, reason });
+        }
+        Answer::Accept(state, accept) => accepted(&peer, send, recv, state, accept).await,
     }
-    accepted(&peer, send, recv, from, fingerprint, seen).await;
 }
 
 /// Writes the answer to an offer, within [`crate::Timing::write_timeout`]:
@@ -228,42 +230,39 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
 }
 
 /// An offer we accept: expect the caller, answer, then start the call's
-/// path task on `Dial` (its probes toward the caller are the punches).
-/// `seen` is the caller's known_peers entry as the check saw it (recorded
-/// only if still so, [`crate::KnownPeers::record_if`]).
+/// path task on `Dial`. The caller's key is recorded in known_peers only
+/// if its entry is still what the check saw ([`crate::KnownPeers::record_if`]).
 async fn accepted(
     peer: &Peer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    from: String,
-    fingerprint: common::Fingerprint,
-    seen: Option<Fingerprint>,
+    state: CalleeState,
+    accept: Message,
 ) {
-    let socket = &peer.inner.socket;
-    let timing = &peer.inner.config.timing;
-    let mode = peer.inner.config.listen_path;
-    let now = Instant::now();
-    let expected = Expected {
-        id: socket.expected.next_id(),
-        name: from,
+    let CalleeState::Accepted {
+        from,
         fingerprint,
         seen,
+        at,
+        ..
+    } = &state
+    else {
+        return;
+    };
+    let socket = &peer.inner.socket;
+    let timing = &peer.inner.config.timing;
+    let expected = Expected {
+        id: socket.expected.next_id(),
+        name: from.clone(),
+        fingerprint: *fingerprint,
+        seen: *seen,
         candidates: vec![],
         path: None,
-        offered_at: now,
-        expires: now + timing.accept_window,
+        offered_at: *at,
+        expires: *at + timing.accept_window,
     };
     socket.expected.add(expected.clone());
     let _held = socket.router.hold_initials();
-    let hide = mode == PathMode::Relay;
-    let accept = Message::Accept {
-        candidates: if hide {
-            vec![]
-        } else {
-            socket.local_candidates()
-        },
-        hide_addresses: hide,
-    };
     if write_answer(peer, &mut send, &accept).await.is_err() {
         return;
     }
@@ -273,29 +272,29 @@ async fn accepted(
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
-    let Ok(Ok(Message::Dial {
-        call_id,
-        candidates,
-        probe_key,
-        relay,
-    })) = dial
-    else {
+    let Ok(Ok(dial)) = dial else {
         debug!("no Dial after accepting a call");
         return;
     };
-    // Our own check behind the server's: only the observed address (first,
-    // never loopback or multicast) and, if it is our network, private ones
-    // are ever probed.
     let server = socket.server();
+    let vantage = Vantage {
+        server,
+        observed: socket.observed(),
+    };
+    let plan = match state.on_dial(dial, vantage) {
+        Ok((_, plan)) => plan,
+        Err(why) => {
+            debug!("no call after accepting: {why}");
+            return;
+        }
+    };
     let spec = CallSpec {
-        call_id,
+        call_id: plan.call_id,
         party: Party::Callee,
-        probe_key,
-        relay: relay
-            .filter(|_| mode != PathMode::Direct)
-            .map(|t| (server, t)),
-        candidates: targets(&candidates, server, socket.observed()),
-        mode,
+        probe_key: plan.probe_key,
+        relay: plan.relay.map(|t| (server, t)),
+        candidates: plan.candidates,
+        mode: plan.mode,
         loopback_ok: server.ip().is_loopback(),
     };
     let handle = crate::path_task::start(&peer.path_context(), spec, expected.name.clone());
@@ -306,17 +305,23 @@ async fn accepted(
     });
 }
 
-/// Checks an offer's caller before any policy: its name must keep the name
-/// rules (a lying server could send `bob <key>` or a newline, to forge a
-/// known_peers line) and known_peers must be readable (fail closed: a broken
-/// file never makes a caller "new"). `Err` is the reason to refuse with.
-fn vet_offer(peer: &Peer, from: &str, fingerprint: &Fingerprint) -> Result<Check, String> {
-    if let Err(e) = validate_name(from) {
-        debug!("refusing an offer with an invalid caller name: {e}");
-        return Err("the caller's name breaks the name rules".into());
+/// What known_peers says of an offer's caller, for [`CalleeState::decide`];
+/// emits `incoming_call` for a caller whose name keeps the rules (one that
+/// breaks them is refused without a word, see `decide`). `Err` is the
+/// reason to refuse with: a file that cannot be read never makes a caller
+/// "new" (fail closed).
+fn check_caller(peer: &Peer, state: &CalleeState) -> Result<Check, String> {
+    let CalleeState::Offered {
+        from, fingerprint, ..
+    } = state
+    else {
+        return Err("no offer".into());
+    };
+    if validate_name(from).is_err() {
+        return Ok(Check::New);
     }
     peer.emit(Event::IncomingCall {
-        from: from.to_owned(),
+        from: from.clone(),
         fingerprint: fingerprint.to_string(),
     });
     peer.inner.known.check(from, fingerprint).map_err(|e| {

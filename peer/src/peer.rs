@@ -21,7 +21,7 @@ use crate::endpoint::{is_key_rejected_locally, remote_fingerprint, Socket};
 use crate::error::{Error, Result};
 use crate::known_peers::{Check, KnownPeers};
 use crate::path::PathMode;
-use crate::path_task::TaskContext;
+use crate::path_task::{PathHandle, TaskContext};
 use crate::router::CallSpec;
 use crate::server_link::{unexpected, ServerLink};
 use crate::shared::Inner;
@@ -290,48 +290,9 @@ impl Peer {
             .socket
             .peer_client_config(fingerprint, Some(link.conn.rtt()))?;
         let target = handle.virtual_addr;
-        let router = &self.inner.socket.router;
-        let endpoint = &self.inner.socket.endpoint;
-        // A stranger at one candidate (another machine on a LAN address)
-        // fails the handshake with its key: forget that address and dial
-        // again over the others, a few times at most.
-        let dial = async {
-            let mut outcome = dial_one(endpoint, config.clone(), target).await;
-            for _ in 0..MAX_REDIALS {
-                if !matches!(outcome, Err(AttemptFailure::WrongKey)) {
-                    break;
-                }
-                let Some(stranger) = router.forget_last(target) else {
-                    break;
-                };
-                if router
-                    .targets(target)
-                    .is_none_or(|t| t.direct.is_empty() && !t.relay)
-                {
-                    break;
-                }
-                debug!(%stranger, "another key answered there; dialing the other paths");
-                outcome = dial_one(endpoint, config.clone(), target).await;
-            }
-            outcome
-        };
-        let mut status = handle.status.clone();
-        let gave_up = async move {
-            if status
-                .wait_for(|s| matches!(s, PathStatus::GaveUp(_)))
-                .await
-                .is_err()
-            {
-                std::future::pending::<()>().await;
-            }
-        };
-        let outcome = tokio::select! {
-            r = tokio::time::timeout_at(deadline, dial) => r,
-            () = gave_up => Ok(Err(AttemptFailure::Timeout)),
-        };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(state.on_deadline()),
+        let outcome = match self.dial_call(&handle, config, deadline).await {
+            Some(outcome) => outcome,
+            None => return Err(state.on_deadline()),
         };
         debug!(ok = outcome.is_ok(), "dial finished");
         let (result, conn) = match outcome {
@@ -357,6 +318,63 @@ impl Peer {
             *setup,
             handle.status.clone(),
         ))
+    }
+
+    /// Dials the call's virtual address until the handshake is done, the
+    /// path task gives up, or `deadline` (then `None`). A stranger at one
+    /// candidate (another machine on a LAN address) fails the handshake
+    /// with its key: that address is forgotten and the others are dialed
+    /// again, [`MAX_REDIALS`] times at most; if nothing else answers, the
+    /// stranger is what is reported.
+    async fn dial_call(
+        &self,
+        handle: &PathHandle,
+        config: quinn::ClientConfig,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<quinn::Connection, AttemptFailure>> {
+        let target = handle.virtual_addr;
+        let router = &self.inner.socket.router;
+        let endpoint = &self.inner.socket.endpoint;
+        let mut strangers = 0u32;
+        let dial = async {
+            let mut outcome = dial_one(endpoint, config.clone(), target).await;
+            for _ in 0..MAX_REDIALS {
+                let Err(AttemptFailure::WrongKey) = outcome else {
+                    break;
+                };
+                strangers += 1;
+                let Some(stranger) = router.forget_last(target) else {
+                    break;
+                };
+                let left = router.targets(target);
+                if left.is_none_or(|t| t.direct.is_empty() && !t.relay) {
+                    break;
+                }
+                debug!(%stranger, "another key answered there; dialing the other paths");
+                outcome = dial_one(endpoint, config.clone(), target).await;
+            }
+            outcome
+        };
+        let mut status = handle.status.clone();
+        let gave_up = async move {
+            if status
+                .wait_for(|s| matches!(s, PathStatus::GaveUp(_)))
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout_at(deadline, dial) => r.ok(),
+            () = gave_up => Some(Err(AttemptFailure::Timeout)),
+        };
+        match outcome {
+            Some(Err(AttemptFailure::Timeout)) | None if strangers > 0 => {
+                Some(Err(AttemptFailure::WrongKey))
+            }
+            other => other,
+        }
     }
 
     /// What a call's path task needs.
