@@ -126,10 +126,15 @@ impl TestServer {
 
     /// A peer with a fresh identity.
     pub async fn peer(&self, name: &str) -> TestPeer {
+        self.peer_tuned(name, |_| {}).await
+    }
+
+    /// A peer with a fresh identity and `tune` applied to its config.
+    pub async fn peer_tuned(&self, name: &str, tune: impl FnOnce(&mut PeerConfig)) -> TestPeer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let peer = Peer::new(self.peer_config(dir.path(), Some(name)))
-            .await
-            .expect("peer");
+        let mut config = self.peer_config(dir.path(), Some(name));
+        tune(&mut config);
+        let peer = Peer::new(config).await.expect("peer");
         TestPeer {
             events: peer.events(),
             peer,
@@ -372,7 +377,18 @@ pub async fn listening(
     policy: peer::Policy,
     mode: Serve,
 ) -> (TestPeer, tokio::task::JoinHandle<Option<peer::Error>>) {
-    let mut p = server.peer(name).await;
+    listening_tuned(server, name, policy, mode, |_| {}).await
+}
+
+/// [`listening`] with `tune` applied to the peer's config.
+pub async fn listening_tuned(
+    server: &TestServer,
+    name: &str,
+    policy: peer::Policy,
+    mode: Serve,
+    tune: impl FnOnce(&mut PeerConfig),
+) -> (TestPeer, tokio::task::JoinHandle<Option<peer::Error>>) {
+    let mut p = server.peer_tuned(name, tune).await;
     let listener = p.peer.listen(policy).expect("listen");
     p.wait_event(Duration::from_secs(10), |e| {
         matches!(e, Event::Registered { .. })
