@@ -20,6 +20,7 @@ pub mod dial;
 pub mod fake_server;
 pub mod inproc;
 pub mod lab;
+pub mod pair;
 pub mod proc;
 pub mod relay_tap;
 pub mod stall;
