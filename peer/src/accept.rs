@@ -154,17 +154,21 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
         return None;
     };
     let setup = expected.offered_at.elapsed();
-    let status = match &expected.path {
+    let (status, announced) = match &expected.path {
         Some(handle) => {
             handle.attach(conn.clone());
             let mut handle = handle.clone();
             handle.settled(&inner.socket.router, SETTLE_WAIT).await;
-            handle.status.clone()
+            (handle.status.clone(), handle.announced.clone())
         }
         // Not at a virtual address: an old-style direct connection.
-        None => watch::channel(PathStatus::On(Path::Direct, remote)).1,
+        None => (
+            watch::channel(PathStatus::On(Path::Direct, remote)).1,
+            Default::default(),
+        ),
     };
-    let call = Call::new(conn, expected.name.clone(), fp, setup, status).with_first_stream(first);
+    let call = Call::new(conn, expected.name.clone(), fp, setup, status, announced)
+        .with_first_stream(first);
     Some((call, expected))
 }
 

@@ -10,6 +10,7 @@ use common::{Fingerprint, PeerMessage};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::path::Announced;
 pub use crate::path::{Path, PathStatus};
 
 /// A live call: a QUIC connection whose other end proved it holds the key
@@ -24,6 +25,8 @@ pub struct Call {
     pub fingerprint: Fingerprint,
     /// How packets travel now ([`Call::path`], [`Call::remote_addr`]).
     status: watch::Receiver<PathStatus>,
+    /// The path `connected` and `path_changed` last reported.
+    announced: Announced,
     /// From the call request (caller) or the offer (callee) to the authenticated connection.
     pub setup: Duration,
     /// Time spent first reaching the server (caller only; zero when already connected).
@@ -38,12 +41,14 @@ impl Call {
         fingerprint: Fingerprint,
         setup: Duration,
         status: watch::Receiver<PathStatus>,
+        announced: Announced,
     ) -> Self {
         Self {
             connection,
             peer,
             fingerprint,
             status,
+            announced,
             setup,
             server_time: Duration::ZERO,
             first_stream: Mutex::new(None),
@@ -79,7 +84,10 @@ impl Call {
     }
 
     /// The `connected` event for this call.
+    /// From now on a move of the call is reported as `path_changed`.
     pub fn connected_event(&self) -> crate::Event {
+        let now = *self.status.borrow();
+        *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         crate::Event::Connected {
             peer: self.peer.clone(),
             fingerprint: self.fingerprint.to_string(),

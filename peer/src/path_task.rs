@@ -17,7 +17,7 @@ use common::probe::{export_context, EXPORT_LABEL};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::debug;
 
-use crate::path::{Action, Path, PathConfig, PathStatus, Route, SwitchReason};
+use crate::path::{Action, Announced, Path, PathConfig, PathStatus, Route, SwitchReason};
 use crate::router::{CallSpec, Polled, Router};
 use crate::udp::PathSocket;
 use crate::Event;
@@ -32,6 +32,8 @@ pub(crate) struct PathHandle {
     conn: Arc<std::sync::Mutex<Option<oneshot::Sender<quinn::Connection>>>>,
     /// The call's path.
     pub(crate) status: watch::Receiver<PathStatus>,
+    /// The path last reported ([`crate::Call::connected_event`] sets it).
+    pub(crate) announced: Announced,
 }
 
 impl PathHandle {
@@ -79,6 +81,7 @@ pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHand
         .register(spec, ctx.config.clone(), Instant::now());
     let (conn_tx, conn_rx) = oneshot::channel();
     let (status_tx, status) = watch::channel(PathStatus::Pending);
+    let announced = Announced::default();
     let task = Task {
         router: ctx.router.clone(),
         socket: ctx.socket.clone(),
@@ -87,6 +90,7 @@ pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHand
         call_id,
         peer,
         status: status_tx,
+        announced: announced.clone(),
         conn: None,
         relayed_notice: false,
     };
@@ -95,6 +99,7 @@ pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHand
         virtual_addr,
         conn: Arc::new(std::sync::Mutex::new(Some(conn_tx))),
         status,
+        announced,
     }
 }
 
@@ -106,6 +111,7 @@ struct Task {
     call_id: u64,
     peer: String,
     status: watch::Sender<PathStatus>,
+    announced: Announced,
     conn: Option<quinn::Connection>,
     relayed_notice: bool,
 }
@@ -199,7 +205,19 @@ impl Task {
                 ),
             });
         }
-        if reason != SwitchReason::First {
+        // Reported only after `connected`, and only for a real change (a
+        // move before `connected` is in what `connected` says).
+        let changed = {
+            let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+            match *announced {
+                Some(before) if before != status => {
+                    *announced = Some(status);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
             let _ = self.events.send(Event::PathChanged {
                 peer: self.peer.clone(),
                 path: path.as_str().to_owned(),

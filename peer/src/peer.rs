@@ -317,6 +317,7 @@ impl Peer {
             fingerprint,
             *setup,
             handle.status.clone(),
+            handle.announced.clone(),
         ))
     }
 

@@ -122,6 +122,11 @@ pub enum PathMode {
     Relay,
 }
 
+/// The path last reported to the user: set by `connected`, then by each
+/// `path_changed` (which is emitted only once `connected` was, and only
+/// for a real change).
+pub(crate) type Announced = std::sync::Arc<std::sync::Mutex<Option<PathStatus>>>;
+
 /// What is known of one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathState {
