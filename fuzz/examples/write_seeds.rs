@@ -39,6 +39,7 @@ fn messages() -> Vec<Message> {
         Message::Call {
             to: "bob".into(),
             candidates: cands.clone(),
+            hide_addresses: false,
         },
         Message::IncomingCall {
             call_id: 42,
@@ -47,6 +48,7 @@ fn messages() -> Vec<Message> {
         },
         Message::Accept {
             candidates: cands.clone(),
+            hide_addresses: true,
         },
         Message::Reject {
             reason: "not on the allow-list".into(),
@@ -55,10 +57,17 @@ fn messages() -> Vec<Message> {
             call_id: 42,
             fingerprint: fp,
             candidates: cands.clone(),
+            probe_key: [7; 32],
+            relay: Some(common::RelayTicket {
+                call_id: 9,
+                secret: [8; 32],
+            }),
         },
         Message::Dial {
             call_id: u64::MAX,
             candidates: cands,
+            probe_key: [7; 32],
+            relay: None,
         },
         Message::Approve {
             fingerprints: vec![fp; 3],
