@@ -223,6 +223,12 @@ impl ProbeKeys {
         self.previous = Some(std::mem::replace(&mut self.current, key));
     }
 
+    /// Stops accepting the server's key (the other side had time enough to
+    /// switch), even if no probe under the exported key came yet.
+    pub fn forget_server_key(&mut self) {
+        self.previous = None;
+    }
+
     /// The key to seal outgoing probes with.
     pub fn sealing(&self) -> &ProbeKey {
         &self.current

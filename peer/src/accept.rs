@@ -127,9 +127,16 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
     let remote = canonical(conn.remote_address());
     let fp = remote_fingerprint(&conn)?;
     let expected_calls = &inner.socket.expected;
-    if expected_calls.find(&fp, remote).is_none() {
+    let Some(found) = expected_calls.find(&fp, remote) else {
         conn.close(NOT_EXPECTED.into(), b"no call expected from this key");
         return None;
+    };
+    // The handshake is done: the call's probes switch to the connection's
+    // own key now, as the caller's do (not only once a stream came).
+    if let Some(handle) = &found.path {
+        if handle.virtual_addr_is(remote) {
+            handle.attach(conn.clone());
+        }
     }
     let Some(_unclaimed) = expected_calls.hold_unclaimed(&fp, MAX_UNCLAIMED_PER_CALL) else {
         debug!(%remote, "refusing a connection: too many unclaimed ones of this key");
@@ -154,21 +161,27 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
         return None;
     };
     let setup = expected.offered_at.elapsed();
-    let (status, announced) = match &expected.path {
+    let direct = PathStatus::On(Path::Direct, remote);
+    let (status, announced, settled) = match &expected.path {
         Some(handle) => {
             handle.attach(conn.clone());
             let mut handle = handle.clone();
-            handle.settled(&inner.socket.router, SETTLE_WAIT).await;
-            (handle.status.clone(), handle.announced.clone())
+            let settled = handle.settled(&inner.socket.router, SETTLE_WAIT).await;
+            (handle.status.clone(), handle.announced.clone(), settled)
         }
         // Not at a virtual address: an old-style direct connection.
-        None => (
-            watch::channel(PathStatus::On(Path::Direct, remote)).1,
-            Default::default(),
-        ),
+        None => (watch::channel(direct).1, Default::default(), direct),
     };
-    let call = Call::new(conn, expected.name.clone(), fp, setup, status, announced)
-        .with_first_stream(first);
+    let call = Call::new(
+        conn,
+        expected.name.clone(),
+        fp,
+        setup,
+        status,
+        announced,
+        settled,
+    )
+    .with_first_stream(first);
     Some((call, expected))
 }
 

@@ -27,6 +27,9 @@ pub struct Call {
     status: watch::Receiver<PathStatus>,
     /// The path `connected` and `path_changed` last reported.
     announced: Announced,
+    /// The path the handshake settled on, for as long as the path task
+    /// has chosen none (its probes were slower than the handshake).
+    settled: PathStatus,
     /// From the call request (caller) or the offer (callee) to the authenticated connection.
     pub setup: Duration,
     /// Time spent first reaching the server (caller only; zero when already connected).
@@ -42,6 +45,7 @@ impl Call {
         setup: Duration,
         status: watch::Receiver<PathStatus>,
         announced: Announced,
+        settled: PathStatus,
     ) -> Self {
         Self {
             connection,
@@ -49,6 +53,7 @@ impl Call {
             fingerprint,
             status,
             announced,
+            settled,
             setup,
             server_time: Duration::ZERO,
             first_stream: Mutex::new(None),
@@ -60,18 +65,28 @@ impl Call {
         self
     }
 
-    /// How the call's packets travel now.
-    pub fn path(&self) -> Path {
+    /// Where the call's packets go now: the path task's choice, else what
+    /// the handshake settled on.
+    fn now(&self) -> PathStatus {
         match *self.status.borrow() {
+            s @ PathStatus::On(..) => s,
+            _ => self.settled,
+        }
+    }
+
+    /// How the call's packets travel now (`Relay` while no path is known:
+    /// the honest guess for a call no direct probe has answered).
+    pub fn path(&self) -> Path {
+        match self.now() {
             PathStatus::On(path, _) => path,
-            _ => Path::Direct,
+            _ => Path::Relay,
         }
     }
 
     /// The address the call's packets go to now: the other side's on a
     /// direct path, the relay's on a relayed one.
     pub fn remote_addr(&self) -> SocketAddr {
-        match *self.status.borrow() {
+        match self.now() {
             PathStatus::On(_, addr) => common::candidates::canonical(addr),
             _ => common::candidates::canonical(self.connection.remote_address()),
         }
@@ -86,7 +101,7 @@ impl Call {
     /// The `connected` event for this call.
     /// From now on a move of the call is reported as `path_changed`.
     pub fn connected_event(&self) -> crate::Event {
-        let now = *self.status.borrow();
+        let now = self.now();
         *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         crate::Event::Connected {
             peer: self.peer.clone(),
@@ -144,5 +159,13 @@ impl Call {
     pub fn close(&self) {
         self.connection
             .close(common::error::close::DONE.into(), b"call ended");
+    }
+}
+
+/// Dropping a call ends it, as dropping the last handle of a quinn
+/// connection would (the call's path task holds one of its own).
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.close();
     }
 }

@@ -220,6 +220,9 @@ impl Socket {
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Protocol(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(peer_transport(&timing, None, limits.max_streams_per_call));
+        // quinn must not move a call's connection off its virtual address on
+        // a packet from elsewhere: the path layer decides where it goes.
+        server_config.migration(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
             Some(server_config),
@@ -416,11 +419,13 @@ pub(crate) fn remote_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint
 /// bit being clear (`common::probe`, `common::relay_frame`), so every QUIC
 /// packet here must keep it set.
 ///
-/// The largest UDP payload taken is [`common::relay_frame::MAX_PAYLOAD`]:
-/// a packet must still fit 1500 bytes with a relay header in front.
+/// Receive buffers hold a whole relay frame
+/// ([`common::relay_frame::MAX_DATAGRAM`]: without GRO quinn sizes each
+/// buffer by this number, and a longer datagram would be cut); what is
+/// *sent* is capped lower, by the transport's MTU bound.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
-    let _ = config.max_udp_payload_size(common::relay_frame::MAX_PAYLOAD as u16);
+    let _ = config.max_udp_payload_size(common::relay_frame::MAX_DATAGRAM as u16);
     config
 }

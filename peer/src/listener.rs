@@ -297,9 +297,10 @@ async fn accepted(
         mode: plan.mode,
         loopback_ok: server.ip().is_loopback(),
     };
-    let handle = crate::path_task::start(&peer.path_context(), spec, expected.name.clone());
+    let within = expected.expires.saturating_duration_since(Instant::now());
+    let handle = crate::path_task::start(&peer.path_context(), spec, expected.name.clone(), within);
     socket.expected.update(Expected {
-        candidates: vec![handle.virtual_addr],
+        candidates: vec![common::candidates::canonical(handle.virtual_addr)],
         path: Some(handle),
         ..expected
     });

@@ -37,6 +37,12 @@ pub(crate) struct PathHandle {
 }
 
 impl PathHandle {
+    /// Whether `addr` (as quinn reports a connection's remote) is this
+    /// call's virtual address.
+    pub(crate) fn virtual_addr_is(&self, addr: SocketAddr) -> bool {
+        common::candidates::canonical(addr) == common::candidates::canonical(self.virtual_addr)
+    }
+
     /// Hands the task the call's connection (the handshake is done).
     pub(crate) fn attach(&self, conn: quinn::Connection) {
         let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -73,8 +79,15 @@ pub(crate) struct TaskContext {
 }
 
 /// Registers `spec` with the router and starts its task. `peer` is the
-/// other side's name (for events).
-pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHandle {
+/// other side's name (for events); without a connection within
+/// `setup_within` (the caller's timeout, the callee's accept window) the
+/// call's paths are dropped.
+pub(crate) fn start(
+    ctx: &TaskContext,
+    spec: CallSpec,
+    peer: String,
+    setup_within: Duration,
+) -> PathHandle {
     let call_id = spec.call_id;
     let (virtual_addr, wake) = ctx
         .router
@@ -94,7 +107,7 @@ pub(crate) fn start(ctx: &TaskContext, spec: CallSpec, peer: String) -> PathHand
         conn: None,
         relayed_notice: false,
     };
-    tokio::spawn(task.run(wake, conn_rx));
+    tokio::spawn(task.run(wake, conn_rx, setup_within.min(MAX_SETUP)));
     PathHandle {
         virtual_addr,
         conn: Arc::new(std::sync::Mutex::new(Some(conn_tx))),
@@ -116,18 +129,24 @@ struct Task {
     relayed_notice: bool,
 }
 
-/// How long a call may wait for its connection before its paths are
-/// dropped (the caller's timeout, the callee's accept window, are shorter).
+/// The longest a call may wait for its connection before its paths are
+/// dropped.
 const MAX_SETUP: Duration = Duration::from_secs(60);
+
+/// How long a call's routes outlive its connection, so the
+/// CONNECTION_CLOSE (sent by quinn's driver after `closed()` resolves) and
+/// its retransmissions still find their path.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl Task {
     async fn run(
         mut self,
         wake: Arc<tokio::sync::Notify>,
         conn_rx: oneshot::Receiver<quinn::Connection>,
+        setup_within: Duration,
     ) {
         let mut conn_rx = Some(conn_rx);
-        let setup_deadline = tokio::time::Instant::now() + MAX_SETUP;
+        let setup_deadline = tokio::time::Instant::now() + setup_within;
         while let Some(next) = self.drain() {
             let sleep = next.map_or(setup_deadline, tokio::time::Instant::from_std);
             let conn = self.conn.clone();
@@ -149,13 +168,18 @@ impl Task {
                 _ = async { conn.as_ref().expect("guarded").closed().await }, if conn.is_some() => break,
             }
         }
+        if self.conn.take().is_some() {
+            tokio::time::sleep(LINGER).await;
+        }
         self.router.remove(self.virtual_addr);
     }
 
     fn attach(&mut self, conn: quinn::Connection) {
         let mut key = [0u8; 32];
         match conn.export_keying_material(&mut key, EXPORT_LABEL, &export_context(self.call_id)) {
-            Ok(()) => self.router.connected(self.virtual_addr, key),
+            Ok(()) => self
+                .router
+                .connected(self.virtual_addr, key, Instant::now()),
             Err(e) => debug!("no keying material exported: {e:?}"),
         }
         self.conn = Some(conn);

@@ -284,7 +284,8 @@ impl Peer {
             mode: *mode,
             loopback_ok: server.ip().is_loopback(),
         };
-        let mut handle = crate::path_task::start(&self.path_context(), spec, to.to_owned());
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut handle = crate::path_task::start(&self.path_context(), spec, to.to_owned(), within);
         let config = self
             .inner
             .socket
@@ -310,7 +311,7 @@ impl Peer {
             conn.close(common::error::close::DONE.into(), b"key not recorded");
             return Err(e);
         }
-        handle.settled(&self.inner.socket.router, SETTLE_WAIT).await;
+        let settled = handle.settled(&self.inner.socket.router, SETTLE_WAIT).await;
         Ok(Call::new(
             conn,
             to.to_owned(),
@@ -318,6 +319,7 @@ impl Peer {
             *setup,
             handle.status.clone(),
             handle.announced.clone(),
+            settled,
         ))
     }
 
@@ -352,6 +354,7 @@ impl Peer {
                     break;
                 }
                 debug!(%stranger, "another key answered there; dialing the other paths");
+                router.redial(target);
                 outcome = dial_one(endpoint, config.clone(), target).await;
             }
             outcome

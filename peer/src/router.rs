@@ -36,7 +36,7 @@ use common::relay_frame::{self, FrameKey, Header, Party, HEADER_LEN};
 use common::RelayTicket;
 use rand::SeedableRng;
 use tokio::sync::Notify;
-use tracing::trace;
+use tracing::{debug, trace};
 
 use crate::path::{Action, PathConfig, PathMode, PathParams, PathTable, Route};
 
@@ -88,16 +88,28 @@ struct Entry {
     sources: Vec<SocketAddr>,
     /// Wakes the call's task: the table has something to do.
     wake: Arc<Notify>,
-    /// Whether its connection is up (then stray Initials are not for it).
-    connected: bool,
+    /// When its connection came up (then stray Initials are not for it,
+    /// and the server's probe key stops being accepted soon after).
+    connected: Option<Instant>,
     /// The path the last packet from the other side came over.
     last_in: Option<Route>,
+    /// The path the first long-header packet of the current dial came
+    /// over: the one to forget if the handshake met a stranger's key.
+    first_in: Option<Route>,
 }
+
+/// How long after the handshake the server's per-call probe key is still
+/// accepted (the two sides finish it about half a round trip apart).
+const SERVER_KEY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Default)]
 struct Routes {
     /// Accepted offers whose `Dial` has not come yet ([`Router::hold_initials`]).
     held: usize,
+    /// Registered calls whose connection is not up yet.
+    unconnected: usize,
+    /// Server links' addresses: their QUIC always passes.
+    servers: std::collections::HashSet<SocketAddr>,
     calls: HashMap<SocketAddr, Entry>,
     by_probe: HashMap<u64, SocketAddr>,
     by_relay: HashMap<(SocketAddr, u32), SocketAddr>,
@@ -205,10 +217,12 @@ impl Router {
             call_id: spec.call_id,
             sources: vec![],
             wake: wake.clone(),
-            connected: false,
+            connected: None,
             last_in: None,
+            first_in: None,
         };
         routes.calls.insert(virtual_addr, entry);
+        routes.unconnected += 1;
         routes.sync_sources(virtual_addr);
         (virtual_addr, wake)
     }
@@ -224,17 +238,28 @@ impl Router {
         InitialsHeld(self.clone())
     }
 
+    /// A server link's address: its packets always reach quinn as they are.
+    pub(crate) fn add_server(&self, addr: SocketAddr) {
+        self.lock().servers.insert(canonical(addr));
+    }
+
     /// Forgets a call (its connection ended).
     pub(crate) fn remove(&self, virtual_addr: SocketAddr) {
         let mut routes = self.lock();
         let Some(entry) = routes.calls.remove(&virtual_addr) else {
             return;
         };
+        if entry.connected.is_none() {
+            routes.unconnected = routes.unconnected.saturating_sub(1);
+        }
         if routes.by_probe.get(&entry.call_id) == Some(&virtual_addr) {
             routes.by_probe.remove(&entry.call_id);
         }
         if let Some(r) = &entry.relay {
-            routes.by_relay.remove(&(r.server, r.call_id));
+            let key = (r.server, r.call_id);
+            if routes.by_relay.get(&key) == Some(&virtual_addr) {
+                routes.by_relay.remove(&key);
+            }
         }
         for s in entry.sources {
             if routes.by_addr.get(&s) == Some(&virtual_addr) {
@@ -246,11 +271,17 @@ impl Router {
     /// The call's connection is up: probes are sealed with `exported`
     /// (keying material of the connection) from now on, and Initials from
     /// unknown addresses are no longer held against it.
-    pub(crate) fn connected(&self, virtual_addr: SocketAddr, exported: [u8; 32]) {
-        if let Some(e) = self.lock().calls.get_mut(&virtual_addr) {
-            e.keys.set_exported(ProbeKey::new(&exported));
-            e.connected = true;
+    pub(crate) fn connected(&self, virtual_addr: SocketAddr, exported: [u8; 32], now: Instant) {
+        let mut routes = self.lock();
+        let Some(e) = routes.calls.get_mut(&virtual_addr) else {
+            return;
+        };
+        if e.connected.is_some() {
+            return;
         }
+        e.keys.set_exported(ProbeKey::new(&exported));
+        e.connected = Some(now);
+        routes.unconnected = routes.unconnected.saturating_sub(1);
     }
 
     /// Forgets the direct path the call's last packet came in on, if it is
@@ -258,12 +289,19 @@ impl Router {
     pub(crate) fn forget_last(&self, virtual_addr: SocketAddr) -> Option<SocketAddr> {
         let mut routes = self.lock();
         let e = routes.calls.get_mut(&virtual_addr)?;
-        let Some(Route::Direct(addr)) = e.last_in.take() else {
+        let Some(Route::Direct(addr)) = e.first_in.take() else {
             return None;
         };
         e.table.forget(Route::Direct(addr));
         routes.sync_sources(virtual_addr);
         Some(addr)
+    }
+
+    /// A new dial of the call starts: its first packets are looked at afresh.
+    pub(crate) fn redial(&self, virtual_addr: SocketAddr) {
+        if let Some(e) = self.lock().calls.get_mut(&virtual_addr) {
+            e.first_in = None;
+        }
     }
 
     /// The next action of the call's table at `now` and, when there is
@@ -332,9 +370,13 @@ impl Router {
             Route::Direct(a) => t.direct.push(a),
             Route::Relay => t.relay = e.relay.is_some(),
         };
-        match e.table.chosen() {
-            Some(r) => add(r),
-            None => e.table.unconfirmed_routes().for_each(add),
+        match (e.table.chosen(), e.connected, e.last_in) {
+            (Some(r), ..) => add(r),
+            // Past the handshake, copies to every path would be sent with
+            // no anti-amplification limit: only the way it came in.
+            (None, Some(_), Some(r)) => add(r),
+            (None, Some(_), None) => add(Route::Relay),
+            (None, None, _) => e.table.unconfirmed_routes().for_each(add),
         }
         Some(t)
     }
@@ -359,19 +401,7 @@ impl Router {
         };
         let mut routes = self.lock();
         if first & 0x40 != 0 {
-            return match routes.by_addr.get(&from).copied() {
-                Some(v) => {
-                    if let Some(e) = routes.calls.get_mut(&v) {
-                        e.last_in = Some(Route::Direct(from));
-                    }
-                    Inbound::Quic(v)
-                }
-                None if is_initial(bytes) && routes.awaiting_connection() => {
-                    trace!(%from, "dropping an Initial from an address no call knows");
-                    Inbound::Consumed
-                }
-                None => Inbound::Pass,
-            };
+            return routes.quic_from(from, bytes);
         }
         if probe::is_probe(bytes) {
             routes.probe(now, Route::Direct(from), bytes);
@@ -386,21 +416,25 @@ impl Router {
         let Some(&v) = routes.by_relay.get(&(from, frame.header.call_id)) else {
             return Inbound::Consumed;
         };
-        let from_other = routes.calls[&v]
-            .relay
-            .as_ref()
-            .is_some_and(|r| r.ours.other() == frame.header.party);
+        let from_other = routes.calls.get(&v).is_some_and(|e| {
+            e.relay
+                .as_ref()
+                .is_some_and(|r| r.ours.other() == frame.header.party)
+        });
         if !from_other {
             return Inbound::Consumed;
         }
         let payload = frame.payload;
         if probe::is_probe(payload) {
-            routes.probe(now, Route::Relay, payload);
+            // Only this call's probes ride this call's relay frames.
+            if probe::peek_call_id(payload).and_then(|id| routes.by_probe.get(&id)) == Some(&v) {
+                routes.probe(now, Route::Relay, payload);
+            }
             return Inbound::Consumed;
         }
         if payload.first().is_some_and(|b| b & 0x40 != 0) {
             if let Some(e) = routes.calls.get_mut(&v) {
-                e.last_in = Some(Route::Relay);
+                e.arrived(Route::Relay, payload);
             }
             return Inbound::Relayed(v);
         }
@@ -482,37 +516,91 @@ impl RelayLink {
     }
 }
 
+impl Entry {
+    /// A QUIC packet of this call came in over `route`.
+    fn arrived(&mut self, route: Route, bytes: &[u8]) {
+        self.last_in = Some(route);
+        let long_header = bytes.first().is_some_and(|b| b & 0x80 != 0);
+        if long_header && self.connected.is_none() && self.first_in.is_none() {
+            self.first_in = Some(route);
+        }
+    }
+}
+
 impl Routes {
+    /// A QUIC packet from `from`: a call's (at its virtual address), a
+    /// server link's (as it is), or nobody's. Of nobody's, only Initials
+    /// pass, and only while no call waits for its connection (a stranger's
+    /// Initial is then refused by the accept loop); the rest would only
+    /// provoke stateless resets, or move a call's connection off its
+    /// virtual address.
+    fn quic_from(&mut self, from: SocketAddr, bytes: &[u8]) -> Inbound {
+        if let Some(v) = self.by_addr.get(&from).copied() {
+            if let Some(e) = self.calls.get_mut(&v) {
+                e.arrived(Route::Direct(from), bytes);
+            }
+            return Inbound::Quic(v);
+        }
+        if self.servers.contains(&from) {
+            return Inbound::Pass;
+        }
+        if is_initial(bytes) && !self.awaiting_connection() {
+            return Inbound::Pass;
+        }
+        trace!(%from, "dropping QUIC from an address no call or server knows");
+        Inbound::Consumed
+    }
+
     /// Registers the call's direct paths as sources of its packets.
     fn sync_sources(&mut self, v: SocketAddr) {
         let Some(e) = self.calls.get_mut(&v) else {
             return;
         };
-        let now: Vec<SocketAddr> = e
+        let wanted: Vec<SocketAddr> = e
             .table
-            .routes()
+            .proven_routes()
             .filter_map(|r| match r {
                 Route::Direct(a) => Some(a),
                 Route::Relay => None,
             })
             .collect();
-        if now == e.sources {
+        if wanted == e.sources {
             return;
         }
-        let old = std::mem::replace(&mut e.sources, now.clone());
+        let old = std::mem::take(&mut e.sources);
         for s in old {
             if self.by_addr.get(&s) == Some(&v) {
                 self.by_addr.remove(&s);
             }
         }
-        for s in now {
-            self.by_addr.entry(s).or_insert(v);
+        let mut taken = vec![];
+        let mut mine = vec![];
+        for s in wanted {
+            match self.by_addr.get(&s) {
+                Some(other) if *other != v => taken.push(s),
+                _ => {
+                    self.by_addr.insert(s, v);
+                    mine.push(s);
+                }
+            }
         }
+        let Some(e) = self.calls.get_mut(&v) else {
+            return;
+        };
+        // Another call already has that address (two calls between the
+        // same two sockets): packets from it cannot be told apart, so this
+        // call does without it (and goes through the relay if nothing else
+        // is left).
+        for s in taken {
+            debug!(addr = %s, "an address of another call: not used for this one");
+            e.table.forget(Route::Direct(s));
+        }
+        e.sources = mine;
     }
 
     /// Whether some call still waits for its connection.
     fn awaiting_connection(&self) -> bool {
-        self.held > 0 || self.calls.values().any(|e| !e.connected)
+        self.held > 0 || self.unconnected > 0
     }
 
     /// A probe from `from`: checked under its call's keys and fed to the
@@ -525,6 +613,11 @@ impl Routes {
         let Some(e) = self.calls.get_mut(&v) else {
             return;
         };
+        if e.connected
+            .is_some_and(|t| now.saturating_duration_since(t) > SERVER_KEY_GRACE)
+        {
+            e.keys.forget_server_key();
+        }
         match e.keys.open(bytes) {
             Ok(Probe::Ping(p)) => e.table.ping_received(now, from, &p),
             Ok(Probe::Pong(p)) => e.table.pong_received(now, from, &p),

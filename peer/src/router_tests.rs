@@ -88,16 +88,23 @@ fn before_a_choice_packets_go_every_vetted_way_and_other_addresses_pass() {
 #[test]
 fn quic_from_a_path_of_the_call_comes_from_its_virtual_address() {
     let (r, v, now) = router();
+    r.add_server(a(SERVER));
     assert_eq!(r.recv(now, a(CALLEE), &quic(0xC0)), Inbound::Quic(v));
     assert_eq!(r.recv(now, a(SERVER), &quic(0x40)), Inbound::Pass);
+    assert_eq!(
+        r.recv(now, a(SERVER), &quic(0xC0)),
+        Inbound::Pass,
+        "the server's handshake passes even while a call waits"
+    );
     // A stranger's Initial would open a second connection: dropped while
-    // the call waits for its own; its short-header packets pass (quinn
-    // drops what matches no connection).
+    // the call waits for its own. Its other packets never pass: they could
+    // only provoke stateless resets or move a call's connection.
     let stranger = a("203.0.113.5:999");
     assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Consumed);
-    assert_eq!(r.recv(now, stranger, &quic(0x40)), Inbound::Pass);
-    r.connected(v, [7; 32]);
+    assert_eq!(r.recv(now, stranger, &quic(0x40)), Inbound::Consumed);
+    r.connected(v, [7; 32], now);
     assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Pass);
+    assert_eq!(r.recv(now, stranger, &quic(0x40)), Inbound::Consumed);
     assert_eq!(r.path(v), Some((None, Some(Route::Direct(a(CALLEE))))));
 }
 
@@ -174,4 +181,56 @@ fn initials_are_held_off_while_an_accepted_calls_dial_is_on_the_way() {
     assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Consumed);
     drop(held);
     assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Pass);
+}
+
+#[test]
+fn two_calls_between_the_same_two_sockets_do_not_share_an_address() {
+    let (r, v, now) = router();
+    let (w, _) = r.register(spec(), PathConfig::default(), now);
+    assert_eq!(
+        r.recv(now, a(CALLEE), &quic(0x40)),
+        Inbound::Quic(v),
+        "the first keeps it"
+    );
+    assert_eq!(
+        r.targets(w),
+        Some(Targets {
+            direct: vec![],
+            relay: true,
+        }),
+        "the second does without it"
+    );
+}
+
+#[test]
+fn after_the_handshake_packets_follow_the_way_in_until_a_path_is_chosen() {
+    let (r, v, now) = router();
+    assert_eq!(r.recv(now, a(CALLEE), &quic(0x40)), Inbound::Quic(v));
+    r.connected(v, [7; 32], now);
+    assert_eq!(
+        r.targets(v),
+        Some(Targets {
+            direct: vec![a(CALLEE)],
+            relay: false,
+        })
+    );
+}
+
+#[test]
+fn a_replayed_ping_gets_no_second_pong() {
+    let (r, v, now) = router();
+    drain_sends(&r, v, now);
+    let ping = Probe::Ping(Ping {
+        call_id: 42,
+        tx: [1; 8],
+        nonce: [0; 8],
+    })
+    .encode(&ProbeKey::new(&[5; 32]));
+    assert_eq!(r.recv(now, a("203.0.113.5:1"), &ping), Inbound::Consumed);
+    assert_eq!(r.recv(now, a("203.0.113.5:2"), &ping), Inbound::Consumed);
+    let pongs = drain_sends(&r, v, now)
+        .into_iter()
+        .filter(|o| o.bytes()[0] == common::probe::PONG)
+        .count();
+    assert_eq!(pongs, 1);
 }

@@ -57,6 +57,9 @@ impl ServerLink {
         let server = config.server.clone();
         let started = Instant::now();
         let addr = resolve(&server, socket.local_addr()?).await?;
+        // Before the handshake: its packets must reach quinn even while a
+        // call holds stray Initials off.
+        socket.router.add_server(addr);
         let client_config =
             socket.server_client_config(config.server_fingerprint, &config.server_alpn)?;
         let unreachable = |reason: String| Error::ServerUnreachable {

@@ -38,7 +38,15 @@ pub(crate) struct PathSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     router: Arc<Router>,
     v6: bool,
-    held: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    held: Mutex<VecDeque<Held>>,
+}
+
+/// A datagram split out of a mixed receive batch, handed out later.
+struct Held {
+    addr: SocketAddr,
+    bytes: Vec<u8>,
+    ecn: Option<quinn::udp::EcnCodepoint>,
+    dst_ip: Option<std::net::IpAddr>,
 }
 
 impl fmt::Debug for PathSocket {
@@ -87,7 +95,7 @@ impl PathSocket {
             .unwrap_or(transmit.contents.len())
             .max(1);
         let mut buf = [0u8; MAX_DATAGRAM];
-        let mut result = Ok(());
+        let mut sent = false;
         for chunk in transmit.contents.chunks(seg) {
             if chunk.len() > MAX_PAYLOAD {
                 tracing::debug!(
@@ -108,11 +116,16 @@ impl PathSocket {
                 segment_size: None,
                 src_ip: None,
             };
-            if let Err(e) = self.inner.try_send(&frame) {
-                result = Err(e);
+            match self.inner.try_send(&frame) {
+                Ok(()) => sent = true,
+                // Stop at the first that does not go: quinn sends the whole
+                // batch again after an error, and the frames already out
+                // would go twice (spending counters and the relay's rate).
+                Err(_) if sent => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
-        result
+        Ok(())
     }
 
     /// Hands out held datagrams into free slots; returns how many.
@@ -120,19 +133,19 @@ impl PathSocket {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut k = from;
         while k < bufs.len().min(meta.len()) {
-            let Some((addr, bytes)) = held.pop_front() else {
+            let Some(h) = held.pop_front() else {
                 break;
             };
-            if bytes.len() > bufs[k].len() {
+            if h.bytes.len() > bufs[k].len() {
                 continue;
             }
-            bufs[k][..bytes.len()].copy_from_slice(&bytes);
+            bufs[k][..h.bytes.len()].copy_from_slice(&h.bytes);
             meta[k] = RecvMeta {
-                addr,
-                len: bytes.len(),
-                stride: bytes.len(),
-                ecn: meta[k].ecn,
-                dst_ip: meta[k].dst_ip,
+                addr: h.addr,
+                len: h.bytes.len(),
+                stride: h.bytes.len(),
+                ecn: h.ecn,
+                dst_ip: h.dst_ip,
             };
             k += 1;
         }
@@ -173,12 +186,18 @@ impl PathSocket {
             if held.len() >= MAX_HELD {
                 break;
             }
-            match verdict {
-                Inbound::Pass => held.push_back((m.addr, seg.to_vec())),
-                Inbound::Quic(v) => held.push_back((v, seg.to_vec())),
-                Inbound::Relayed(v) => held.push_back((v, seg[HEADER_LEN..].to_vec())),
-                Inbound::Consumed => {}
-            }
+            let (addr, bytes) = match verdict {
+                Inbound::Pass => (m.addr, seg),
+                Inbound::Quic(v) => (v, seg),
+                Inbound::Relayed(v) => (v, &seg[HEADER_LEN..]),
+                Inbound::Consumed => continue,
+            };
+            held.push_back(Held {
+                addr,
+                bytes: bytes.to_vec(),
+                ecn: m.ecn,
+                dst_ip: m.dst_ip,
+            });
         }
         0
     }
@@ -212,8 +231,11 @@ impl AsyncUdpSocket for PathSocket {
         let mut result = Ok(());
         let mut sent = false;
         for addr in &targets.direct {
+            // No source address: quinn pins the one the handshake came in
+            // on, which after a switch may be the wrong interface.
             let direct = Transmit {
                 destination: self.family(*addr),
+                src_ip: None,
                 ..transmit.clone()
             };
             match self.inner.try_send(&direct) {

@@ -38,6 +38,17 @@ pub async fn ping(conn: &quinn::Connection) -> Result<(), String> {
 pub async fn ping_as(id: &Identity, callee: Fingerprint, addr: SocketAddr) -> Result<(), String> {
     let endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
+    ping_from(&endpoint, id, callee, addr).await
+}
+
+/// Like [`ping_as`], from `endpoint` (a raw caller's own socket: the
+/// address the server saw, which a listener takes as the call's).
+pub async fn ping_from(
+    endpoint: &quinn::Endpoint,
+    id: &Identity,
+    callee: Fingerprint,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let conn = endpoint
         .connect_with(client_config(id, callee), addr, tls::SERVER_NAME)
         .map_err(|e| e.to_string())?

@@ -86,6 +86,8 @@ pub fn is_retry(d: &[u8]) -> bool {
 pub struct StallProxy {
     /// Where the clients connect to.
     pub addr: SocketAddr,
+    /// Where the server sees the clients come from.
+    pub back: SocketAddr,
     counts: watch::Receiver<Counts>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -96,6 +98,7 @@ impl StallProxy {
         let front = UdpSocket::bind("127.0.0.1:0").await?;
         let back = UdpSocket::bind(format!("{source}:0")).await?;
         let addr = front.local_addr()?;
+        let back_addr = back.local_addr()?;
         let (tx, counts) = watch::channel(Counts::default());
         let task = tokio::spawn(async move {
             let (mut up, mut down) = (vec![0u8; 2048], vec![0u8; 2048]);
@@ -140,7 +143,12 @@ impl StallProxy {
                 });
             }
         });
-        Ok(Self { addr, counts, task })
+        Ok(Self {
+            addr,
+            back: back_addr,
+            counts,
+            task,
+        })
     }
 
     /// The counts so far.

@@ -74,8 +74,15 @@ impl Drop for FirstFlightProxy {
 }
 
 /// A raw client registered as `name` that calls `to` and gets accepted:
-/// the callee now expects a connection with its key.
-async fn accepted_caller(server: &TestServer, name: &str, to: &str) -> RawClient {
+/// the callee now expects a connection with its key, from the raw
+/// client's own address or any of `candidates` (both on loopback, so the
+/// server forwards them).
+async fn accepted_caller(
+    server: &TestServer,
+    name: &str,
+    to: &str,
+    candidates: Vec<SocketAddr>,
+) -> RawClient {
     let caller = RawClient::connect(server).await;
     let reply = caller
         .request(&Message::Register {
@@ -87,7 +94,7 @@ async fn accepted_caller(server: &TestServer, name: &str, to: &str) -> RawClient
     let answer = caller
         .request(&Message::Call {
             to: to.into(),
-            candidates: vec![],
+            candidates,
             hide_addresses: false,
         })
         .await;
@@ -136,8 +143,10 @@ async fn stalled_handshakes_and_idle_connections_do_not_lock_an_expected_caller_
     let server = TestServer::start().await;
     let (alice, _serve) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
     // Mallory's call is accepted, so alice lets handshakes in at all.
-    let mallory = accepted_caller(&server, "mallory", "alice").await;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mallory = accepted_caller(&server, "mallory", "alice", vec![]).await;
+    // Mallory's connections come from her own socket: the address the
+    // server saw, so alice takes them as her call's.
+    let client = mallory.endpoint.clone();
     // Nine authenticated connections of mallory's that never open a stream.
     let mut idle = Vec::new();
     for _ in 0..9 {
@@ -151,7 +160,9 @@ async fn stalled_handshakes_and_idle_connections_do_not_lock_an_expected_caller_
             .expect("mallory is expected"),
         );
     }
-    // Twenty strangers whose handshakes stall (more than all the slots).
+    // Twenty strangers whose handshakes stall (more than all the slots),
+    // from an address that is no call's path: alice's socket drops their
+    // Initials before quinn sees them, so they cannot hold a slot at all.
     let proxy = FirstFlightProxy::start(alice.peer.local_addr().unwrap()).await;
     let stranger = Identity::generate().unwrap();
     let mut stalled = tokio::task::JoinSet::new();
@@ -199,8 +210,8 @@ async fn stalled_handshakes_and_idle_connections_do_not_lock_an_expected_caller_
 async fn an_accepted_callers_tenth_unclaimed_connection_is_refused() {
     let server = TestServer::start().await;
     let (alice, _serve) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
-    let mallory = accepted_caller(&server, "mallory", "alice").await;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mallory = accepted_caller(&server, "mallory", "alice", vec![]).await;
+    let client = mallory.endpoint.clone();
     let mut open = Vec::new();
     for _ in 0..9 {
         open.push(

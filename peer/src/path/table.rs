@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use common::candidates::{canonical, is_observed_candidate};
-use common::probe::{Nonce, Ping, Pong};
+use common::probe::{Nonce, Ping, Pong, TxId};
+
+/// Ping transaction ids remembered (a replay of one gets no second pong).
+const SEEN_TX: usize = 64;
 use rand::rngs::StdRng;
 use rand::RngCore;
 
@@ -25,6 +28,9 @@ pub struct PathTable {
     /// Switches, nudges and the give-up, in order.
     pub(super) actions: VecDeque<Action>,
     pongs: VecDeque<(Route, Pong)>,
+    /// The transaction ids of the latest pings answered: a replayed ping
+    /// (the MAC does not cover the source address) gets no second pong.
+    seen_tx: VecDeque<TxId>,
     bucket: Bucket,
     rng: StdRng,
     pub(super) start: Instant,
@@ -52,6 +58,7 @@ impl PathTable {
             chosen: None,
             actions: VecDeque::new(),
             pongs: VecDeque::new(),
+            seen_tx: VecDeque::new(),
             rng,
             start: now,
             last_usable: now,
@@ -94,6 +101,13 @@ impl PathTable {
     /// candidate; an echo of our nonce proves a peer-reflexive one.
     pub fn ping_received(&mut self, now: Instant, from: Route, ping: &Ping) {
         let from = canon(from);
+        if self.seen_tx.contains(&ping.tx) {
+            return;
+        }
+        if self.seen_tx.len() >= SEEN_TX {
+            self.seen_tx.pop_front();
+        }
+        self.seen_tx.push_back(ping.tx);
         let idx = match self.find(from) {
             Some(i) => i,
             None => match self.reflexive(from, now) {
@@ -234,6 +248,13 @@ impl PathTable {
         self.paths.iter().map(|c| c.route)
     }
 
+    /// The candidate paths packets may come in on: announced ones, the relay,
+    /// and peer-reflexive ones that proved they receive there (an
+    /// unproven one could be a spoofed source).
+    pub fn proven_routes(&self) -> impl Iterator<Item = Route> + '_ {
+        self.paths.iter().filter(|c| c.verified()).map(|c| c.route)
+    }
+
     /// What is known of `route`, if it is a candidate.
     pub fn state(&self, route: Route) -> Option<PathState> {
         self.find(canon(route)).map(|i| self.paths[i].state)
@@ -284,8 +305,14 @@ impl PathTable {
         let Route::Direct(addr) = from else {
             return None;
         };
+        if self.mode == PathMode::Relay || !self.vetted(addr) {
+            return None;
+        }
+        // A replayed ping from spoofed sources cannot fill these slots: its
+        // transaction id was seen (`seen_tx`); a fresh valid ping needs the
+        // call's key.
         let known = self.count(|c| matches!(c.origin, Origin::Reflexive { .. }));
-        if self.mode == PathMode::Relay || !self.vetted(addr) || known >= self.cfg.max_reflexive {
+        if known >= self.cfg.max_reflexive {
             return None;
         }
         Some(self.add(from, Origin::Reflexive { verified: false }, now))
