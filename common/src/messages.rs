@@ -26,7 +26,7 @@
 //!  |                        | <-- Accept{cands} / Reject  |  B decides by policy
 //!  | <-- CallAccepted{fp,   |                             |
 //!  |     B observed+cands}  | Dial{A observed+cands} ---> |  at the same moment
-//!  | QUIC dial to B's candidates ===> <=== punch datagrams from B
+//!  | probes + one QUIC dial ===> <=== probes from B (candidates and relay)
 //! ```
 //!
 //! Candidates the server forwards are vetted by [`crate::candidates`]: the

@@ -54,8 +54,8 @@ pub struct PathConfig {
     /// Pings remembered per path while their pong is outstanding. Default 8.
     pub max_inflight: usize,
     /// `--path direct`: give up (`unreachable`) when no direct path has
-    /// validated this long after the start. Default 5 s (the punch
-    /// schedule's span plus a margin).
+    /// validated this long after the start. Default 5 s (the fast probing
+    /// phase plus a margin).
     pub direct_deadline: Duration,
     /// When the relay validates first while direct candidates are still
     /// being probed, the call waits this long for a direct one before it

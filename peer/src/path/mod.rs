@@ -4,7 +4,7 @@
 //! several paths to the other peer: a direct candidate address or the
 //! relay. [`PathTable`] holds them for one remote peer, with their state
 //! ([`PathState`]: probing, validated with a smoothed RTT, failed) and the
-//! chosen one. Like [`crate::punch::PunchSchedule`] it does no I/O and reads
+//! chosen one. Like the other decision types ([`crate::call_state`]) it does no I/O and reads
 //! no clock: the socket wrapper feeds it events with `now`
 //! ([`PathTable::ping_received`], [`PathTable::pong_received`],
 //! [`PathTable::candidates_added`], …), does what [`PathTable::poll`] says
