@@ -23,10 +23,10 @@
 use std::sync::Weak;
 
 use common::candidates::canonical;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::call::{Call, Path, PathStatus};
+use crate::call::{Call, CallPaths};
 use crate::endpoint::{remote_fingerprint, Expected};
 use crate::error::Error;
 use crate::shared::Inner;
@@ -161,27 +161,17 @@ async fn first_stream(inner: &Inner, conn: quinn::Connection) -> Option<(Call, E
         return None;
     };
     let setup = expected.offered_at.elapsed();
-    let direct = PathStatus::On(Path::Direct, remote);
-    let (status, announced, settled) = match &expected.path {
+    let paths = match &expected.path {
         Some(handle) => {
             handle.attach(conn.clone());
             let mut handle = handle.clone();
             let settled = handle.settled(&inner.socket.router, SETTLE_WAIT).await;
-            (handle.status.clone(), handle.announced.clone(), settled)
+            handle.call_paths(&inner.socket.router, settled)
         }
         // Not at a virtual address: an old-style direct connection.
-        None => (watch::channel(direct).1, Default::default(), direct),
+        None => CallPaths::fixed(remote),
     };
-    let call = Call::new(
-        conn,
-        expected.name.clone(),
-        fp,
-        setup,
-        status,
-        announced,
-        settled,
-    )
-    .with_first_stream(first);
+    let call = Call::new(conn, expected.name.clone(), fp, setup, paths).with_first_stream(first);
     Some((call, expected))
 }
 

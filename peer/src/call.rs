@@ -23,13 +23,8 @@ pub struct Call {
     pub peer: String,
     /// The other side's key.
     pub fingerprint: Fingerprint,
-    /// How packets travel now ([`Call::path`], [`Call::remote_addr`]).
-    status: watch::Receiver<PathStatus>,
-    /// The path `connected` and `path_changed` last reported.
-    announced: Announced,
-    /// The path the handshake settled on, for as long as the path task
-    /// has chosen none (its probes were slower than the handshake).
-    settled: PathStatus,
+    /// How packets travel ([`Call::path`], [`Call::remote_addr`]).
+    paths: CallPaths,
     /// From the call request (caller) or the offer (callee) to the authenticated connection.
     pub setup: Duration,
     /// Time spent first reaching the server (caller only; zero when already connected).
@@ -43,17 +38,13 @@ impl Call {
         peer: String,
         fingerprint: Fingerprint,
         setup: Duration,
-        status: watch::Receiver<PathStatus>,
-        announced: Announced,
-        settled: PathStatus,
+        paths: CallPaths,
     ) -> Self {
         Self {
             connection,
             peer,
             fingerprint,
-            status,
-            announced,
-            settled,
+            paths,
             setup,
             server_time: Duration::ZERO,
             first_stream: Mutex::new(None),
@@ -68,9 +59,9 @@ impl Call {
     /// Where the call's packets go now: the path task's choice, else what
     /// the handshake settled on.
     fn now(&self) -> PathStatus {
-        match *self.status.borrow() {
+        match *self.paths.status.borrow() {
             s @ PathStatus::On(..) => s,
-            _ => self.settled,
+            _ => self.paths.settled,
         }
     }
 
@@ -95,14 +86,18 @@ impl Call {
     /// A watch of the call's path: changes when the call moves between
     /// direct paths and the relay.
     pub fn path_watch(&self) -> watch::Receiver<PathStatus> {
-        self.status.clone()
+        self.paths.status.clone()
     }
 
     /// The `connected` event for this call.
     /// From now on a move of the call is reported as `path_changed`.
     pub fn connected_event(&self) -> crate::Event {
         let now = self.now();
-        *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        *self
+            .paths
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(now);
         crate::Event::Connected {
             peer: self.peer.clone(),
             fingerprint: self.fingerprint.to_string(),
@@ -159,6 +154,39 @@ impl Call {
     pub fn close(&self) {
         self.connection
             .close(common::error::close::DONE.into(), b"call ended");
+        // Its addresses are free for the next call at once, not only when
+        // its path task notices the close.
+        if let Some((router, v)) = &self.paths.release {
+            router.closing(*v);
+        }
+    }
+}
+
+/// A call's view of its paths.
+#[derive(Debug)]
+pub(crate) struct CallPaths {
+    /// Where the path task sends its packets now.
+    pub(crate) status: watch::Receiver<PathStatus>,
+    /// The path `connected` and `path_changed` last reported.
+    pub(crate) announced: Announced,
+    /// The path the handshake settled on, for as long as the path task
+    /// has chosen none (its probes were slower than the handshake).
+    pub(crate) settled: PathStatus,
+    /// The router and virtual address to release on close (none for a
+    /// connection at a real address).
+    pub(crate) release: Option<(std::sync::Arc<crate::router::Router>, SocketAddr)>,
+}
+
+impl CallPaths {
+    /// A connection at a real address, on that direct path for good.
+    pub(crate) fn fixed(remote: SocketAddr) -> Self {
+        let on = PathStatus::On(Path::Direct, remote);
+        Self {
+            status: watch::channel(on).1,
+            announced: Announced::default(),
+            settled: on,
+            release: None,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use common::probe::{export_context, EXPORT_LABEL};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::debug;
 
+use crate::call::CallPaths;
 use crate::path::{Action, Announced, Path, PathConfig, PathStatus, Route, SwitchReason};
 use crate::router::{CallSpec, Polled, Router};
 use crate::udp::PathSocket;
@@ -37,6 +38,16 @@ pub(crate) struct PathHandle {
 }
 
 impl PathHandle {
+    /// What the call keeps of its paths, once `settled` is known.
+    pub(crate) fn call_paths(&self, router: &Arc<Router>, settled: PathStatus) -> CallPaths {
+        CallPaths {
+            status: self.status.clone(),
+            announced: self.announced.clone(),
+            settled,
+            release: Some((router.clone(), self.virtual_addr)),
+        }
+    }
+
     /// Whether `addr` (as quinn reports a connection's remote) is this
     /// call's virtual address.
     pub(crate) fn virtual_addr_is(&self, addr: SocketAddr) -> bool {
@@ -168,6 +179,7 @@ impl Task {
                 _ = async { conn.as_ref().expect("guarded").closed().await }, if conn.is_some() => break,
             }
         }
+        self.router.closing(self.virtual_addr);
         if self.conn.take().is_some() {
             tokio::time::sleep(LINGER).await;
         }

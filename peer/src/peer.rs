@@ -312,15 +312,8 @@ impl Peer {
             return Err(e);
         }
         let settled = handle.settled(&self.inner.socket.router, SETTLE_WAIT).await;
-        Ok(Call::new(
-            conn,
-            to.to_owned(),
-            fingerprint,
-            *setup,
-            handle.status.clone(),
-            handle.announced.clone(),
-            settled,
-        ))
+        let paths = handle.call_paths(&self.inner.socket.router, settled);
+        Ok(Call::new(conn, to.to_owned(), fingerprint, *setup, paths))
     }
 
     /// Dials the call's virtual address until the handshake is done, the

@@ -96,6 +96,9 @@ struct Entry {
     /// The path the first long-header packet of the current dial came
     /// over: the one to forget if the handshake met a stranger's key.
     first_in: Option<Route>,
+    /// Its connection ended: its routes serve the closing packets only,
+    /// and its addresses are free for a new call.
+    closing: bool,
 }
 
 /// How long after the handshake the server's per-call probe key is still
@@ -220,6 +223,7 @@ impl Router {
             connected: None,
             last_in: None,
             first_in: None,
+            closing: false,
         };
         routes.calls.insert(virtual_addr, entry);
         routes.unconnected += 1;
@@ -241,6 +245,31 @@ impl Router {
     /// A server link's address: its packets always reach quinn as they are.
     pub(crate) fn add_server(&self, addr: SocketAddr) {
         self.lock().servers.insert(canonical(addr));
+    }
+
+    /// The call's connection ended: until [`Router::remove`] its packets
+    /// out still go their way (the close, its repeats), but the addresses
+    /// it came in from are free at once for the next call between the same
+    /// two sockets.
+    pub(crate) fn closing(&self, virtual_addr: SocketAddr) {
+        let mut routes = self.lock();
+        let Some(e) = routes.calls.get_mut(&virtual_addr) else {
+            return;
+        };
+        e.closing = true;
+        if e.connected.is_none() {
+            e.connected = Some(Instant::now());
+            routes.unconnected = routes.unconnected.saturating_sub(1);
+        }
+        let Some(e) = routes.calls.get_mut(&virtual_addr) else {
+            return;
+        };
+        let sources = std::mem::take(&mut e.sources);
+        for s in sources {
+            if routes.by_addr.get(&s) == Some(&virtual_addr) {
+                routes.by_addr.remove(&s);
+            }
+        }
     }
 
     /// Forgets a call (its connection ended).
@@ -556,6 +585,9 @@ impl Routes {
         let Some(e) = self.calls.get_mut(&v) else {
             return;
         };
+        if e.closing {
+            return;
+        }
         let wanted: Vec<SocketAddr> = e
             .table
             .proven_routes()

@@ -234,3 +234,21 @@ fn a_replayed_ping_gets_no_second_pong() {
         .count();
     assert_eq!(pongs, 1);
 }
+
+#[test]
+fn a_closed_calls_addresses_go_to_the_next_call_at_once() {
+    let (r, v, now) = router();
+    r.closing(v);
+    let (w, _) = r.register(spec(), PathConfig::default(), now);
+    assert_eq!(r.recv(now, a(CALLEE), &quic(0x40)), Inbound::Quic(w));
+    assert_eq!(
+        r.targets(w).map(|t| t.direct),
+        Some(vec![a(CALLEE)]),
+        "the next call between the same sockets goes direct"
+    );
+    assert!(
+        r.targets(v)
+            .is_some_and(|t| !t.direct.is_empty() || t.relay),
+        "the close still goes out"
+    );
+}
