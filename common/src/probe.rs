@@ -198,57 +198,85 @@ impl ProbeKey {
 }
 
 /// The probe keys of one call over its life: the server's until the peer
-/// proves it holds the exported one, then only the exported one.
+/// handshake, then the exported one, with an overlap so neither side drops
+/// the other's probes while they switch.
+///
+/// The two sides finish the handshake at different moments: the QUIC
+/// client (the caller) first, the server (the callee) a moment later, once
+/// the caller's last flight arrived — which may itself wait for a probe to
+/// open the way. So the side that finishes first keeps *sealing* with the
+/// server's key ([`ProbeKeys::set_exported`] with `seal_now` false) until a
+/// probe under the exported key arrives (the other side has it too); the
+/// side that finishes last seals with the exported key at once. Both
+/// accept both keys until then.
 #[derive(Debug, Clone)]
 pub struct ProbeKeys {
-    /// Seals outgoing probes; tried first on incoming ones.
-    current: ProbeKey,
-    /// The server's key, still accepted after [`ProbeKeys::set_exported`]
-    /// until a probe under the exported key arrives (the two sides finish
-    /// the handshake about half a round trip apart).
-    previous: Option<ProbeKey>,
+    /// The server's per-call key.
+    server: ProbeKey,
+    /// Whether probes under `server` are still accepted.
+    server_accepted: bool,
+    /// The key exported from the peer connection, once it is up.
+    exported: Option<ProbeKey>,
+    /// Whether outgoing probes are sealed with `exported`.
+    seal_exported: bool,
 }
 
 impl ProbeKeys {
     /// Keys for a call that has only the server's per-call key so far.
     pub fn new(server: ProbeKey) -> Self {
         Self {
-            current: server,
-            previous: None,
+            server,
+            server_accepted: true,
+            exported: None,
+            seal_exported: false,
         }
     }
 
-    /// The peer handshake completed: seal with the exported key from now on.
-    pub fn set_exported(&mut self, key: ProbeKey) {
-        self.previous = Some(std::mem::replace(&mut self.current, key));
+    /// The peer handshake completed here. `seal_now`: seal with the
+    /// exported key at once (this side finished last: the other has it);
+    /// otherwise only once a probe under it arrives.
+    pub fn set_exported(&mut self, key: ProbeKey, seal_now: bool) {
+        self.exported = Some(key);
+        self.seal_exported = seal_now;
     }
 
-    /// Stops accepting the server's key (the other side had time enough to
-    /// switch), even if no probe under the exported key came yet.
+    /// Stops accepting (and sealing with) the server's key once the
+    /// exported one is there: the other side had time enough to switch.
     pub fn forget_server_key(&mut self) {
-        self.previous = None;
+        if self.exported.is_some() {
+            self.server_accepted = false;
+            self.seal_exported = true;
+        }
     }
 
     /// The key to seal outgoing probes with.
     pub fn sealing(&self) -> &ProbeKey {
-        &self.current
+        match &self.exported {
+            Some(e) if self.seal_exported => e,
+            _ => &self.server,
+        }
     }
 
-    /// Decodes `bytes` under the current key, else under the server's while
-    /// it is still accepted. The first probe that verifies under the
-    /// exported key drops the server's for good.
+    /// Decodes `bytes` under the exported key, else under the server's
+    /// while it is still accepted. The first probe that verifies under the
+    /// exported key drops the server's for good (and from then on this
+    /// side seals with the exported one too).
     pub fn open(&mut self, bytes: &[u8]) -> Result<Probe, ProbeError> {
-        match Probe::decode(bytes, &self.current) {
-            Ok(p) => {
-                self.previous = None;
-                Ok(p)
+        if let Some(exported) = &self.exported {
+            match Probe::decode(bytes, exported) {
+                Ok(p) => {
+                    self.server_accepted = false;
+                    self.seal_exported = true;
+                    return Ok(p);
+                }
+                Err(ProbeError::BadMac) => {}
+                Err(e) => return Err(e),
             }
-            Err(ProbeError::BadMac) => match &self.previous {
-                Some(key) => Probe::decode(bytes, key),
-                None => Err(ProbeError::BadMac),
-            },
-            Err(e) => Err(e),
         }
+        if !self.server_accepted {
+            return Err(ProbeError::BadMac);
+        }
+        Probe::decode(bytes, &self.server)
     }
 }
 

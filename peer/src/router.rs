@@ -80,6 +80,8 @@ struct RelayLink {
 }
 
 struct Entry {
+    /// Which side of the call we are.
+    party: Party,
     table: PathTable,
     keys: ProbeKeys,
     relay: Option<RelayLink>,
@@ -214,6 +216,7 @@ impl Router {
         routes.by_probe.insert(spec.call_id, virtual_addr);
         let wake = Arc::new(Notify::new());
         let entry = Entry {
+            party: spec.party,
             table,
             keys: ProbeKeys::new(ProbeKey::new(&spec.probe_key)),
             relay,
@@ -308,7 +311,11 @@ impl Router {
         if e.connected.is_some() {
             return;
         }
-        e.keys.set_exported(ProbeKey::new(&exported));
+        // The callee (QUIC's server side) finishes the handshake last: the
+        // caller has the exported key already. The caller keeps sealing
+        // with the server's until the callee's probes show it switched.
+        let seal_now = e.party == Party::Callee;
+        e.keys.set_exported(ProbeKey::new(&exported), seal_now);
         e.connected = Some(now);
         routes.unconnected = routes.unconnected.saturating_sub(1);
     }

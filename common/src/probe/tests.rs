@@ -154,18 +154,36 @@ fn padding_and_family_are_canonical_even_under_a_valid_mac() {
 #[test]
 fn keys_move_to_the_exported_one_and_drop_the_servers() {
     let (server, exported) = (key(1), key(2));
-    let mut keys = ProbeKeys::new(server.clone());
+    let tag = |k: &ProbeKey| k.tag(b"x");
     let p = sample_pong();
-    assert_eq!(keys.open(&p.encode(&server)), Ok(p));
-    keys.set_exported(exported.clone());
-    assert_eq!(keys.sealing().tag(b"x"), exported.tag(b"x"));
-    assert_eq!(keys.open(&p.encode(&server)), Ok(p), "in flight: accepted");
-    assert_eq!(keys.open(&p.encode(&exported)), Ok(p));
-    assert_eq!(
-        keys.open(&p.encode(&server)),
-        Err(ProbeError::BadMac),
-        "the server can no longer forge probes on this call"
-    );
+    // The side that finished the handshake last seals with the new key.
+    let mut last = ProbeKeys::new(server.clone());
+    assert_eq!(last.open(&p.encode(&server)), Ok(p));
+    last.set_exported(exported.clone(), true);
+    assert_eq!(tag(last.sealing()), tag(&exported));
+    assert_eq!(last.open(&p.encode(&server)), Ok(p), "in flight: accepted");
+    // The side that finished first keeps the server's until it sees the
+    // other side has switched.
+    let mut first = ProbeKeys::new(server.clone());
+    first.set_exported(exported.clone(), false);
+    assert_eq!(tag(first.sealing()), tag(&server));
+    assert_eq!(first.open(&p.encode(&server)), Ok(p));
+    assert_eq!(first.open(&p.encode(&exported)), Ok(p));
+    assert_eq!(tag(first.sealing()), tag(&exported), "switched on proof");
+    for keys in [&mut first, &mut last] {
+        assert_eq!(keys.open(&p.encode(&exported)), Ok(p));
+        assert_eq!(
+            keys.open(&p.encode(&server)),
+            Err(ProbeError::BadMac),
+            "the server can no longer forge probes on this call"
+        );
+    }
+    // Without any proof, the server's key still goes in the end.
+    let mut idle = ProbeKeys::new(server.clone());
+    idle.set_exported(exported.clone(), false);
+    idle.forget_server_key();
+    assert_eq!(tag(idle.sealing()), tag(&exported));
+    assert_eq!(idle.open(&p.encode(&server)), Err(ProbeError::BadMac));
 }
 
 #[test]

@@ -133,7 +133,13 @@ impl Candidate {
             rtt,
             last_pong: now,
         };
-        self.echo = nonce;
+        if nonce != self.echo {
+            // A new challenge: echo it at once, so the other side, which
+            // may know this path only as a peer-reflexive address, can
+            // prove it and start taking our data here.
+            self.echo = nonce;
+            self.next_ping = Some(now);
+        }
         Some(sample)
     }
 
