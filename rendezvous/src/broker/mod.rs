@@ -50,97 +50,25 @@
 // request; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::candidates::{canonical, forward};
+use common::candidates::canonical;
 use common::{ErrorKind, Fingerprint, Message};
 use tracing::debug;
 
 pub use crate::offers::{Offer, OfferRefused};
 use crate::registry::SessionId;
-use crate::relay::Tickets;
 use crate::replies::{check_name, rate_limited};
 
+mod consent;
+mod facts;
 #[cfg(test)]
 mod tests;
 
-/// What the broker needs to know of the server it runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BrokerConfig {
-    /// Whether the server runs a relay (`--relay`, on by default).
-    pub relay: bool,
-    /// How long the callee has to answer an offer.
-    pub answer_timeout: Duration,
-}
-
-/// A `Call` request as the caller sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallRequest {
-    /// The name called.
-    pub to: String,
-    /// The caller's own candidate addresses.
-    pub candidates: Vec<SocketAddr>,
-    /// Whether the caller keeps its addresses from the callee (relay only).
-    pub hide_addresses: bool,
-}
-
-/// The calling session, as the registry has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Its session.
-    pub session: SessionId,
-    /// The name it registered.
-    pub name: String,
-    /// Its key.
-    pub fingerprint: Fingerprint,
-    /// Where the server sees it (its source for the rate limits).
-    pub observed: SocketAddr,
-}
-
-/// Why a session may not call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoCaller {
-    /// It registered no name.
-    NotRegistered,
-    /// It is gone (closed while its request ran).
-    Closed,
-}
-
-/// The callee's listening session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Callee {
-    /// The session the offer goes to.
-    pub session: SessionId,
-    /// Whether the callee pre-approved the caller's key.
-    pub approved: bool,
-}
-
-/// The server's books, as the broker asks them (in this order, each only
-/// if the checks before it passed, so a refused request costs no store
-/// read). The server's implementation reads its registry, store and rate
-/// limiters under their locks; a test's is a few maps.
-pub trait Facts {
-    /// The session that sent the request.
-    fn caller(&mut self) -> Result<Caller, NoCaller>;
-    /// Takes a call token for `source` (false: over its call rate).
-    fn allow_call(&mut self, source: IpAddr, now: Instant) -> bool;
-    /// The key that owns `name`: `Ok(None)` if nobody registered it,
-    /// `Err` (what went wrong) if the store could not be read.
-    fn owner(&mut self, name: &str) -> Result<Option<Fingerprint>, String>;
-    /// The listening session of `name`, if online, and whether it
-    /// pre-approved `caller`.
-    fn callee(&mut self, name: &str, caller: Fingerprint) -> Option<Callee>;
-    /// Takes a token of the offer limits ([`crate::offers::OfferLimits`]).
-    fn check_offer(&mut self, offer: Offer, now: Instant) -> Result<(), OfferRefused>;
-    /// A fresh call id.
-    fn next_call_id(&mut self) -> u64;
-    /// Where `session` is now, as the server's socket sees it (not
-    /// canonicalised: relay frames arrive from exactly this address).
-    fn current_address(&mut self, session: SessionId) -> SocketAddr;
-    /// A fresh random probe key for the two sides.
-    fn probe_key(&mut self) -> [u8; 32];
-}
+use consent::Consent;
+pub use consent::{Allocating, Finish};
+pub use facts::{BrokerConfig, CallRequest, Callee, Caller, Facts, NoCaller};
 
 /// Action: offer the call to the callee and read its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,26 +99,6 @@ pub enum Step {
     AllocateRelay(Allocating),
     /// Send these and forget the call.
     Finish(Finish),
-}
-
-/// The call's last action at the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finish {
-    /// The caller's reply (`CallAccepted` or `Error`).
-    pub reply: Message,
-    /// What to write to the callee on the offer's stream before the reply
-    /// leaves (its `Dial`, or why the call it accepted cannot connect);
-    /// `None`: nothing (the stream just ends).
-    pub to_callee: Option<Message>,
-}
-
-impl Finish {
-    fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            reply: Message::error(kind, message),
-            to_callee: None,
-        }
-    }
 }
 
 /// A call offered to its callee, waiting on the answer.
@@ -378,92 +286,6 @@ impl CallBroker {
             })
         } else {
             Step::Finish(consent.introduce(None))
-        }
-    }
-}
-
-/// Action: allocate a relay call between the two sides, then
-/// [`Allocating::on_relay`].
-#[derive(Debug)]
-pub struct Allocating {
-    /// The caller's address as the server's socket sees it.
-    pub caller: SocketAddr,
-    /// The callee's address as the server's socket sees it.
-    pub callee: SocketAddr,
-    consent: Consent,
-}
-
-impl Allocating {
-    /// The call's id at the server.
-    pub fn call_id(&self) -> u64 {
-        self.consent.call_id
-    }
-
-    /// Takes the relay's tickets (`None`: no room, or refused) and
-    /// introduces the two sides.
-    pub fn on_relay(self, tickets: Option<Tickets>) -> Finish {
-        self.consent.introduce(tickets)
-    }
-}
-
-/// What the two sides said yes with, and where they are.
-#[derive(Debug)]
-struct Consent {
-    call_id: u64,
-    to: String,
-    owner: Fingerprint,
-    /// Canonical current addresses.
-    caller_at: SocketAddr,
-    callee_at: SocketAddr,
-    caller_candidates: Vec<SocketAddr>,
-    caller_hides: bool,
-    callee_candidates: Vec<SocketAddr>,
-    callee_hides: bool,
-    relay: bool,
-    probe_key: [u8; 32],
-}
-
-impl Consent {
-    /// The callee's Dial and the caller's CallAccepted, each with the
-    /// other's addresses (unless hidden) and its own ticket; a hidden side
-    /// without a ticket: `unreachable` to both.
-    fn introduce(self, tickets: Option<Tickets>) -> Finish {
-        let call_id = self.call_id;
-        if (self.caller_hides || self.callee_hides) && tickets.is_none() {
-            let why = match self.relay {
-                false => "this server runs no relay (--relay off)",
-                true => "the relay has no room for it now; try again later",
-            };
-            let who = if self.caller_hides { "you" } else { &self.to };
-            let message = format!("{who} asked to keep addresses hidden, and {why}");
-            debug!(call_id, "hidden call without a relay: {message}");
-            return Finish {
-                reply: Message::error(ErrorKind::Unreachable, message.clone()),
-                to_callee: Some(Message::error(ErrorKind::Unreachable, message)),
-            };
-        }
-        let dial = Message::Dial {
-            call_id,
-            candidates: match self.caller_hides {
-                true => vec![],
-                false => forward(self.caller_at, &self.caller_candidates, self.callee_at),
-            },
-            probe_key: self.probe_key,
-            relay: tickets.map(|t| t.callee),
-        };
-        let reply = Message::CallAccepted {
-            call_id,
-            fingerprint: self.owner,
-            candidates: match self.callee_hides {
-                true => vec![],
-                false => forward(self.callee_at, &self.callee_candidates, self.caller_at),
-            },
-            probe_key: self.probe_key,
-            relay: tickets.map(|t| t.caller),
-        };
-        Finish {
-            reply,
-            to_callee: Some(dial),
         }
     }
 }
