@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::admission::Ticket;
 use crate::registry::SessionId;
-use crate::server::{lock, State};
+use crate::state::{lock, State};
 
 /// Owns one admitted connection's counts until dropped.
 pub(crate) struct Counted {

@@ -9,14 +9,20 @@
 //! # Layout
 //!
 //! - [`config`]: every limit and timing, with defaults.
-//! - [`server`]: the QUIC driver (accept, authenticate, dispatch streams).
-//! - `handlers/`: one file per request (`register`, `lookup`, `call`, `approve`).
+//! - [`server`]: the QUIC driver (bind, admit connections, shut down).
+//! - `connection`: one connection's task (handshake, dispatch request streams).
+//! - `handlers/`: one file per request (`register`, `lookup`, `call`, `approve`);
+//!   thin drivers around the sans-IO decisions.
+//! - [`broker`]: the call brokering as a sans-IO state machine (checks,
+//!   offer, answer, relay, introductions), driven by `handlers/call`.
+//! - `state`: what every task shares (limits, registry, rates, metrics, relay).
+//! - [`error`]: [`ServerError`], why the server could not start.
 //! - [`registry`]: sessions and presence (pure, unit-tested).
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
 //! - [`relay`]: the relay's allocation table and per-datagram checks (pure),
 //!   and its drivers: the socket wrapper in front of quinn, the shared table.
-//! - `offers`: call offers per (source, callee), per callee and per contact (pure).
+//! - [`offers`]: call offers per (source, callee), per callee and per contact (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
 //! - `transport`: the QUIC endpoint (TLS, transport limits, stateless resets, socket buffers).
@@ -36,19 +42,25 @@
 //! ```
 
 pub mod admission;
+pub mod broker;
 mod cids;
 pub mod config;
+mod connection;
 mod counted;
+pub mod error;
 mod handlers;
 pub mod http;
 pub mod metrics;
-mod offers;
+pub mod offers;
 pub mod ratelimit;
 pub mod registry;
 pub mod relay;
+mod replies;
 pub mod server;
+mod state;
 pub mod store;
 mod transport;
 
 pub use config::{Config, Limits, Rate, RateError};
-pub use server::{load_identity, MetricsHandle, Server, ServerError, Tables};
+pub use error::ServerError;
+pub use server::{load_identity, MetricsHandle, Server, Tables};

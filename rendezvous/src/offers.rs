@@ -25,7 +25,7 @@ use crate::ratelimit::{source_key, RateLimiter};
 
 /// Why an offer may not ring its callee now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OfferRefused {
+pub enum OfferRefused {
     /// This source rang this callee too often.
     Source,
     /// Everyone together rang this callee too often.
@@ -36,20 +36,20 @@ pub(crate) enum OfferRefused {
 
 /// Who offers a call: the caller's source address and authenticated key.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Offer {
+pub struct Offer {
     /// The caller's observed IP.
-    pub(crate) source: IpAddr,
+    pub source: IpAddr,
     /// The caller's key.
-    pub(crate) caller: Fingerprint,
+    pub caller: Fingerprint,
     /// The callee's key.
-    pub(crate) callee: Fingerprint,
+    pub callee: Fingerprint,
     /// Whether the callee pre-approved the caller's key.
-    pub(crate) approved: bool,
+    pub approved: bool,
 }
 
 /// The per-(source, callee), per-callee and per-(contact, callee) token buckets.
 #[derive(Debug)]
-pub(crate) struct OfferLimits {
+pub struct OfferLimits {
     pair: RateLimiter<(IpAddr, Fingerprint)>,
     callee: RateLimiter<Fingerprint>,
     contact: RateLimiter<(Fingerprint, Fingerprint)>,
@@ -57,7 +57,7 @@ pub(crate) struct OfferLimits {
 
 impl OfferLimits {
     /// Buckets at the rates of `limits`.
-    pub(crate) fn new(limits: &Limits) -> Self {
+    pub fn new(limits: &Limits) -> Self {
         Self {
             pair: RateLimiter::new(limits.offer_rate_per_source),
             callee: RateLimiter::new(limits.offer_rate_per_callee),
@@ -66,7 +66,7 @@ impl OfferLimits {
     }
 
     /// Whether `offer` may ring its callee at `now`.
-    pub(crate) fn check(&mut self, offer: Offer, now: Instant) -> Result<(), OfferRefused> {
+    pub fn check(&mut self, offer: Offer, now: Instant) -> Result<(), OfferRefused> {
         if offer.approved {
             return match self.contact.check_key((offer.caller, offer.callee), now) {
                 true => Ok(()),
@@ -86,14 +86,14 @@ impl OfferLimits {
     }
 
     /// Forgets buckets that are full again.
-    pub(crate) fn sweep(&mut self, now: Instant) {
+    pub fn sweep(&mut self, now: Instant) {
         self.pair.sweep(now);
         self.callee.sweep(now);
         self.contact.sweep(now);
     }
 
     /// Buckets held.
-    pub(crate) fn tracked(&self) -> usize {
+    pub fn tracked(&self) -> usize {
         self.pair.tracked() + self.callee.tracked() + self.contact.tracked()
     }
 }

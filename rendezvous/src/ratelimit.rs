@@ -14,7 +14,53 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::config::Rate;
+/// A token bucket: `burst` requests at once, then `per_second`.
+///
+/// Its text form is `BURST/PER_SECOND` (`20/5`); parsing refuses a zero
+/// burst and a rate that is zero, negative or not finite ([`RateError`]):
+/// a bucket that never refills would never be forgotten either.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Bucket size.
+    pub burst: u32,
+    /// Refill per second.
+    pub per_second: f64,
+}
+
+/// Why a `BURST/PER_SECOND` text is not a [`Rate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateError {
+    /// Not two numbers around a `/`.
+    #[error("{0:?} is not BURST/PER_SECOND (e.g. 20/5)")]
+    Syntax(String),
+    /// A zero burst, or a refill rate that is not a positive finite number.
+    #[error(
+        "{0:?}: the burst must be at least 1 and the rate a positive finite number per second"
+    )]
+    NotPositive(String),
+}
+
+impl std::str::FromStr for Rate {
+    type Err = RateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || RateError::Syntax(s.to_owned());
+        let (burst, per) = s.split_once('/').ok_or_else(syntax)?;
+        let burst: u32 = burst.trim().parse().map_err(|_| syntax())?;
+        let per_second: f64 = per.trim().parse().map_err(|_| syntax())?;
+        if burst == 0 || !per_second.is_finite() || per_second <= 0.0 {
+            return Err(RateError::NotPositive(s.to_owned()));
+        }
+        Ok(Rate { burst, per_second })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.burst, self.per_second)
+    }
+}
 
 /// A bucket untouched this long is forgotten by [`RateLimiter::sweep`]
 /// even if it has not refilled (one hour): every default rate refills in

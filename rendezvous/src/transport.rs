@@ -34,9 +34,9 @@ use tracing::{info, warn};
 
 use crate::cids::KeyedCids;
 use crate::config::{Config, Limits};
+use crate::error::ServerError;
 use crate::relay::driver::Relay;
 use crate::relay::socket::RelaySocket;
-use crate::server::ServerError;
 
 fn cfg_err(e: &dyn std::fmt::Display) -> ServerError {
     ServerError::Config(e.to_string())

@@ -18,7 +18,7 @@ use common::messages::MAX_APPROVED;
 use common::{ErrorKind, Fingerprint, Message};
 
 use crate::registry::{RegistryError, SessionId};
-use crate::server::{lock, State};
+use crate::state::{lock, State};
 
 pub(crate) fn handle(state: &Arc<State>, id: SessionId, fingerprints: Vec<Fingerprint>) -> Message {
     if fingerprints.len() > MAX_APPROVED {

@@ -13,7 +13,7 @@ use common::{ErrorKind, Message};
 use tracing::warn;
 
 use crate::registry::SessionId;
-use crate::server::{lock, State};
+use crate::state::{lock, State};
 
 pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
     if let Err(reply) = super::check_name(&name) {

@@ -1,7 +1,10 @@
 //! One file per request: parse → apply → reply.
 //!
 //! Each handler takes the shared state and the requesting session and returns
-//! the reply frame; the driver in [`crate::server`] writes it.
+//! the reply frame; the connection driver (`connection`) writes it. The
+//! decisions live in sans-IO types (the registry, the store, the rate
+//! limiters, [`crate::broker`]); a handler gathers their facts and performs
+//! what they decide.
 
 // An early return's `Err` is the reply itself (a `Message`, ~140 bytes since
 // it carries relay tickets): the cold path, once per request; boxing it
@@ -13,17 +16,4 @@ pub(crate) mod call;
 pub(crate) mod lookup;
 pub(crate) mod register;
 
-use common::{validate_name, ErrorKind, Message};
-
-/// `Err(reply)` when `name` breaks the name rules.
-pub(crate) fn check_name(name: &str) -> Result<(), Message> {
-    validate_name(name).map_err(|e| Message::error(ErrorKind::InvalidName, e.to_string()))
-}
-
-/// The reply for a source over its rate limit.
-pub(crate) fn rate_limited(what: &str) -> Message {
-    Message::error(
-        ErrorKind::RateLimited,
-        format!("too many {what} from your address; slow down"),
-    )
-}
+pub(crate) use crate::replies::{check_name, rate_limited};

@@ -24,7 +24,7 @@ use common::{ErrorKind, Message};
 use tracing::{info, warn};
 
 use crate::registry::{RegistryError, SessionId};
-use crate::server::{lock, State};
+use crate::state::{lock, State};
 use crate::store::StoreError;
 
 pub(crate) async fn handle(

@@ -41,11 +41,14 @@ pub(crate) struct SendDrops {
     pub(crate) error: u64,
 }
 
-/// The two tickets of an allocated call, one per party.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Tickets {
-    pub(crate) caller: RelayTicket,
-    pub(crate) callee: RelayTicket,
+/// The two tickets of an allocated call, one per party (each goes only to
+/// its own party: it holds that party's frame secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tickets {
+    /// The caller's, sent in its `CallAccepted`.
+    pub caller: RelayTicket,
+    /// The callee's, sent in its `Dial`.
+    pub callee: RelayTicket,
 }
 
 impl Relay {

@@ -61,5 +61,6 @@ mod window;
 mod tests;
 
 pub use config::{ByteRate, ByteRateError, RelayConfig};
+pub use driver::Tickets;
 pub use stats::{DropCause, DropCounts, RelayStats};
 pub use table::{Action, AllocError, Allocation, PartySpec, RelayTable};

@@ -1,0 +1,103 @@
+//! What every task of the server shares: limits, the name store, the
+//! registry, the rate limiters, the metrics and the relay.
+//!
+//! The connection drivers ([`crate::server`]) create it; the request
+//! handlers and the connection bookkeeping read and change it under its
+//! locks. It depends on none of them, so the modules form a DAG:
+//! `server` → `handlers` → `state`.
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::admission::Sources;
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::registry::{Registry, SessionId};
+use crate::relay::driver::Relay;
+use crate::store::NameStore;
+
+/// Per-source limiters and connection counts (every one keyed by
+/// [`crate::ratelimit::source_key`]: an IPv6 /64 is one source).
+pub(crate) struct Rates {
+    pub(crate) register: RateLimiter,
+    pub(crate) lookup: RateLimiter,
+    pub(crate) call: RateLimiter,
+    /// Call offers per (source, callee) and per callee.
+    pub(crate) offers: crate::offers::OfferLimits,
+    /// Connections and handshakes per source, with a handle to abort each
+    /// handshake (to shed it from a full queue).
+    pub(crate) sources: Sources<oneshot::Sender<()>>,
+}
+
+/// What every task of the server shares.
+pub(crate) struct State {
+    pub(crate) limits: Limits,
+    pub(crate) store: Arc<dyn NameStore>,
+    pub(crate) registry: Mutex<Registry<quinn::Connection>>,
+    pub(crate) rates: Mutex<Rates>,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_call_id: AtomicU64,
+    /// Sessions with a registration in flight (see `handlers::register`).
+    pub(crate) claiming: Mutex<std::collections::HashSet<SessionId>>,
+    /// The relay on the server's port; `None` when it is off.
+    pub(crate) relay: Option<Arc<Relay>>,
+}
+
+/// Locks a mutex, recovering from a panicked holder (the data stays consistent:
+/// every critical section is a few map operations).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl State {
+    /// The shared state of a server with `limits` and `store`, nothing counted yet.
+    pub(crate) fn new(limits: Limits, store: Arc<dyn NameStore>) -> Self {
+        let rates = Rates {
+            register: RateLimiter::new(limits.register_rate),
+            lookup: RateLimiter::new(limits.lookup_rate),
+            call: RateLimiter::new(limits.call_rate),
+            offers: crate::offers::OfferLimits::new(&limits),
+            sources: Sources::default(),
+        };
+        Self {
+            limits,
+            store,
+            registry: Mutex::new(Registry::default()),
+            rates: Mutex::new(rates),
+            metrics: Metrics::default(),
+            next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            claiming: Mutex::default(),
+            relay: None,
+        }
+    }
+
+    /// Prometheus text of every counter, the relay's copied in first.
+    /// (Under the registry lock, so two scrapes at once never both add the
+    /// same difference to a mirrored counter.)
+    pub(crate) fn render_metrics(&self) -> String {
+        let registry = lock(&self.registry);
+        if let Some(relay) = &self.relay {
+            let (stats, send) = relay.stats();
+            self.metrics.set_relay(&stats, send);
+        }
+        self.metrics.render(&registry)
+    }
+
+    /// Takes a token for `ip` from the limiter `pick` chooses.
+    pub(crate) fn allow(
+        &self,
+        ip: IpAddr,
+        pick: impl FnOnce(&mut Rates) -> &mut RateLimiter,
+    ) -> bool {
+        let ok = pick(&mut lock(&self.rates)).check(ip, Instant::now());
+        if !ok {
+            self.metrics.rate_limited.inc();
+        }
+        ok
+    }
+}
