@@ -63,6 +63,9 @@ pub struct Side {
     /// Every datagram sent: (time, where).
     pub sent: Vec<(Duration, Route)>,
     pub gave_up: bool,
+    /// When its table started (the server introduced it): before that
+    /// nothing reaches it and it sends nothing.
+    pub starts: Instant,
 }
 
 impl Side {
@@ -83,6 +86,7 @@ impl Side {
             switches: vec![],
             sent: vec![],
             gave_up: false,
+            starts: now,
         }
     }
 
@@ -128,6 +132,11 @@ impl Pair {
         }
     }
 
+    /// Time since the start of `side`'s switch `i`, from `t0`.
+    pub fn switch_at(&self, side: usize, i: usize) -> Option<Duration> {
+        self.sides[side].switches.get(i).map(|w| w.0)
+    }
+
     /// Time since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.t0
@@ -139,6 +148,9 @@ impl Pair {
         while self.now < end {
             self.deliver();
             for i in 0..2 {
+                if self.now < self.sides[i].starts {
+                    continue;
+                }
                 while let Some(action) = self.sides[i].table.poll(self.now) {
                     self.act(i, action);
                 }
@@ -165,6 +177,9 @@ impl Pair {
         self.wire = rest;
         for p in due {
             let side = &mut self.sides[p.to];
+            if now < side.starts {
+                continue;
+            }
             match p.probe {
                 Probe::Ping(ping) => side.table.ping_received(now, p.from, &ping),
                 Probe::Pong(pong) => side.table.pong_received(now, p.from, &pong),
