@@ -180,6 +180,24 @@ const SERVER: &str = "192.0.2.1:7700";
 const BOB: Fingerprint = Fingerprint([1; 32]);
 const ALICE: Fingerprint = Fingerprint([2; 32]);
 
+/// A server with a relay.
+const CONFIG: BrokerConfig = BrokerConfig {
+    relay: true,
+    answer_timeout: Duration::from_secs(10),
+};
+
+/// The relay's tickets for the call: one secret per side.
+fn tickets() -> Tickets {
+    let ticket = |secret| common::RelayTicket {
+        call_id: 1,
+        secret: [secret; 32],
+    };
+    Tickets {
+        caller: ticket(3),
+        callee: ticket(4),
+    }
+}
+
 /// A server's books with bob calling alice, both online, no limits hit.
 struct Books;
 
@@ -229,29 +247,15 @@ fn introduced(caller_mode: PathMode, callee_mode: PathMode, net: Net, leg: Durat
         candidates: vec![],
         hide_addresses: caller_mode == PathMode::Relay,
     };
-    let config = BrokerConfig {
-        relay: true,
-        answer_timeout: Duration::from_secs(10),
-    };
-    let (broker, ask) = CallBroker::start(&mut Books, &config, request, t0 + leg).expect("asked");
+    let (broker, ask) = CallBroker::start(&mut Books, &CONFIG, request, t0 + leg).expect("asked");
     let offered = CalleeState::on_offer(ask.offer, t0 + leg * 2).expect("an offer");
     let CalleeAnswer::Accept(callee, accept) =
         offered.decide(&Policy::AcceptAll, Ok(Check::New), vec![], callee_mode)
     else {
         panic!("refused")
     };
-    let tickets = Tickets {
-        caller: common::RelayTicket {
-            call_id: 1,
-            secret: [3; 32],
-        },
-        callee: common::RelayTicket {
-            call_id: 1,
-            secret: [4; 32],
-        },
-    };
     let finish = match broker.on_answer(Answer::Reply(accept), &mut Books) {
-        Step::AllocateRelay(alloc) => alloc.on_relay(Some(tickets)),
+        Step::AllocateRelay(alloc) => alloc.on_relay(Some(tickets())),
         Step::Finish(f) => f,
     };
     let (reply, dial) = (finish.reply, finish.to_callee.expect("a Dial"));
@@ -317,12 +321,8 @@ fn the_broker_gives_each_side_its_own_ticket() {
         candidates: vec![],
         hide_addresses: false,
     };
-    let config = BrokerConfig {
-        relay: true,
-        answer_timeout: Duration::from_secs(10),
-    };
     let (broker, _) =
-        CallBroker::start(&mut Books, &config, request, Instant::now()).expect("asked");
+        CallBroker::start(&mut Books, &CONFIG, request, Instant::now()).expect("asked");
     let accept = Message::Accept {
         candidates: vec![],
         hide_addresses: false,
@@ -330,17 +330,7 @@ fn the_broker_gives_each_side_its_own_ticket() {
     let Step::AllocateRelay(alloc) = broker.on_answer(Answer::Reply(accept), &mut Books) else {
         panic!("the relay is on")
     };
-    let tickets = Tickets {
-        caller: common::RelayTicket {
-            call_id: 1,
-            secret: [3; 32],
-        },
-        callee: common::RelayTicket {
-            call_id: 1,
-            secret: [4; 32],
-        },
-    };
-    let finish = alloc.on_relay(Some(tickets));
+    let finish = alloc.on_relay(Some(tickets()));
     match (finish.reply, finish.to_callee) {
         (
             Message::CallAccepted {
