@@ -397,3 +397,67 @@ pub async fn listening_tuned(
     let task = serve(listener, mode);
     (p, task)
 }
+
+/// A fake callee (see [`fake_callee`]); it stays registered and answering
+/// until dropped.
+pub struct FakeCallee {
+    /// The `Dial` the server sent it, once it has.
+    pub dial: tokio::sync::oneshot::Receiver<Message>,
+    /// Dropping it lets the fake go.
+    _release: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A fake callee: registered (presence) with one key, but its UDP socket
+/// answers peer handshakes with another key, or not at all. It accepts the
+/// first offer and reports the `Dial` it gets.
+pub async fn fake_callee(
+    server: &TestServer,
+    name: &str,
+    answers_with: Option<&Identity>,
+) -> FakeCallee {
+    let raw = RawClient::connect_with(
+        server,
+        Arc::new(Identity::generate().expect("id")),
+        answers_with,
+    )
+    .await;
+    // Complete the handshakes that come in (with the stranger's key).
+    let endpoint = raw.endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                if let Ok(connecting) = incoming.accept() {
+                    let _ = connecting.await;
+                }
+            });
+        }
+    });
+    let reply = raw
+        .request(&Message::Register {
+            name: name.into(),
+            presence: true,
+        })
+        .await;
+    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    let (dial_tx, dial) = tokio::sync::oneshot::channel();
+    let (_release, release) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut send, mut recv, offer) = raw.next_offer().await;
+        assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
+        let accept = Message::Accept {
+            candidates: vec![],
+            hide_addresses: false,
+        };
+        common::framing::write_frame(&mut send, &accept, common::framing::MAX_FRAME)
+            .await
+            .expect("accept");
+        let dial: Message = common::framing::read_frame(&mut recv, common::framing::MAX_FRAME)
+            .await
+            .expect("dial");
+        let _ = dial_tx.send(dial);
+        // Stay registered and answering until the test drops the fake.
+        let _ = release.await;
+        drop(raw);
+    });
+    FakeCallee { dial, _release }
+}

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ErrorKind, Identity, Message, PeerMessage};
 use peer::{CallOptions, Event, Policy};
 use rand::RngCore;
-use tests::inproc::{listening, within, RawClient, Serve, TestServer};
+use tests::inproc::{fake_callee, listening, within, RawClient, Serve, TestServer};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -167,73 +166,6 @@ async fn changed_key_is_refused_unless_accepted() {
     );
 }
 
-/// A fake callee (see [`fake_callee`]); it stays registered and answering
-/// until dropped.
-struct FakeCallee {
-    /// The candidates of the `Dial` the server sent it, once it has.
-    dial: tokio::sync::oneshot::Receiver<Vec<std::net::SocketAddr>>,
-    /// Dropping it lets the fake go.
-    _release: tokio::sync::oneshot::Sender<()>,
-}
-
-/// A fake callee: registered (presence) with one key, but its UDP socket
-/// answers peer handshakes with another key, or not at all. It accepts the
-/// first offer and reports the `Dial` it gets.
-async fn fake_callee(
-    server: &TestServer,
-    name: &str,
-    answers_with: Option<&Identity>,
-) -> FakeCallee {
-    let raw = RawClient::connect_with(
-        server,
-        Arc::new(Identity::generate().expect("id")),
-        answers_with,
-    )
-    .await;
-    // Complete the handshakes that come in (with the stranger's key).
-    let endpoint = raw.endpoint.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                if let Ok(connecting) = incoming.accept() {
-                    let _ = connecting.await;
-                }
-            });
-        }
-    });
-    let reply = raw
-        .request(&Message::Register {
-            name: name.into(),
-            presence: true,
-        })
-        .await;
-    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
-    let (dial_tx, dial) = tokio::sync::oneshot::channel();
-    let (_release, release) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut send, mut recv, offer) = raw.next_offer().await;
-        assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
-        let accept = Message::Accept {
-            candidates: vec![],
-            hide_addresses: false,
-        };
-        common::framing::write_frame(&mut send, &accept, common::framing::MAX_FRAME)
-            .await
-            .expect("accept");
-        let dial: Message = common::framing::read_frame(&mut recv, common::framing::MAX_FRAME)
-            .await
-            .expect("dial");
-        let Message::Dial { candidates, .. } = dial else {
-            panic!("{dial:?}")
-        };
-        let _ = dial_tx.send(candidates);
-        // Stay registered and answering until the test drops the fake.
-        let _ = release.await;
-        drop(raw);
-    });
-    FakeCallee { dial, _release }
-}
-
 #[tokio::test]
 async fn wrong_key_at_the_address_is_skipped_and_reported() {
     let server = TestServer::start().await;
@@ -307,7 +239,10 @@ async fn server_forwards_only_vetted_candidates() {
         })
         .await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");
-    let seen = within(T, "dial", fake.dial).await.expect("fake callee");
+    let seen = match within(T, "dial", fake.dial).await.expect("fake callee") {
+        Message::Dial { candidates, .. } => candidates,
+        other => panic!("{other:?}"),
+    };
     let observed = caller.endpoint.local_addr().expect("addr");
     assert_eq!(
         seen,

@@ -12,7 +12,9 @@ use std::time::Duration;
 use common::{ErrorKind, Message};
 use peer::path::PathMode;
 use peer::{CallOptions, Path, Policy};
-use tests::inproc::{listening, listening_tuned, within, RawClient, Serve, TestServer};
+use tests::inproc::{
+    fake_callee, listening, listening_tuned, within, RawClient, Serve, TestServer,
+};
 use tests::relay_tap::metric;
 
 const T: Duration = Duration::from_secs(15);
@@ -132,32 +134,10 @@ async fn listen_path_relay_gives_callers_no_address_and_still_takes_calls() {
 #[tokio::test]
 async fn call_path_relay_keeps_the_callers_addresses_from_the_callee() {
     let server = TestServer::start().await;
-    let callee = RawClient::connect(&server).await;
-    let reply = callee
-        .request(&Message::Register {
-            name: "carol".into(),
-            presence: true,
-        })
-        .await;
-    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
-    let dial = tokio::spawn(async move {
-        let (mut send, mut recv, offer) = callee.next_offer().await;
-        assert!(matches!(offer, Message::IncomingCall { .. }), "{offer:?}");
-        let accept = Message::Accept {
-            candidates: vec![],
-            hide_addresses: false,
-        };
-        common::framing::write_frame(&mut send, &accept, common::framing::MAX_FRAME)
-            .await
-            .expect("accept");
-        let dial: Message = common::framing::read_frame(&mut recv, common::framing::MAX_FRAME)
-            .await
-            .expect("dial");
-        dial
-    });
+    let fake = fake_callee(&server, "carol", None).await;
     let answer = raw_call(&server, "carol", true).await;
     assert!(matches!(answer, Message::CallAccepted { .. }), "{answer:?}");
-    match within(T, "the Dial", dial).await.expect("task") {
+    match within(T, "the Dial", fake.dial).await.expect("fake callee") {
         Message::Dial {
             candidates, relay, ..
         } => {
