@@ -44,8 +44,14 @@ impl Server {
         config.limits.register_rate = many;
         config.limits.lookup_rate = many;
         config.limits.call_rate = many;
+        config.limits.offer_rate_per_source = many;
+        config.limits.offer_rate_per_callee = many;
+        config.limits.offer_rate_per_contact = many;
+        // Every call allocates at consent and holds it until idle expiry:
+        // all of the bench's calls come from 127.0.0.1.
         config.relay = Some(rendezvous::relay::RelayConfig {
             rate: None,
+            max_per_source: 100_000,
             ..Default::default()
         });
         let (stop, stopped) = oneshot::channel::<()>();
