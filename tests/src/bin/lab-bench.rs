@@ -2,13 +2,19 @@
 //! (40 ms round trips between any two sites): per topology, median and p95
 //! `setup_ms` over N calls (default 20), the RTT floor measured with ping in
 //! the same run — RTT(A,S) + RTT(S,B) + RTT(A,B) — and median ÷ floor
-//! (goal ≤ 1.2). Prints a markdown table.
+//! (goal ≤ 1.2; relayed pairs: 2 × (RTT(A,S) + RTT(S,B))), then path
+//! switches in one ping session ([`switches`]). Prints markdown tables.
 //!
 //! `cargo run --release -p tests --bin lab-bench [-- --calls N]`, as root
 //! (see `tests/LAB.md`). Not a test: it prints why and exits 1 when the
 //! machine cannot run the lab.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
