@@ -8,7 +8,12 @@
 //!    same TLS 1.3 + ring (goal ≥ 0.9);
 //! 3. the same through the real binaries: `peer call NAME < input` to a
 //!    `peer listen` whose stdout is `/dev/null`, against a real `rendezvous`
-//!    on 127.0.0.1:0, as a ratio to the same raw quinn (goal ≥ 0.8).
+//!    on 127.0.0.1:0, as a ratio to the same raw quinn (goal ≥ 0.8);
+//! 4. the same direct call and a call forced onto the relay
+//!    (`PathMode::Relay`, the in-process server's relay without its rate
+//!    limit) between the same two peers: relayed ÷ direct (goal ≥ 0.5), the
+//!    server's CPU per GiB relayed (goal ≤ 0.5 core-seconds), the relay's
+//!    state per call (goal ≤ 2 KiB).
 //!
 //! Raw quinn is measured twice, with quinn's default transport and with the
 //! peer library's windows; the ratios divide by the faster of all raw runs
@@ -38,6 +43,8 @@ mod cli;
 mod inproc;
 #[path = "calls/raw.rs"]
 mod raw;
+#[path = "calls/relay.rs"]
+mod relay;
 #[path = "calls/report.rs"]
 mod report;
 
@@ -85,6 +92,16 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == raw::SINK_FLAG) {
         return raw::sink_process_main();
     }
+    if std::env::args().any(|a| a == relay::STATE_FLAG) {
+        return relay::state_process_main();
+    }
+    // `RUST_LOG=peer=debug` and the like, to see why a call fails.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let (settings, quick) = Settings::from_env();
     eprintln!(
         "calls bench: {} mode, {} calls, {} × {} MiB per contender",
@@ -131,10 +148,11 @@ fn main() -> Result<()> {
     ));
     rows.push(Row::ratio(
         "peer library direct call (Peer::call → Listener sink) ÷ raw quinn",
-        lib,
+        lib.direct,
         yardstick,
         0.9,
     ));
+    relay_rows(&mut rows, &lib);
     const CLI: &str = "peer CLI (`peer call` stdin → `peer listen` stdout) ÷ raw quinn";
     match cli {
         Ok(rate) => {
@@ -148,4 +166,42 @@ fn main() -> Result<()> {
     }
     report::print_table(&rows, settings);
     Ok(())
+}
+
+/// The relay's rows: relayed throughput against direct between the same
+/// two peers, the server's CPU per GiB relayed, its state per call.
+fn relay_rows(rows: &mut Vec<Row>, t: &inproc::Throughput) {
+    rows.push(Row::ratio(
+        "peer library relayed call (`PathMode::Relay`, the relay's rate limit off) ÷ direct call, same peers",
+        t.relayed,
+        t.direct,
+        0.5,
+    ));
+    let gib = t.relayed_bytes as f64 / (1u64 << 30) as f64;
+    let per_gib = t.relay_cpu.as_secs_f64() / gib;
+    rows.push(Row::at_most(
+        format!(
+            "relay CPU: the in-process server's threads (per-thread schedstat) over {:.2} GiB relayed one way, core-seconds per GiB",
+            gib
+        ),
+        per_gib,
+        0.5,
+        "",
+    ));
+    rows.push(Row::at_most(
+        "relay state per call: `rendezvous::relay::CALL_ENTRY_SIZE`, bytes",
+        rendezvous::relay::CALL_ENTRY_SIZE as f64,
+        2048.0,
+        " B",
+    ));
+    const RSS: &str = "relay table RSS growth per call (10,000 allocations in a fresh process)";
+    match relay::state_rss_growth() {
+        Ok(bytes) => rows.push(Row::at_most(
+            RSS,
+            bytes as f64 / f64::from(relay::ALLOCATIONS),
+            2048.0,
+            " B",
+        )),
+        Err(e) => rows.push(Row::failed(RSS, format!("not measured: {e:#}"), "≤ 2048")),
+    }
 }

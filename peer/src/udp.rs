@@ -3,7 +3,8 @@
 //!
 //! Sending: a packet to a virtual address goes where the router says: to a
 //! direct address with its segmentation (GSO) batch untouched, or through
-//! the relay, one relay frame per segment. Anything else (the server link)
+//! the relay, one relay frame per segment, the frames one batch again.
+//! Anything else (the server link)
 //! passes through.
 //!
 //! Receiving: every datagram of a receive batch is classified per GRO
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use common::relay_frame::{HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD};
+use common::relay_frame::{HEADER_LEN, MAX_PAYLOAD};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
@@ -88,44 +89,39 @@ impl PathSocket {
         }
     }
 
-    /// Each segment of `transmit` in its own relay frame.
+    /// Each segment of `transmit` in its own relay frame, all in one
+    /// transmit: the frames are the segments' size plus the header (the
+    /// last maybe shorter), so a segmentation batch stays one.
     fn send_relayed(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let seg = transmit
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let mut sent = false;
+        if seg > MAX_PAYLOAD {
+            tracing::debug!(len = seg, "a packet too large for the relay, dropped");
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(transmit.contents.len() + HEADER_LEN * 64);
+        let mut server = None;
         for chunk in transmit.contents.chunks(seg) {
-            if chunk.len() > MAX_PAYLOAD {
-                tracing::debug!(
-                    len = chunk.len(),
-                    "a packet too large for the relay, dropped"
-                );
-                continue;
-            }
-            let Some((server, header)) = self.router.relay_frame(transmit.destination) else {
+            let Some((to, header)) = self.router.relay_frame(transmit.destination) else {
                 return Ok(());
             };
-            buf[..HEADER_LEN].copy_from_slice(&header);
-            buf[HEADER_LEN..HEADER_LEN + chunk.len()].copy_from_slice(chunk);
-            let frame = Transmit {
-                destination: self.family(server),
-                ecn: transmit.ecn,
-                contents: &buf[..HEADER_LEN + chunk.len()],
-                segment_size: None,
-                src_ip: None,
-            };
-            match self.inner.try_send(&frame) {
-                Ok(()) => sent = true,
-                // Stop at the first that does not go: quinn sends the whole
-                // batch again after an error, and the frames already out
-                // would go twice (spending counters and the relay's rate).
-                Err(_) if sent => return Ok(()),
-                Err(e) => return Err(e),
-            }
+            server = Some(to);
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(chunk);
         }
-        Ok(())
+        let Some(server) = server else {
+            return Ok(());
+        };
+        let frames = Transmit {
+            destination: self.family(server),
+            ecn: transmit.ecn,
+            contents: &buf,
+            segment_size: transmit.segment_size.map(|_| seg + HEADER_LEN),
+            src_ip: None,
+        };
+        self.inner.try_send(&frames)
     }
 
     /// Hands out held datagrams into free slots; returns how many.

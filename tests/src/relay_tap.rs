@@ -78,6 +78,20 @@ impl AsyncUdpSocket for TapSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+
+    // The inner socket's offloads: with GRO on, a receive buffer sized for
+    // one datagram would cut a batch (the relay forwards with GSO).
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// The test's side of a [`TapSocket`].

@@ -42,6 +42,16 @@ impl Row {
         }
     }
 
+    /// `value` (printed with `unit`) against a goal of at most `goal`.
+    pub fn at_most(metric: impl Into<String>, value: f64, goal: f64, unit: &str) -> Self {
+        Self {
+            metric: metric.into(),
+            value: format!("{value:.2}{unit}"),
+            goal: format!("≤ {goal}{unit}"),
+            met: Some(value <= goal),
+        }
+    }
+
     /// A goal that could not be measured.
     pub fn failed(metric: impl Into<String>, value: String, goal: &str) -> Self {
         Self {

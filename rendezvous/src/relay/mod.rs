@@ -63,4 +63,4 @@ mod tests;
 pub use config::{ByteRate, ByteRateError, RelayConfig};
 pub use driver::Tickets;
 pub use stats::{DropCause, DropCounts, RelayStats};
-pub use table::{Action, AllocError, Allocation, PartySpec, RelayTable};
+pub use table::{Action, AllocError, Allocation, PartySpec, RelayTable, CALL_ENTRY_SIZE};

@@ -6,9 +6,12 @@
 //! datagrams from one source, `stride` bytes each, the last maybe shorter)
 //! — and hands those whose first byte is a relay frame
 //! ([`relay_frame::is_relay_frame`]) to the [`super::RelayTable`]. A frame it
-//! forwards leaves unchanged through the same socket (`try_send`, one
-//! datagram, no offload); a full send buffer drops it (counted: QUIC's loss
-//! recovery at the two ends handles it). Every other datagram — QUIC, or
+//! forwards leaves unchanged through the same socket; the frames of one
+//! receive batch for one destination leave together, as one
+//! segmentation-offload (GSO) transmit when their sizes allow (all equal
+//! but a shorter last one), which saves a system call per frame. A full
+//! send buffer drops them (counted per frame: QUIC's loss recovery at the
+//! two ends handles it). Every other datagram — QUIC, or
 //! junk quinn drops itself — goes on to quinn, the batch compacted in place
 //! by [`filter_batch`] (pure, unit-tested) so quinn never sees a relay frame.
 //!
@@ -19,7 +22,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -40,35 +43,98 @@ const MAX_ALL_RELAY_ROUNDS: usize = 16;
 pub(crate) struct RelaySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     relay: Arc<Relay>,
+    /// Frames of the receive batch being filtered, to forward.
+    outbox: Mutex<Outbox>,
 }
 
 impl RelaySocket {
     /// Wraps `inner` (from [`quinn::Runtime::wrap_udp_socket`]); frames go
     /// to `relay`.
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, relay: Arc<Relay>) -> Self {
-        Self { inner, relay }
+        Self {
+            inner,
+            relay,
+            outbox: Mutex::new(Outbox::default()),
+        }
     }
 
-    /// One relay frame from `from`: checked, then forwarded or dropped.
-    fn relay_one(&self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    /// One relay frame from `from`: checked, then queued in `out` to be
+    /// forwarded (or dropped).
+    fn relay_one(&self, now: Instant, from: SocketAddr, bytes: &[u8], out: &mut Outbox) {
         let Action::Forward { to } = self.relay.handle_packet(now, from, bytes) else {
+            return;
+        };
+        if !out.fits(to, bytes.len(), self.inner.max_transmit_segments()) {
+            self.flush(out);
+        }
+        out.push(to, bytes);
+    }
+
+    /// Sends what `out` holds as one transmit (one GSO batch when it holds
+    /// several frames) and empties it.
+    fn flush(&self, out: &mut Outbox) {
+        let Some(to) = out.to.take() else {
             return;
         };
         let transmit = Transmit {
             destination: to,
             ecn: None,
-            contents: bytes,
-            segment_size: None,
+            contents: &out.buf,
+            segment_size: (out.frames > 1).then_some(out.segment),
             src_ip: None,
         };
         match self.inner.try_send(&transmit) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.relay.count_send_full(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                (0..out.frames).for_each(|_| self.relay.count_send_full())
+            }
             Err(e) => {
-                self.relay.count_send_error();
-                debug!(%to, "relayed datagram not sent: {e}");
+                (0..out.frames).for_each(|_| self.relay.count_send_error());
+                debug!(%to, "relayed datagrams not sent: {e}");
             }
         }
+        out.buf.clear();
+        out.frames = 0;
+    }
+}
+
+/// Frames to forward to one destination, gathered from a receive batch so
+/// they leave as one segmentation-offload (GSO) transmit: all `segment`
+/// bytes long but the last, which may be shorter and ends the batch.
+#[derive(Debug, Default)]
+struct Outbox {
+    to: Option<SocketAddr>,
+    segment: usize,
+    frames: usize,
+    buf: Vec<u8>,
+}
+
+/// Most bytes in one forwarded transmit (a UDP GSO send's limit is 64 KiB).
+const MAX_OUTBOX: usize = 60 * 1024;
+
+impl Outbox {
+    /// Whether a frame of `len` bytes to `to` can join what is held.
+    fn fits(&self, to: SocketAddr, len: usize, max_segments: usize) -> bool {
+        match self.to {
+            None => true,
+            Some(held) => {
+                held == to
+                    && len <= self.segment
+                    && self.buf.len() == self.frames * self.segment
+                    && self.frames < max_segments
+                    && self.buf.len() + len <= MAX_OUTBOX
+            }
+        }
+    }
+
+    /// Adds a frame (after [`Outbox::fits`], or into an empty box).
+    fn push(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.to.is_none() {
+            self.to = Some(to);
+            self.segment = bytes.len();
+        }
+        self.buf.extend_from_slice(bytes);
+        self.frames += 1;
     }
 }
 
@@ -101,15 +167,18 @@ impl AsyncUdpSocket for RelaySocket {
                 other => return other,
             };
             let now = Instant::now();
+            let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
             let kept = filter_batch(bufs, meta, n, |from, bytes| {
                 let is_relay = bytes
                     .first()
                     .is_some_and(|b| relay_frame::is_relay_frame(*b));
                 if is_relay {
-                    self.relay_one(now, from, bytes);
+                    self.relay_one(now, from, bytes, &mut out);
                 }
                 is_relay
             });
+            self.flush(&mut out);
+            drop(out);
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::relay_frame::{encode, FrameKey, Header, Party};
 
-use super::table::call_size;
+use super::table::CALL_ENTRY_SIZE;
 use super::*;
 
 const PAYLOAD: &[u8] = &[0x40; 1200];
@@ -403,7 +403,7 @@ fn memory_is_bounded_under_a_flood_of_allocations() {
 
 #[test]
 fn per_call_state_is_under_2_kib() {
-    let size = call_size();
+    let size = CALL_ENTRY_SIZE;
     eprintln!("per-call state: {size} bytes");
     assert!(size <= 2048, "a call takes {size} bytes");
 }

@@ -2,19 +2,28 @@
 //! (40 ms round trips between any two sites): per topology, median and p95
 //! `setup_ms` over N calls (default 20), the RTT floor measured with ping in
 //! the same run — RTT(A,S) + RTT(S,B) + RTT(A,B) — and median ÷ floor
-//! (goal ≤ 1.2). Prints a markdown table.
+//! (goal ≤ 1.2; relayed pairs: 2 × (RTT(A,S) + RTT(S,B))), then path
+//! switches in one ping session ([`switches`]). Prints markdown tables.
 //!
 //! `cargo run --release -p tests --bin lab-bench [-- --calls N]`, as root
 //! (see `tests/LAB.md`). Not a test: it prints why and exits 1 when the
 //! machine cannot run the lab.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tests::lab::{Host, Lab, Nat};
+
+#[path = "lab-bench/switches.rs"]
+mod switches;
 
 /// Gives up on one call after this long (a direct call takes ~0.15 s here).
 const CALL_TIMEOUT: &str = "5";
@@ -32,6 +41,21 @@ struct Row {
     setups: Vec<f64>,
     /// RTT(A,S), RTT(S,B), RTT(A,B), medians of ping, ms.
     rtts: [f64; 3],
+    /// The path the calls should take.
+    expect: &'static str,
+}
+
+impl Row {
+    /// The floor: consent (RTT(A,S) + RTT(S,B)) plus the handshake — over
+    /// the direct path (RTT(A,B)), or through the relay (the consent legs
+    /// again).
+    fn floor(&self) -> f64 {
+        let consent = self.rtts[0] + self.rtts[1];
+        match self.expect {
+            "relay" => 2.0 * consent,
+            _ => consent + self.rtts[2],
+        }
+    }
 }
 
 /// `calls` calls from `caller` to a listener on `callee`; `peer_addr` is
@@ -51,15 +75,13 @@ fn measure(lab: &Lab, topology: &'static str, pair: &Pair, calls: usize) -> Row 
     let bob = lab.home("bob", &pair.caller);
     let mut setups = vec![];
     let mut direct = 0;
+    let mut args = vec!["call", "alice", "--timeout", CALL_TIMEOUT];
+    args.extend_from_slice(pair.call_args);
     for _ in 0..calls {
-        let out = bob.run(
-            Some("bob"),
-            &["call", "alice", "--timeout", CALL_TIMEOUT],
-            Duration::from_secs(30),
-        );
+        let out = bob.run(Some("bob"), &args, Duration::from_secs(30));
         if let Some(c) = out.events.iter().find(|e| e["event"] == "connected") {
             setups.push(c["setup_ms"].as_f64().unwrap_or(f64::NAN));
-            direct += usize::from(c["path"] == "direct");
+            direct += usize::from(c["path"] == pair.expect);
         }
     }
     setups.sort_by(f64::total_cmp);
@@ -69,6 +91,7 @@ fn measure(lab: &Lab, topology: &'static str, pair: &Pair, calls: usize) -> Row 
         direct,
         setups,
         rtts,
+        expect: pair.expect,
     }
 }
 
@@ -77,6 +100,9 @@ struct Pair {
     callee: Host,
     caller: Host,
     ping_to: Ipv4Addr,
+    /// The path the calls should take, and extra `peer call` flags.
+    expect: &'static str,
+    call_args: &'static [&'static str],
 }
 
 /// Two sites: the callee's of kind `a`, the caller's of kind `b`.
@@ -87,6 +113,17 @@ fn pair(lab: &mut Lab, a: Nat, b: Nat) -> Pair {
         callee: a.hosts[0].clone(),
         caller: b.hosts[0].clone(),
         ping_to: a.public,
+        expect: "direct",
+        call_args: &[],
+    }
+}
+
+/// Like [`pair`], the calls expected on the relay (with `call_args`).
+fn relayed(lab: &mut Lab, a: Nat, b: Nat, call_args: &'static [&'static str]) -> Pair {
+    Pair {
+        expect: "relay",
+        call_args,
+        ..pair(lab, a, b)
     }
 }
 
@@ -95,12 +132,18 @@ fn main() -> ExitCode {
     let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
     // Each topology: its name and how to build it in a fresh lab.
     type Build = fn(&mut Lab) -> Pair;
-    let topologies: [(&'static str, Build); 5] = [
+    let topologies: [(&'static str, Build); 7] = [
         ("open ↔ open", |lab| pair(lab, Nat::Open, Nat::Open)),
         ("cone ↔ cone", |lab| pair(lab, Nat::Cone, Nat::Cone)),
         ("cgnat ↔ cone", |lab| pair(lab, Nat::Cgnat, Nat::Cone)),
         ("symmetric → open (caller symmetric)", |lab| {
             pair(lab, Nat::Open, Nat::Symmetric)
+        }),
+        ("symmetric ↔ symmetric (relayed)", |lab| {
+            relayed(lab, Nat::Symmetric, Nat::Symmetric, &[])
+        }),
+        ("cone ↔ cone, `--path relay`", |lab| {
+            relayed(lab, Nat::Cone, Nat::Cone, &["--path", "relay"])
         }),
         ("same LAN behind one cone NAT", |lab| {
             let s = lab.site(Nat::Cone, 2);
@@ -108,6 +151,8 @@ fn main() -> ExitCode {
                 callee: s.hosts[0].clone(),
                 caller: s.hosts[1].clone(),
                 ping_to: s.hosts[0].addr,
+                expect: "direct",
+                call_args: &[],
             }
         }),
     ];
@@ -123,17 +168,26 @@ fn main() -> ExitCode {
         eprintln!("lab-bench: {topology}, {calls} calls");
         rows.push(measure(&lab, topology, &pair, calls));
     }
+    let Some(mut lab) = Lab::new("lab-bench") else {
+        return ExitCode::FAILURE;
+    };
+    lab.with_delay(Duration::from_millis(20));
+    lab.start_server();
+    eprintln!("lab-bench: path switches");
+    let switches = switches::measure(&mut lab);
+    drop(lab);
     print_table(&rows);
+    switches::print(&switches);
     ExitCode::SUCCESS
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| topology (20 ms one-way per uplink) | calls direct | median setup_ms | p95 setup_ms | RTT(A,S) + RTT(S,B) + RTT(A,B) ms | floor ms | median ÷ floor | goal ≤ 1.2 |"
+        "\n| topology (20 ms one-way per uplink) | calls on the path | median setup_ms | p95 setup_ms | RTT(A,S) + RTT(S,B) + RTT(A,B) ms | floor ms | median ÷ floor | goal ≤ 1.2 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let floor: f64 = r.rtts.iter().sum();
+        let floor = r.floor();
         let (median, p95) = if r.setups.is_empty() {
             (f64::NAN, f64::NAN)
         } else {
@@ -141,10 +195,11 @@ fn print_table(rows: &[Row]) {
         };
         let ratio = median / floor;
         println!(
-            "| {} | {}/{} | {median:.1} | {p95:.1} | {:.1} + {:.1} + {:.1} | {floor:.1} | {ratio:.2} | {} |",
+            "| {} | {}/{} {} | {median:.1} | {p95:.1} | {:.1} + {:.1} + {:.1} | {floor:.1} | {ratio:.2} | {} |",
             r.topology,
             r.direct,
             r.calls,
+            r.expect,
             r.rtts[0],
             r.rtts[1],
             r.rtts[2],
