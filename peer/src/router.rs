@@ -139,8 +139,9 @@ pub(crate) enum Inbound {
 /// Where a packet for a virtual address goes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Targets {
-    /// Direct addresses (the batch goes to each unchanged).
-    pub(crate) direct: Vec<SocketAddr>,
+    /// Direct addresses (the batch goes to each unchanged). Inline: a
+    /// call on one path, the common case, costs no allocation per packet.
+    pub(crate) direct: smallvec::SmallVec<[SocketAddr; 2]>,
     /// Whether it goes through the relay too.
     pub(crate) relay: bool,
 }
@@ -426,6 +427,21 @@ impl Router {
         let mut routes = self.lock();
         let r = routes.calls.get_mut(&virtual_addr)?.relay.as_mut()?;
         Some((r.server, r.next_header()))
+    }
+
+    /// The verdict for every QUIC datagram from `from` when it is the same
+    /// whatever the packet (a call's path, or a server link): one lookup
+    /// for a whole receive batch. `None`: decide per datagram.
+    pub(crate) fn quic_source(&self, from: SocketAddr, first: &[u8]) -> Option<Inbound> {
+        let from = canonical(from);
+        let mut routes = self.lock();
+        if let Some(v) = routes.by_addr.get(&from).copied() {
+            if let Some(e) = routes.calls.get_mut(&v) {
+                e.arrived(Route::Direct(from), first);
+            }
+            return Some(Inbound::Quic(v));
+        }
+        routes.servers.contains(&from).then_some(Inbound::Pass)
     }
 
     /// Classifies one received datagram from `from` (see [`Inbound`]);

@@ -72,7 +72,7 @@ fn before_a_choice_packets_go_every_vetted_way_and_other_addresses_pass() {
     assert_eq!(
         r.targets(v),
         Some(Targets {
-            direct: vec![a(CALLEE)],
+            direct: smallvec::smallvec![a(CALLEE)],
             relay: true,
         })
     );
@@ -195,7 +195,7 @@ fn two_calls_between_the_same_two_sockets_do_not_share_an_address() {
     assert_eq!(
         r.targets(w),
         Some(Targets {
-            direct: vec![],
+            direct: smallvec::smallvec![],
             relay: true,
         }),
         "the second does without it"
@@ -210,7 +210,7 @@ fn after_the_handshake_packets_follow_the_way_in_until_a_path_is_chosen() {
     assert_eq!(
         r.targets(v),
         Some(Targets {
-            direct: vec![a(CALLEE)],
+            direct: smallvec::smallvec![a(CALLEE)],
             relay: false,
         })
     );
@@ -242,7 +242,7 @@ fn a_closed_calls_addresses_go_to_the_next_call_at_once() {
     let (w, _) = r.register(spec(), PathConfig::default(), now);
     assert_eq!(r.recv(now, a(CALLEE), &quic(0x40)), Inbound::Quic(w));
     assert_eq!(
-        r.targets(w).map(|t| t.direct),
+        r.targets(w).map(|t| t.direct.to_vec()),
         Some(vec![a(CALLEE)]),
         "the next call between the same sockets goes direct"
     );
@@ -251,4 +251,16 @@ fn a_closed_calls_addresses_go_to_the_next_call_at_once() {
             .is_some_and(|t| !t.direct.is_empty() || t.relay),
         "the close still goes out"
     );
+}
+
+#[test]
+fn a_batch_from_a_known_source_is_one_decision_and_an_unknown_one_is_per_packet() {
+    let (r, v, _) = router();
+    r.add_server(a(SERVER));
+    assert_eq!(
+        r.quic_source(a(CALLEE), &quic(0x40)),
+        Some(Inbound::Quic(v))
+    );
+    assert_eq!(r.quic_source(a(SERVER), &quic(0x40)), Some(Inbound::Pass));
+    assert_eq!(r.quic_source(a("203.0.113.5:999"), &quic(0xC0)), None);
 }

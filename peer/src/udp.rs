@@ -155,6 +155,18 @@ impl PathSocket {
             return 0;
         }
         let stride = m.stride.clamp(1, m.len.max(1));
+        // The common case, a batch of QUIC from a call's path or a server:
+        // one lookup for all of it.
+        if buf[..m.len].chunks(stride).all(|seg| seg[0] & 0x40 != 0) {
+            match self.router.quic_source(m.addr, &buf[..stride.min(m.len)]) {
+                Some(Inbound::Quic(v)) => {
+                    m.addr = v;
+                    return m.len;
+                }
+                Some(Inbound::Pass) => return m.len,
+                _ => {}
+            }
+        }
         let verdicts: Vec<Inbound> = buf[..m.len]
             .chunks(stride)
             .map(|seg| self.router.recv(now, m.addr, seg))
