@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! offset  len  field
-//!      0    1  type: 0x30 data from the caller, 0x31 data from the callee
+//!      0    1  type: 0x30 data from the caller, 0x31 data from the callee,
+//!                     0x32 / 0x33 the caller's / callee's end of the call (no payload)
 //!      1    4  relay call id (u32, big endian), from the consent
 //!      5    7  counter (u56, big endian), per sender, starts anywhere, rises
 //!     12    8  tag: HMAC-SHA256 over bytes 0..12 under the sender's key, truncated
@@ -60,6 +61,11 @@ pub const MAX_COUNTER: u64 = (1 << 56) - 1;
 pub const TYPE_DATA_CALLER: u8 = 0x30;
 /// Type byte of a data frame from the callee.
 pub const TYPE_DATA_CALLEE: u8 = 0x31;
+/// Type byte of the caller's end-of-call frame (no payload: the call is
+/// over, the relay may forget it); the callee's is one more.
+pub const TYPE_END_CALLER: u8 = 0x32;
+/// Type byte of the callee's end-of-call frame.
+pub const TYPE_END_CALLEE: u8 = 0x33;
 /// Length of a party's key secret (as sent at consent).
 pub const SECRET_LEN: usize = 32;
 
@@ -95,10 +101,12 @@ impl Party {
         }
     }
 
-    fn type_byte(self) -> u8 {
-        match self {
-            Party::Caller => TYPE_DATA_CALLER,
-            Party::Callee => TYPE_DATA_CALLEE,
+    fn type_byte(self, end: bool) -> u8 {
+        match (self, end) {
+            (Party::Caller, false) => TYPE_DATA_CALLER,
+            (Party::Callee, false) => TYPE_DATA_CALLEE,
+            (Party::Caller, true) => TYPE_END_CALLER,
+            (Party::Callee, true) => TYPE_END_CALLEE,
         }
     }
 }
@@ -112,13 +120,16 @@ pub struct Header {
     pub call_id: u32,
     /// The sender's counter (at most [`MAX_COUNTER`]).
     pub counter: u64,
+    /// An end-of-call frame ([`TYPE_END_CALLER`]): the sender's call is
+    /// over and the relay may forget it. Covered by the tag, like the rest.
+    pub end: bool,
 }
 
 impl Header {
     /// The 12 bytes the tag covers. The counter is cut to 56 bits.
     pub fn signed_bytes(&self) -> [u8; SIGNED_LEN] {
         let mut out = [0u8; SIGNED_LEN];
-        out[0] = self.party.type_byte();
+        out[0] = self.party.type_byte(self.end);
         out[1..5].copy_from_slice(&self.call_id.to_be_bytes());
         out[5..12].copy_from_slice(&(self.counter & MAX_COUNTER).to_be_bytes()[1..]);
         out
@@ -220,9 +231,11 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, RelayFrameError> {
     if !is_relay_frame(first) {
         return Err(RelayFrameError::NotRelay { first });
     }
-    let party = match first {
-        TYPE_DATA_CALLER => Party::Caller,
-        TYPE_DATA_CALLEE => Party::Callee,
+    let (party, end) = match first {
+        TYPE_DATA_CALLER => (Party::Caller, false),
+        TYPE_DATA_CALLEE => (Party::Callee, false),
+        TYPE_END_CALLER => (Party::Caller, true),
+        TYPE_END_CALLEE => (Party::Callee, true),
         ty => return Err(RelayFrameError::BadType { ty }),
     };
     if bytes.len() < HEADER_LEN {
@@ -245,6 +258,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, RelayFrameError> {
             party,
             call_id: u32::from_be_bytes(id),
             counter: u64::from_be_bytes(counter),
+            end,
         },
         tag,
         payload: &bytes[HEADER_LEN..],
@@ -293,6 +307,7 @@ mod tests {
             party: Party::Callee,
             call_id: 0xDEAD_BEEF,
             counter: 0x0012_3456_789A_BCDE,
+            end: false,
         }
     }
 
@@ -378,13 +393,14 @@ mod tests {
     }
 
     fn any_header() -> impl Strategy<Value = Header> {
-        (any::<bool>(), any::<u32>(), 0..=MAX_COUNTER).prop_map(|(callee, call_id, counter)| {
-            Header {
+        (any::<bool>(), any::<u32>(), 0..=MAX_COUNTER, any::<bool>()).prop_map(
+            |(callee, call_id, counter, end)| Header {
                 party: if callee { Party::Callee } else { Party::Caller },
                 call_id,
                 counter,
-            }
-        })
+                end,
+            },
+        )
     }
 
     proptest! {

@@ -127,6 +127,7 @@ impl Harness {
                 party,
                 call_id: id,
                 counter,
+                end: false,
             },
             &key,
             &vec![0x40; len],

@@ -183,6 +183,11 @@ impl Task {
         if self.conn.take().is_some() {
             tokio::time::sleep(LINGER).await;
         }
+        // After the close had its way through the relay: the relay may
+        // forget the call now.
+        if let Some((relay, frame)) = self.router.end_frame(self.virtual_addr) {
+            self.socket.send_raw(relay, &frame);
+        }
         self.router.remove(self.virtual_addr);
     }
 

@@ -418,6 +418,18 @@ impl Router {
         Some(t)
     }
 
+    /// The call's end-of-call frame for its relay, and where it goes: the
+    /// relay forgets the call at once instead of after its idle timeout
+    /// (so a source's share of relayed calls is not held by ended ones).
+    pub(crate) fn end_frame(
+        &self,
+        virtual_addr: SocketAddr,
+    ) -> Option<(SocketAddr, [u8; HEADER_LEN])> {
+        let mut routes = self.lock();
+        let r = routes.calls.get_mut(&virtual_addr)?.relay.as_mut()?;
+        Some((r.server, r.header(true)))
+    }
+
     /// The relay frame header for the next segment of a packet to
     /// `virtual_addr`, and where the frame goes.
     pub(crate) fn relay_frame(
@@ -558,11 +570,17 @@ impl Outgoing {
 
 impl RelayLink {
     fn next_header(&mut self) -> [u8; HEADER_LEN] {
+        self.header(false)
+    }
+
+    /// The next header; `end`: an end-of-call frame.
+    fn header(&mut self, end: bool) -> [u8; HEADER_LEN] {
         self.counter = (self.counter + 1).min(relay_frame::MAX_COUNTER);
         let header = Header {
             party: self.ours,
             call_id: self.call_id,
             counter: self.counter,
+            end,
         };
         relay_frame::encode_header(&header, &self.key)
     }

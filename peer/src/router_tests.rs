@@ -47,6 +47,7 @@ fn frame_from(party: Party, call_id: u32, payload: &[u8]) -> Vec<u8> {
         party,
         call_id,
         counter: 1,
+        end: false,
     };
     let mut out = vec![];
     encode(&header, &FrameKey::new(&[1; 32]), payload, &mut out).expect("frame");

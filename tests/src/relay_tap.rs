@@ -192,6 +192,7 @@ pub fn frame(
         party,
         call_id,
         counter,
+        end: false,
     };
     let mut out = Vec::new();
     encode(&header, &FrameKey::new(secret), payload, &mut out).expect("fits");

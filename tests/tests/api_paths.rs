@@ -191,3 +191,28 @@ async fn without_a_relay_a_hidden_call_is_refused_with_unreachable() {
         .expect_err("nothing can carry it");
     assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
 }
+
+#[tokio::test]
+async fn a_call_that_ends_frees_its_relay_allocation_at_once() {
+    let server = TestServer::start().await;
+    let (_alice, _serve) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = server.peer("bob").await;
+    for options in [relay_only(), CallOptions::default()] {
+        let call = within(T, "call", bob.peer.call("alice", options))
+            .await
+            .expect("call");
+        assert_eq!(echo(&call, b"hi").await, b"hi");
+        assert_eq!(metric(&server, "rendezvous_relay_active_calls"), 1);
+        drop(call);
+        // Both sides send their end-of-call frame once the close is out
+        // (2 s): well before the relay's 60 s idle expiry.
+        within(Duration::from_secs(6), "the allocation freed", async {
+            while metric(&server, "rendezvous_relay_active_calls") > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    assert!(metric(&server, "rendezvous_relay_ended_total") >= 2);
+    assert_eq!(metric(&server, "rendezvous_relay_expired_total"), 0);
+}

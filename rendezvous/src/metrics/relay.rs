@@ -16,6 +16,7 @@ pub(super) struct RelayMetrics {
     calls: IntCounter,
     allocations: IntCounter,
     expired: IntCounter,
+    ended: IntCounter,
     shed: IntCounter,
     roams: IntCounter,
     active: IntGauge,
@@ -51,6 +52,11 @@ impl RelayMetrics {
                 r,
                 "rendezvous_relay_expired_total",
                 "Relayed calls forgotten after their idle timeout.",
+            ),
+            ended: counter(
+                r,
+                "rendezvous_relay_ended_total",
+                "Relayed calls a party ended with an end-of-call frame.",
             ),
             shed: counter(
                 r,
@@ -98,6 +104,7 @@ impl RelayMetrics {
             (&self.calls, s.calls_relayed),
             (&self.allocations, s.allocations),
             (&self.expired, s.expired),
+            (&self.ended, s.ended),
             (&self.shed, s.shed),
             (&self.roams, s.roams),
         ];

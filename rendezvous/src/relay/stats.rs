@@ -97,6 +97,8 @@ pub struct RelayStats {
     pub refused_full: u64,
     /// Calls forgotten after their idle timeout.
     pub expired: u64,
+    /// Calls a party ended with an end-of-call frame.
+    pub ended: u64,
     /// Quiet calls shed to make room for a new one.
     pub shed: u64,
     /// Times a party's address moved (roaming, on a fresh counter).

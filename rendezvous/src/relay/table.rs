@@ -75,6 +75,9 @@ pub enum Action {
     },
     /// Drop it; counted under the cause.
     Drop(DropCause),
+    /// An authentic, fresh end-of-call frame: the call is forgotten (its
+    /// later frames are [`DropCause::UnknownCall`]); nothing to forward.
+    Ended,
 }
 
 #[derive(Debug)]
@@ -202,8 +205,9 @@ impl RelayTable {
     /// it. In order: it parses; the call exists and is not idle past its
     /// timeout; the tag matches the sending party's key; the counter is not
     /// replayed (a fresh counter from a new address moves the party there:
-    /// roaming; a late one is forwarded but moves nothing); the sender's
-    /// direction is within its rate; the call within its bytes.
+    /// roaming; a late one is forwarded but moves nothing); an end-of-call
+    /// frame ends the call here ([`Action::Ended`]); the sender's direction
+    /// is within its rate; the call within its bytes.
     pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Action {
         let action = self.check(now, from, bytes);
         match action {
@@ -212,6 +216,7 @@ impl RelayTable {
                 self.stats.bytes_relayed += bytes.len() as u64;
             }
             Action::Drop(cause) => self.stats.drops.add(cause),
+            Action::Ended => {}
         }
         action
     }
@@ -245,6 +250,13 @@ impl RelayTable {
             Freshness::Fresh | Freshness::Late => {}
         }
         party.window.accept(counter);
+        if frame.header.end {
+            // Either party may end the call: each holds only its own key,
+            // so nobody else can, and a replay was refused above.
+            self.remove(id);
+            self.stats.ended += 1;
+            return Action::Ended;
+        }
         if call.bytes.saturating_add(bytes.len() as u64) > self.config.max_bytes_per_call {
             return Action::Drop(DropCause::OverBytes);
         }

@@ -26,10 +26,21 @@ impl Side {
     }
 
     fn frame_at(&self, counter: u64, payload: &[u8]) -> Vec<u8> {
+        self.encode(counter, payload, false)
+    }
+
+    /// Its end-of-call frame, at the next counter.
+    fn end(&mut self) -> Vec<u8> {
+        self.counter += 1;
+        self.encode(self.counter, &[], true)
+    }
+
+    fn encode(&self, counter: u64, payload: &[u8], end: bool) -> Vec<u8> {
         let h = Header {
             party: self.party,
             call_id: self.call_id,
             counter,
+            end,
         };
         let mut out = Vec::new();
         encode(&h, &self.key, payload, &mut out).expect("fits");
@@ -312,6 +323,37 @@ fn an_idle_call_expires_and_an_active_one_does_not() {
     assert!(t.is_empty());
     assert_eq!(t.next_deadline(), None);
     assert_eq!(t.stats().expired, 2);
+}
+
+#[test]
+fn a_partys_end_frame_ends_the_call_and_nobody_elses_does() {
+    let t0 = Instant::now();
+    let (mut t, mut a, mut b) = table_with_call(t0);
+    assert_eq!(t.handle_packet(t0, addr(A), &a.frame(b"x")), fwd(B));
+    // A forged end (another key), and a replay of an old counter as an end:
+    // refused, the call goes on.
+    let mut eve = Side {
+        key: FrameKey::new(&[0xEE; 32]),
+        ..sides(7).0
+    };
+    assert_eq!(
+        t.handle_packet(t0, addr(EVE), &eve.end()),
+        Action::Drop(DropCause::BadMac)
+    );
+    let stale_end = a.encode(1, &[], true);
+    assert_eq!(
+        t.handle_packet(t0, addr(A), &stale_end),
+        Action::Drop(DropCause::Replayed)
+    );
+    assert_eq!(t.handle_packet(t0, addr(B), &b.frame(b"y")), fwd(A));
+    // The callee's own end: gone at once, not after the idle timeout.
+    assert_eq!(t.handle_packet(t0, addr(B), &b.end()), Action::Ended);
+    assert!(t.is_empty());
+    assert_eq!(t.stats().ended, 1);
+    assert_eq!(
+        t.handle_packet(t0, addr(A), &a.frame(b"x")),
+        Action::Drop(DropCause::UnknownCall)
+    );
 }
 
 #[test]
