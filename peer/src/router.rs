@@ -445,15 +445,7 @@ impl Router {
     /// whatever the packet (a call's path, or a server link): one lookup
     /// for a whole receive batch. `None`: decide per datagram.
     pub(crate) fn quic_source(&self, from: SocketAddr, first: &[u8]) -> Option<Inbound> {
-        let from = canonical(from);
-        let mut routes = self.lock();
-        if let Some(v) = routes.by_addr.get(&from).copied() {
-            if let Some(e) = routes.calls.get_mut(&v) {
-                e.arrived(Route::Direct(from), first);
-            }
-            return Some(Inbound::Quic(v));
-        }
-        routes.servers.contains(&from).then_some(Inbound::Pass)
+        self.lock().known_source(canonical(from), first)
     }
 
     /// Classifies one received datagram from `from` (see [`Inbound`]);
@@ -605,20 +597,26 @@ impl Routes {
     /// provoke stateless resets, or move a call's connection off its
     /// virtual address.
     fn quic_from(&mut self, from: SocketAddr, bytes: &[u8]) -> Inbound {
-        if let Some(v) = self.by_addr.get(&from).copied() {
-            if let Some(e) = self.calls.get_mut(&v) {
-                e.arrived(Route::Direct(from), bytes);
-            }
-            return Inbound::Quic(v);
-        }
-        if self.servers.contains(&from) {
-            return Inbound::Pass;
+        if let Some(verdict) = self.known_source(from, bytes) {
+            return verdict;
         }
         if is_initial(bytes) && !self.awaiting_connection() {
             return Inbound::Pass;
         }
         trace!(%from, "dropping QUIC from an address no call or server knows");
         Inbound::Consumed
+    }
+
+    /// The verdict for QUIC from a call's path (its virtual address) or a
+    /// server link (as it is); `None` for anyone else.
+    fn known_source(&mut self, from: SocketAddr, bytes: &[u8]) -> Option<Inbound> {
+        if let Some(v) = self.by_addr.get(&from).copied() {
+            if let Some(e) = self.calls.get_mut(&v) {
+                e.arrived(Route::Direct(from), bytes);
+            }
+            return Some(Inbound::Quic(v));
+        }
+        self.servers.contains(&from).then_some(Inbound::Pass)
     }
 
     /// Registers the call's direct paths as sources of its packets.

@@ -164,13 +164,4 @@ impl Candidate {
         }
         false
     }
-
-    /// Our network changed: probe again from the start (the state stays
-    /// until pongs or their absence say otherwise).
-    pub(super) fn reprobe(&mut self, now: Instant) {
-        if self.verified() {
-            self.next_ping = Some(now);
-            self.gap = Duration::ZERO;
-        }
-    }
 }

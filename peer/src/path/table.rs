@@ -150,23 +150,6 @@ impl PathTable {
         self.choose(now);
     }
 
-    /// A QUIC packet arrived from `from`. Returns whether `from` is a path
-    /// of this call that may carry data (the driver maps such a source to
-    /// the call's virtual address). It does not count as liveness: it
-    /// proves the way in, not the way out.
-    pub fn packet_received(&mut self, _now: Instant, from: Route) -> bool {
-        self.find(canon(from))
-            .is_some_and(|i| self.paths[i].verified())
-    }
-
-    /// Our own network changed (new local address, NAT rebinding): probe
-    /// every path again from the fast start.
-    pub fn network_changed(&mut self, now: Instant) {
-        for c in &mut self.paths {
-            c.reprobe(now);
-        }
-    }
-
     /// The next thing to do at `now`, if any; call until `None`, then sleep
     /// until [`PathTable::next_deadline`]. Timers (failed paths, give-up)
     /// are handled here: there is no separate tick.
