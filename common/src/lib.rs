@@ -2,9 +2,10 @@
 //! identities, fingerprints, TLS verifiers, name and candidate rules, and the
 //! error kinds users see.
 //!
-//! This is a leaf crate: no runtime, no sockets, no tasks. The only async
-//! code is [`framing::read_frame`]/[`framing::write_frame`], generic over any
-//! tokio byte stream.
+//! A leaf crate: no runtime of its own. The async code is
+//! [`framing::read_frame`]/[`framing::write_frame`], generic over any tokio
+//! byte stream, and [`tunnel`], the TCP transport both ends run (its one
+//! reader and one writer task per connection).
 //!
 //! # Layout
 //!
@@ -17,6 +18,7 @@
 //! - [`candidates`]: which addresses a peer may be told to send to.
 //! - [`probe`]: the authenticated path probes (ping/pong) and their keys.
 //! - [`relay_frame`]: the relay frame header (type, call id, counter, tag).
+//! - [`tunnel`]: datagrams over TLS/WebSocket on TCP, for networks without UDP.
 //! - [`error`]: the error kinds of the command-line contract.
 //! - [`text`]: remote text made safe to print on a terminal.
 
@@ -31,6 +33,7 @@ pub mod probe;
 pub mod relay_frame;
 pub mod text;
 pub mod tls;
+pub mod tunnel;
 
 pub use error::ErrorKind;
 pub use fingerprint::Fingerprint;

@@ -240,6 +240,35 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The TLS client config of the TCP transport ([`crate::tunnel`]):
+/// accepts only `expected`, presents no certificate (the peer
+/// authenticates inside QUIC, as over UDP).
+pub fn tunnel_client_config(expected: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedServerVerifier::new(expected))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![crate::tunnel::ALPN.to_vec()];
+    config.enable_early_data = false;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// The TLS server config of the TCP transport: presents `identity` (the
+/// same key as over QUIC, so peers pin one fingerprint), asks no client
+/// certificate.
+pub fn tunnel_server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert()], identity.private_key())?;
+    config.alpn_protocols = vec![crate::tunnel::ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
 /// The fingerprint of the key a finished handshake authenticated, from
 /// rustls's peer certificates (as quinn hands them out).
 pub fn peer_fingerprint(certs: &[CertificateDer<'_>]) -> Option<Fingerprint> {
