@@ -15,12 +15,19 @@
 //! only joins same-size datagrams of one flow) is split into single
 //! datagrams, held in a small queue and handed out on the next calls.
 //! Probes and foreign datagrams are consumed and never reach quinn.
+//!
+//! A TCP tunnel to the server ([`crate::udp_tunnel`]) may stand in for the
+//! UDP socket toward that one address: every datagram to it (quinn's, relay
+//! frames, probes) goes into the tunnel, and what comes out is demultiplexed
+//! as a datagram from the server. Receiving alternates between the two
+//! sources so neither starves the other.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -30,6 +37,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
 use crate::router::{Inbound, Router};
+use crate::udp_tunnel::TunnelSlot;
 
 /// Most split-out datagrams held between receive calls.
 const MAX_HELD: usize = 256;
@@ -40,6 +48,10 @@ pub(crate) struct PathSocket {
     router: Arc<Router>,
     v6: bool,
     held: Mutex<VecDeque<Held>>,
+    /// The tunnel to the server, when UDP does not get through.
+    pub(crate) tunnel: TunnelSlot,
+    /// Which source a receive polls first (flips every time).
+    tunnel_first: AtomicBool,
 }
 
 /// A datagram split out of a mixed receive batch, handed out later.
@@ -64,7 +76,59 @@ impl PathSocket {
             router,
             v6,
             held: Mutex::new(VecDeque::new()),
+            tunnel: TunnelSlot::default(),
+            tunnel_first: AtomicBool::new(false),
         }
+    }
+
+    /// Sends one transmit: into the tunnel if it goes to the tunnel's
+    /// server, else out of the UDP socket.
+    fn out(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let (dest, seg) = (transmit.destination, transmit.segment_size);
+        if self.tunnel.send(dest, transmit.contents, seg) {
+            return Ok(());
+        }
+        self.inner.try_send(transmit)
+    }
+
+    /// Sends a UDP check request to `server` straight out of the UDP
+    /// socket (never the tunnel: the question is whether UDP works) and
+    /// returns where its answer will come: the address the server saw.
+    /// Waits for the socket to be writable if it is not (the caller bounds
+    /// it in time).
+    pub(crate) async fn udp_check(
+        &self,
+        server: SocketAddr,
+    ) -> tokio::sync::oneshot::Receiver<SocketAddr> {
+        let nonce: [u8; 16] = rand::random();
+        let answer = self.tunnel.expect_answer(server, nonce);
+        let request = common::tunnel::check::request(nonce);
+        let transmit = Transmit {
+            destination: self.family(server),
+            ecn: None,
+            contents: &request,
+            segment_size: None,
+            src_ip: None,
+        };
+        let mut poller = self.inner.clone().create_io_poller();
+        loop {
+            match self.inner.try_send(&transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%server, "UDP check not sent: {e}");
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
+        answer
     }
 
     /// `addr` in the socket's family.
@@ -84,7 +148,7 @@ impl PathSocket {
             segment_size: None,
             src_ip: None,
         };
-        if let Err(e) = self.inner.try_send(&transmit) {
+        if let Err(e) = self.out(&transmit) {
             tracing::debug!(%to, "probe not sent: {e}");
         }
     }
@@ -121,7 +185,7 @@ impl PathSocket {
             segment_size: transmit.segment_size.map(|_| seg + HEADER_LEN),
             src_ip: None,
         };
-        self.inner.try_send(&frames)
+        self.out(&frames)
     }
 
     /// Hands out held datagrams into free slots; returns how many.
@@ -211,6 +275,49 @@ impl PathSocket {
     }
 }
 
+impl PathSocket {
+    /// Receives from the UDP socket or the tunnel (alternating which goes
+    /// first); says whether the datagrams came through the tunnel. Both
+    /// register the waker when neither has anything.
+    fn poll_sources(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<(usize, bool)>> {
+        if !self.tunnel.active() {
+            let polled = self.inner.poll_recv(cx, bufs, meta);
+            if polled.is_pending() {
+                self.tunnel.park(cx.waker());
+                // Installed meanwhile: poll again, now with the tunnel.
+                if self.tunnel.active() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            return polled.map_ok(|n| (n, false));
+        }
+        let server = match self.tunnel.server() {
+            Some(s) => self.family(s),
+            None => return self.inner.poll_recv(cx, bufs, meta).map_ok(|n| (n, false)),
+        };
+        let tunnel_first = self.tunnel_first.fetch_xor(true, Ordering::Relaxed);
+        if tunnel_first {
+            if let Poll::Ready(n) = self.tunnel.poll_inbox(cx, bufs, meta, server) {
+                return Poll::Ready(Ok((n, true)));
+            }
+        }
+        if let Poll::Ready(r) = self.inner.poll_recv(cx, bufs, meta) {
+            return Poll::Ready(r.map(|n| (n, false)));
+        }
+        if !tunnel_first {
+            if let Poll::Ready(n) = self.tunnel.poll_inbox(cx, bufs, meta, server) {
+                return Poll::Ready(Ok((n, true)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 /// Cuts the relay header off every `stride`-sized segment of `buf[..len]`,
 /// moving the payloads together; returns the new length.
 fn strip_headers(buf: &mut [u8], len: usize, stride: usize) -> usize {
@@ -234,7 +341,7 @@ impl AsyncUdpSocket for PathSocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let Some(targets) = self.router.targets(transmit.destination) else {
-            return self.inner.try_send(transmit);
+            return self.out(transmit);
         };
         let mut result = Ok(());
         let mut sent = false;
@@ -246,7 +353,7 @@ impl AsyncUdpSocket for PathSocket {
                 src_ip: None,
                 ..transmit.clone()
             };
-            match self.inner.try_send(&direct) {
+            match self.out(&direct) {
                 Ok(()) => sent = true,
                 Err(e) => result = Err(e),
             }
@@ -275,11 +382,15 @@ impl AsyncUdpSocket for PathSocket {
             return Poll::Ready(Ok(held));
         }
         loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let (n, via_tunnel) = ready!(self.poll_sources(cx, bufs, meta))?;
             let now = Instant::now();
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
+                // A check answer counts only over UDP: that is its question.
+                if !via_tunnel && self.tunnel.take_answer(m.addr, &bufs[i][..m.len]) {
+                    continue;
+                }
                 let len = self.demux(now, &mut bufs[i], &mut m);
                 if len == 0 {
                     continue;
@@ -334,3 +445,7 @@ mod tests {
         assert_eq!(&buf[..out], &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3]);
     }
 }
+
+#[cfg(test)]
+#[path = "udp_tests.rs"]
+mod tunnel_tests;

@@ -1,0 +1,254 @@
+//! The socket's optional tunnel to one server, and its UDP check waiter
+//! (issue 11, DESIGN §6 "No UDP at all").
+//!
+//! When UDP to the server gets no answer, the server link falls back to a
+//! TCP tunnel ([`crate::tcp`]). Installed here ([`TunnelSlot::install`]),
+//! every datagram whose destination is that server goes into the tunnel
+//! instead of the UDP socket: the server link's QUIC, relay frames and
+//! relayed probes alike. What the tunnel delivers is presented to the
+//! socket wrapper as if it came from the server over UDP, so the same
+//! demultiplexing applies ([`crate::udp`]).
+//!
+//! The UDP check (`common::tunnel::check`) asks, straight from the UDP
+//! socket, whether UDP gets through again; its answer is taken here by
+//! nonce ([`TunnelSlot::expect_answer`], [`TunnelSlot::take_answer`]).
+//!
+//! No I/O of its own: the wrapper sends and receives.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use common::candidates::canonical;
+use common::tunnel::{check, Tunnel};
+use quinn::udp::RecvMeta;
+use tokio::sync::{mpsc, oneshot};
+
+/// The installed tunnel: where it goes and how to send into it.
+struct Route {
+    /// The server, canonical.
+    server: SocketAddr,
+    tunnel: Tunnel,
+    id: u64,
+}
+
+/// A check request waiting for its answer.
+struct Waiter {
+    server: SocketAddr,
+    nonce: [u8; 16],
+    answer: oneshot::Sender<SocketAddr>,
+}
+
+/// The tunnel (at most one) and the check waiter (see the module docs).
+#[derive(Default)]
+pub(crate) struct TunnelSlot {
+    /// Whether a tunnel is installed: no lock on the hot path without one.
+    active: AtomicBool,
+    route: Mutex<Option<Route>>,
+    inbox: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    /// The receiver's waker while no tunnel delivers: installing one wakes it.
+    parked: Mutex<Option<Waker>>,
+    waiter: Mutex<Option<Waiter>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TunnelSlot {
+    /// Installs `tunnel` to `server` (replacing and closing any other);
+    /// `inbox` is where its pump delivers. Returns the tunnel's id here.
+    pub(crate) fn install(
+        &self,
+        server: SocketAddr,
+        tunnel: Tunnel,
+        inbox: mpsc::Receiver<Bytes>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = lock(&self.route).replace(Route {
+            server: canonical(server),
+            tunnel,
+            id,
+        });
+        *lock(&self.inbox) = Some(inbox);
+        self.active.store(true, Ordering::Release);
+        if let Some(old) = old {
+            old.tunnel.close();
+        }
+        if let Some(w) = lock(&self.parked).take() {
+            w.wake();
+        }
+        id
+    }
+
+    /// Removes and closes the tunnel; with `only`, only if it is that one.
+    /// Returns whether one was removed.
+    pub(crate) fn remove(&self, only: Option<u64>) -> bool {
+        let removed = {
+            let mut route = lock(&self.route);
+            if only.is_some_and(|id| route.as_ref().is_some_and(|r| r.id != id)) {
+                return false;
+            }
+            self.active.store(false, Ordering::Release);
+            route.take()
+        };
+        *lock(&self.inbox) = None;
+        match removed {
+            Some(r) => {
+                r.tunnel.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The installed tunnel to `server` and its id, if it is still up.
+    pub(crate) fn live(&self, server: SocketAddr) -> Option<(u64, Tunnel)> {
+        if !self.active() {
+            return None;
+        }
+        let route = lock(&self.route);
+        let r = route.as_ref()?;
+        (r.server == canonical(server) && !r.tunnel.is_closed()).then(|| (r.id, r.tunnel.clone()))
+    }
+
+    /// Whether a tunnel is installed (maybe dead).
+    pub(crate) fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Sends `contents` into the tunnel if `dest` is its server, one
+    /// tunnel datagram per `segment` bytes; `false` when it is not (send
+    /// over UDP). A refused datagram is dropped, as UDP would.
+    pub(crate) fn send(&self, dest: SocketAddr, contents: &[u8], segment: Option<usize>) -> bool {
+        if !self.active() {
+            return false;
+        }
+        let route = lock(&self.route);
+        let Some(r) = route.as_ref().filter(|r| r.server == canonical(dest)) else {
+            return false;
+        };
+        let seg = segment.unwrap_or(contents.len()).max(1);
+        for datagram in contents.chunks(seg) {
+            r.tunnel.send(datagram);
+        }
+        true
+    }
+
+    /// The tunnel's server in the socket's family, if one is installed.
+    pub(crate) fn server(&self) -> Option<SocketAddr> {
+        if !self.active() {
+            return None;
+        }
+        lock(&self.route).as_ref().map(|r| r.server)
+    }
+
+    /// Parks the receiver's waker: installing a tunnel wakes it (the
+    /// receiver must poll the tunnel too from then on).
+    pub(crate) fn park(&self, waker: &Waker) {
+        let mut parked = lock(&self.parked);
+        match parked.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *parked = Some(waker.clone()),
+        }
+    }
+
+    /// Moves datagrams the tunnel delivered into `bufs`, each as coming
+    /// from `from` (the server, in the socket's family); `Pending` (with
+    /// the waker registered) when there are none. A datagram larger than
+    /// its buffer is dropped.
+    pub(crate) fn poll_inbox(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+        from: SocketAddr,
+    ) -> Poll<usize> {
+        let mut inbox = lock(&self.inbox);
+        let Some(rx) = inbox.as_mut() else {
+            self.park(cx.waker());
+            return Poll::Pending;
+        };
+        let max = bufs.len().min(meta.len());
+        let mut k = 0;
+        while k < max {
+            let next = if k == 0 {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(next) => next,
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                rx.try_recv().ok()
+            };
+            let Some(datagram) = next else {
+                break;
+            };
+            if datagram.len() > bufs[k].len() || datagram.is_empty() {
+                continue;
+            }
+            bufs[k][..datagram.len()].copy_from_slice(&datagram);
+            meta[k] = RecvMeta {
+                addr: from,
+                len: datagram.len(),
+                stride: datagram.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            k += 1;
+        }
+        if k == 0 {
+            // The pump ended: nothing more comes this way.
+            *inbox = None;
+            self.park(cx.waker());
+            return Poll::Pending;
+        }
+        Poll::Ready(k)
+    }
+
+    /// Waits for the answer to a check request with `nonce` sent to
+    /// `server` (replacing any earlier waiter).
+    pub(crate) fn expect_answer(
+        &self,
+        server: SocketAddr,
+        nonce: [u8; 16],
+    ) -> oneshot::Receiver<SocketAddr> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.waiter) = Some(Waiter {
+            server: canonical(server),
+            nonce,
+            answer: tx,
+        });
+        rx
+    }
+
+    /// Whether `bytes` from `from` (over UDP) is the awaited check answer;
+    /// if so it is handed to the waiter. Anything else is left alone.
+    pub(crate) fn take_answer(&self, from: SocketAddr, bytes: &[u8]) -> bool {
+        if bytes.first() != Some(&check::ANSWER) {
+            return false;
+        }
+        let Some((nonce, seen)) = check::parse_answer(bytes) else {
+            return false;
+        };
+        let mut waiter = lock(&self.waiter);
+        let ours = waiter
+            .as_ref()
+            .is_some_and(|w| w.nonce == nonce && w.server == canonical(from));
+        if !ours {
+            return false;
+        }
+        if let Some(w) = waiter.take() {
+            let _ = w.answer.send(seen);
+        }
+        true
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.remove(None);
+    }
+}
