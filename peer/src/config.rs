@@ -7,6 +7,40 @@ use std::time::Duration;
 use common::Fingerprint;
 
 use crate::path::{PathConfig, PathMode};
+use crate::proxy::ProxyConfig;
+
+/// How the peer reaches its server (`--transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportMode {
+    /// UDP first; the TCP tunnel when UDP gets no answer in time
+    /// ([`Timing::tcp_fallback_after`]), and back to UDP when it works
+    /// again ([`Timing::udp_retry_interval`]).
+    #[default]
+    Auto,
+    /// UDP only.
+    Udp,
+    /// The TCP tunnel only.
+    Tcp,
+}
+
+/// The transport a server link runs over now (`registered`'s `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Udp,
+    /// QUIC inside the TLS/WebSocket tunnel over TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// `"udp"` or `"tcp"`, as in the events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
 
 /// How a peer reaches its server, who it is, and its timings.
 #[derive(Debug, Clone)]
@@ -32,6 +66,12 @@ pub struct PeerConfig {
     pub listen_path: PathMode,
     /// Timings of the path table of every call (probes, fallback).
     pub paths: PathConfig,
+    /// `--transport`: UDP, the TCP tunnel, or UDP with the tunnel as
+    /// fallback (default).
+    pub transport: TransportMode,
+    /// An HTTP proxy for the TCP tunnel (`HTTPS_PROXY`; the library reads
+    /// no environment: the binary fills this in).
+    pub proxy: Option<ProxyConfig>,
     /// Protocol identifier offered to the server. Leave the default; tests
     /// change it to check version-mismatch reporting.
     pub server_alpn: Vec<u8>,
@@ -71,6 +111,13 @@ pub struct Timing {
     /// take (default 5 s). A server that grants no flow-control credit
     /// would otherwise park the task for good.
     pub write_timeout: Duration,
+    /// With [`TransportMode::Auto`], how long QUIC over UDP may go
+    /// unanswered before the TCP tunnel is opened beside it (default 1 s:
+    /// well inside [`Timing::server_connect_timeout`]).
+    pub tcp_fallback_after: Duration,
+    /// While on the tunnel with [`TransportMode::Auto`], how often UDP is
+    /// checked again (default 60 s; each check is one 40-byte datagram).
+    pub udp_retry_interval: Duration,
 }
 
 impl Default for Timing {
@@ -88,6 +135,8 @@ impl Default for Timing {
             peer_handshake_timeout: Duration::from_secs(5),
             first_stream_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
+            tcp_fallback_after: Duration::from_secs(1),
+            udp_retry_interval: Duration::from_secs(60),
         }
     }
 }
@@ -134,6 +183,8 @@ impl PeerConfig {
             limits: Limits::default(),
             listen_path: PathMode::Auto,
             paths: PathConfig::default(),
+            transport: TransportMode::Auto,
+            proxy: None,
             server_alpn: common::tls::SERVER_ALPN.to_vec(),
         }
     }

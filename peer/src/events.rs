@@ -27,6 +27,16 @@ pub enum Event {
         fingerprint: String,
         /// The address the server sees us at.
         observed_addr: String,
+        /// `udp`, or `tcp` (the TLS tunnel: UDP got no answer).
+        transport: String,
+    },
+    /// The server link moved to another transport (back to `udp` once UDP
+    /// works again), without ending calls.
+    TransportChanged {
+        /// The server.
+        server: String,
+        /// `udp` or `tcp`.
+        transport: String,
     },
     /// Someone calls; sent before the policy decides.
     IncomingCall {
@@ -161,8 +171,16 @@ impl Event {
             Self::Registered {
                 name,
                 observed_addr,
+                transport,
                 ..
-            } => format!("registered as {name} (server sees us at {observed_addr})"),
+            } => format!(
+                "registered as {name} over {} (server sees us at {observed_addr})",
+                transport.to_uppercase()
+            ),
+            Self::TransportChanged { server, transport } => format!(
+                "the link to {server} is now over {}",
+                transport.to_uppercase()
+            ),
             Self::IncomingCall { from, fingerprint } => format!(
                 "incoming call from {from} ({})",
                 fingerprint.get(..16).unwrap_or(fingerprint)

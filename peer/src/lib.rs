@@ -37,6 +37,9 @@
 //!   wrapper quinn sees (virtual addresses, probes, relay frames).
 //! - `server_link`: requests to the rendezvous server; `approve`: the
 //!   pre-approved callers a `listen` tells the server.
+//! - `tcp`, [`proxy`], `udp_tunnel`, `fallback`: the TCP tunnel for
+//!   networks without UDP (opening it, HTTP proxies, the socket's side,
+//!   the UDP-first race).
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
 //! - [`known_peers`]: contacts' pinned keys.
 //! - [`events`], [`error`], [`config`].
@@ -51,23 +54,29 @@ pub mod config;
 mod endpoint;
 pub mod error;
 pub mod events;
+mod fallback;
 pub mod known_peers;
+mod link_watch;
 mod listener;
 pub mod path;
 mod path_task;
 mod peer;
 pub mod policy;
+pub mod proxy;
 mod router;
 mod server_link;
 mod shared;
+mod tcp;
 mod udp;
+mod udp_tunnel;
 
 pub use call::{Call, Path, PathStatus};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
-pub use config::{default_config_dir, Limits, PeerConfig, Timing};
+pub use config::{default_config_dir, Limits, PeerConfig, Timing, Transport, TransportMode};
 pub use endpoint::endpoint_config;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use listener::Listener;
 pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
+pub use proxy::ProxyConfig;

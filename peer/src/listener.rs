@@ -153,7 +153,8 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
 }
 
 async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Result<ServerLink> {
-    let link = ServerLink::connect(&peer.inner.socket, &peer.inner.config).await?;
+    let link =
+        ServerLink::connect(&peer.inner.socket, &peer.inner.config, &peer.inner.events).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
     let reg = link.register(name, true).await?;
     peer.inner.socket.set_observed(reg.observed_addr);
@@ -163,6 +164,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
         name: name.to_owned(),
         fingerprint: reg.fingerprint.to_string(),
         observed_addr: reg.observed_addr.to_string(),
+        transport: link.transport().as_str().to_owned(),
     });
     debug!(server = link.server(), "registered");
     Ok(link)

@@ -36,6 +36,14 @@ pub(crate) struct Cli {
     /// Local UDP address of the one socket.
     #[arg(long, default_value = "0.0.0.0:0", global = true)]
     bind: SocketAddr,
+    /// How to reach the server: `auto` tries UDP and falls back to a TLS
+    /// tunnel over TCP when UDP gets no answer (through `HTTPS_PROXY` if
+    /// set, except for `NO_PROXY` hosts); `udp` or `tcp` force one.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto, global = true)]
+    transport: TransportArg,
+    /// Seconds between checks whether UDP works again while on TCP (tuning for tests).
+    #[arg(long = "udp-retry", value_name = "SECS", hide = true, global = true)]
+    udp_retry: Option<f64>,
     /// Status as JSON lines on stderr.
     #[arg(long, global = true)]
     json: bool,
@@ -133,6 +141,27 @@ impl From<PathArg> for peer::path::PathMode {
             PathArg::Auto => Self::Auto,
             PathArg::Direct => Self::Direct,
             PathArg::Relay => Self::Relay,
+        }
+    }
+}
+
+/// `--transport auto|udp|tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TransportArg {
+    /// UDP, with the TCP tunnel as fallback.
+    Auto,
+    /// UDP only.
+    Udp,
+    /// The TCP tunnel only.
+    Tcp,
+}
+
+impl From<TransportArg> for peer::TransportMode {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Auto => Self::Auto,
+            TransportArg::Udp => Self::Udp,
+            TransportArg::Tcp => Self::Tcp,
         }
     }
 }

@@ -143,7 +143,8 @@ impl Peer {
                 return Ok((link.clone(), Duration::ZERO));
             }
         }
-        let link = ServerLink::connect(&self.inner.socket, &self.inner.config).await?;
+        let link =
+            ServerLink::connect(&self.inner.socket, &self.inner.config, &self.inner.events).await?;
         self.inner.socket.set_server(link.conn.remote_address());
         let took = link.connect_time;
         if register {
@@ -154,6 +155,7 @@ impl Peer {
                 name,
                 fingerprint: reg.fingerprint.to_string(),
                 observed_addr: reg.observed_addr.to_string(),
+                transport: link.transport().as_str().to_owned(),
             });
         }
         *slot = Some((link.clone(), register));
@@ -395,6 +397,7 @@ impl Peer {
             self.inner.socket.endpoint.wait_idle(),
         )
         .await;
+        self.inner.socket.udp.tunnel.remove(None);
     }
 }
 

@@ -7,15 +7,22 @@
 //! `server_unreachable`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::error::close;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{ErrorKind, Fingerprint, Message};
 
-use crate::config::PeerConfig;
+use tokio::sync::broadcast;
+
+use crate::config::{PeerConfig, Transport, TransportMode};
 use crate::endpoint::{is_key_rejected_locally, is_version_mismatch, Socket};
 use crate::error::{Error, Result};
+use crate::fallback::{self, Boxed};
+use crate::tcp;
+use crate::Event;
 
 /// An authenticated connection to the server.
 #[derive(Debug, Clone)]
@@ -25,6 +32,9 @@ pub(crate) struct ServerLink {
     pub(crate) connect_time: Duration,
     server: String,
     timeout: Duration,
+    /// Whether it runs over the TCP tunnel now (shared by its clones and
+    /// its watcher, which moves it back to UDP).
+    transport: Arc<AtomicBool>,
 }
 
 /// What a registration told us.
@@ -52,53 +62,95 @@ async fn resolve(server: &str, local: SocketAddr) -> Result<SocketAddr> {
 }
 
 impl ServerLink {
-    /// Connects and authenticates the server (pinned fingerprint).
-    pub(crate) async fn connect(socket: &Socket, config: &PeerConfig) -> Result<Self> {
+    /// Connects and authenticates the server (pinned fingerprint), over
+    /// the transport [`PeerConfig::transport`] asks for (see
+    /// [`crate::fallback`] for `auto`), all within
+    /// [`crate::Timing::server_connect_timeout`]. A link on the TCP tunnel
+    /// gets its watcher ([`crate::link_watch`]); `events` hears of its move
+    /// back to UDP.
+    pub(crate) async fn connect(
+        socket: &Socket,
+        config: &PeerConfig,
+        events: &broadcast::Sender<Event>,
+    ) -> Result<Self> {
         let server = config.server.clone();
         let started = Instant::now();
         let addr = resolve(&server, socket.local_addr()?).await?;
         // Before the handshake: its packets must reach quinn even while a
         // call holds stray Initials off.
         socket.router.add_server(addr);
-        let client_config =
-            socket.server_client_config(config.server_fingerprint, &config.server_alpn)?;
-        let unreachable = |reason: String| Error::ServerUnreachable {
-            server: server.clone(),
-            reason,
-        };
-        let connecting = socket
-            .endpoint
-            .connect_with(client_config, addr, common::tls::SERVER_NAME)
-            .map_err(|e| unreachable(e.to_string()))?;
         let timeout = config.timing.server_connect_timeout;
-        let conn = match tokio::time::timeout(timeout, connecting).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {} s",
-                    timeout.as_secs_f32()
-                )))
-            }
-            Ok(Err(e)) if is_key_rejected_locally(&e) => {
-                return Err(Error::BadServerFingerprint {
-                    server,
-                    expected: config.server_fingerprint.to_string(),
-                });
-            }
-            Ok(Err(e)) if is_version_mismatch(&e) => {
-                return Err(Error::VersionMismatch {
-                    server,
-                    version: String::from_utf8_lossy(&config.server_alpn).into_owned(),
-                });
-            }
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Ok(Ok(conn)) => conn,
+        let mut tcp_error = None;
+        let mut installed = None;
+        let attempt = connect_over(socket, config, addr, &mut tcp_error, &mut installed);
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ServerUnreachable {
+                server: server.clone(),
+                reason: format!(
+                    "no answer within {} s{}",
+                    timeout.as_secs_f32(),
+                    tcp_error
+                        .map(|e| format!(" (over TCP: {e})"))
+                        .unwrap_or_default()
+                ),
+            }),
         };
-        Ok(Self {
+        let tunnel = match &result {
+            Ok((_, Transport::Tcp)) => socket.udp.tunnel.live(addr),
+            _ => None,
+        };
+        let (conn, transport) = match (result, &tunnel) {
+            (Ok((conn, Transport::Tcp)), None) => {
+                conn.close(close::DONE.into(), b"tunnel lost");
+                Err(Error::ServerUnreachable {
+                    server: server.clone(),
+                    reason: "the TCP tunnel closed during the handshake".into(),
+                })
+            }
+            (result, _) => result,
+        }
+        .inspect_err(|_| {
+            if let Some(id) = installed {
+                socket.udp.tunnel.remove(Some(id));
+            }
+        })?;
+        let link = Self {
             conn,
             connect_time: started.elapsed(),
             server,
             timeout: config.timing.request_timeout,
-        })
+            transport: Arc::new(AtomicBool::new(transport == Transport::Tcp)),
+        };
+        if let Some((id, tunnel)) = tunnel {
+            crate::link_watch::spawn(crate::link_watch::Watch {
+                link: link.clone(),
+                udp: socket.udp.clone(),
+                addr,
+                tunnel,
+                id,
+                retry: (config.transport == TransportMode::Auto)
+                    .then_some(config.timing.udp_retry_interval),
+                events: events.clone(),
+                poke_name: config.name.clone().unwrap_or_else(|| "a".into()),
+            });
+        }
+        Ok(link)
+    }
+
+    /// The transport the link runs over now.
+    pub(crate) fn transport(&self) -> Transport {
+        if self.transport.load(Ordering::Relaxed) {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        }
+    }
+
+    /// Notes that the link moved to `transport`.
+    pub(crate) fn set_transport(&self, transport: Transport) {
+        self.transport
+            .store(transport == Transport::Tcp, Ordering::Relaxed);
     }
 
     /// Sends `msg` on a new stream and waits for the one answer.
@@ -199,6 +251,92 @@ impl ServerLink {
     /// The server's address as configured.
     pub(crate) fn server(&self) -> &str {
         &self.server
+    }
+}
+
+/// The QUIC handshake to the server at `addr` over whatever the socket
+/// sends it through, with the contract's error kinds.
+fn dial<'a>(
+    socket: &'a Socket,
+    config: &'a PeerConfig,
+    addr: SocketAddr,
+) -> Boxed<'a, quinn::Connection> {
+    Box::pin(async move {
+        let server = &config.server;
+        let unreachable = |reason: String| Error::ServerUnreachable {
+            server: server.clone(),
+            reason,
+        };
+        let client_config =
+            socket.server_client_config(config.server_fingerprint, &config.server_alpn)?;
+        let connecting = socket
+            .endpoint
+            .connect_with(client_config, addr, common::tls::SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?;
+        match connecting.await {
+            Ok(conn) => Ok(conn),
+            Err(e) if is_key_rejected_locally(&e) => Err(Error::BadServerFingerprint {
+                server: server.clone(),
+                expected: config.server_fingerprint.to_string(),
+            }),
+            Err(e) if is_version_mismatch(&e) => Err(Error::VersionMismatch {
+                server: server.clone(),
+                version: String::from_utf8_lossy(&config.server_alpn).into_owned(),
+            }),
+            Err(e) => Err(unreachable(e.to_string())),
+        }
+    })
+}
+
+/// Opens the TCP tunnel to `addr` (bounded by the connect timeout around it).
+fn open_tunnel<'a>(config: &'a PeerConfig, addr: SocketAddr) -> Boxed<'a, tcp::Opened> {
+    Box::pin(async move {
+        let target = tcp::Target {
+            server: &config.server,
+            addr,
+            fingerprint: config.server_fingerprint,
+            proxy: config.proxy.as_ref(),
+        };
+        tcp::open(&target, config.timing.server_connect_timeout).await
+    })
+}
+
+/// The handshake over the transport `config` asks for; `installed` gets
+/// the id of a tunnel this attempt installed (removed again if it fails).
+async fn connect_over(
+    socket: &Socket,
+    config: &PeerConfig,
+    addr: SocketAddr,
+    tcp_error: &mut Option<String>,
+    installed: &mut Option<u64>,
+) -> Result<(quinn::Connection, Transport)> {
+    let mode = config.transport;
+    let tunnel = &socket.udp.tunnel;
+    if mode != TransportMode::Udp && tunnel.live(addr).is_some() {
+        return Ok((dial(socket, config, addr).await?, Transport::Tcp));
+    }
+    match mode {
+        TransportMode::Udp => Ok((dial(socket, config, addr).await?, Transport::Udp)),
+        TransportMode::Tcp => {
+            let opened = open_tunnel(config, addr).await?;
+            *installed = Some(tunnel.install(addr, opened.tunnel, opened.inbox));
+            Ok((dial(socket, config, addr).await?, Transport::Tcp))
+        }
+        TransportMode::Auto => {
+            let over_tunnel = |opened: tcp::Opened| {
+                *installed = Some(tunnel.install(addr, opened.tunnel, opened.inbox));
+                tracing::info!(server = %config.server, "no answer over UDP: the server link goes over TCP");
+                dial(socket, config, addr)
+            };
+            fallback::race(
+                dial(socket, config, addr),
+                config.timing.tcp_fallback_after,
+                || open_tunnel(config, addr),
+                over_tunnel,
+                tcp_error,
+            )
+            .await
+        }
     }
 }
 

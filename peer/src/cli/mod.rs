@@ -96,6 +96,14 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
         .clone()
         .unwrap_or_else(|| dir.join("known_peers"));
     config.bind = cli.bind;
+    config.transport = cli.transport.into();
+    if let Some(s) = cli.udp_retry {
+        config.timing.udp_retry_interval = crate::secs(s);
+    }
+    config.proxy = match proxy_from_env() {
+        Ok(p) => p,
+        Err(e) => return out.usage(&format!("HTTPS_PROXY: {e}")),
+    };
     if let Command::Listen(args) = &cli.command {
         config.listen_path = args.path.into();
     }
@@ -152,6 +160,21 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The proxy for the TCP tunnel from `https_proxy`/`HTTPS_PROXY` and
+/// `no_proxy`/`NO_PROXY` (lowercase first, as curl does).
+fn proxy_from_env() -> Result<Option<peer::ProxyConfig>, String> {
+    let var = |lower: &str, upper: &str| {
+        [lower, upper]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .find(|v| !v.trim().is_empty())
+    };
+    peer::ProxyConfig::from_env_values(
+        var("https_proxy", "HTTPS_PROXY").as_deref(),
+        var("no_proxy", "NO_PROXY").as_deref(),
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM with the signal's number.
