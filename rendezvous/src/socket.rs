@@ -170,21 +170,18 @@ impl ServerSocket {
     /// What the UDP receive path takes out of the batch for itself: relay
     /// frames, checks, and anything posing as a TCP peer.
     fn take_udp(&self, now: Instant, from: SocketAddr, bytes: &[u8], out: &mut Outbox) -> bool {
-        if self.tcp.is_some() && is_virtual(from) {
-            return true;
+        match classify_udp(from, bytes, self.tcp.is_some()) {
+            UdpKind::Quic => false,
+            UdpKind::Spoofed => true,
+            UdpKind::Check => {
+                self.answer_check(now, from, bytes);
+                true
+            }
+            UdpKind::Relay => {
+                self.relay_one(now, from, bytes, out);
+                true
+            }
         }
-        let Some(&first) = bytes.first() else {
-            return false;
-        };
-        if first == check::REQUEST {
-            self.answer_check(now, from, bytes);
-            return true;
-        }
-        if relay_frame::is_relay_frame(first) {
-            self.relay_one(now, from, bytes, out);
-            return true;
-        }
-        false
     }
 
     /// One receive from UDP: `Ready(Some(n))` datagrams left for quinn,
@@ -257,6 +254,32 @@ impl ServerSocket {
         }
         self.flush(&mut out);
         Poll::Ready(k)
+    }
+}
+
+/// What a UDP datagram is to the server socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UdpKind {
+    /// QUIC (or junk quinn drops itself): for quinn.
+    Quic,
+    /// A relay frame.
+    Relay,
+    /// A UDP check request.
+    Check,
+    /// From the virtual range while TCP is on: someone posing as a TCP
+    /// peer. Dropped.
+    Spoofed,
+}
+
+/// Classifies one UDP datagram from `from` by its source and first byte.
+pub(crate) fn classify_udp(from: SocketAddr, bytes: &[u8], tcp_on: bool) -> UdpKind {
+    if tcp_on && is_virtual(from) {
+        return UdpKind::Spoofed;
+    }
+    match bytes.first() {
+        Some(&check::REQUEST) => UdpKind::Check,
+        Some(&b) if relay_frame::is_relay_frame(b) => UdpKind::Relay,
+        _ => UdpKind::Quic,
     }
 }
 

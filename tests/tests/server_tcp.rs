@@ -225,3 +225,42 @@ async fn udp_checks_are_answered_and_short_ones_are_not() {
         Some([1; 16])
     );
 }
+
+#[tokio::test]
+async fn a_tcp_peer_counts_under_its_real_ip_for_per_source_limits() {
+    let server = TestServer::start_tuned(|c| {
+        c.limits.register_rate = rendezvous::Rate {
+            burst: 1,
+            per_second: 0.001,
+        };
+    })
+    .await;
+    // One registration from 127.0.0.1 over UDP spends the address's bucket…
+    let udp = RawClient::connect(&server).await;
+    let reply = udp
+        .request(&Message::Register {
+            name: "udp-first".into(),
+            presence: true,
+        })
+        .await;
+    assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
+    // …so a TCP peer from the same address is refused: its virtual address
+    // is not a fresh source.
+    let (tcp, _socket) = RawClient::connect_over_tcp(&server).await;
+    let reply = tcp
+        .request(&Message::Register {
+            name: "tcp-second".into(),
+            presence: true,
+        })
+        .await;
+    assert!(
+        matches!(
+            &reply,
+            Message::Error {
+                kind: common::ErrorKind::RateLimited,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}

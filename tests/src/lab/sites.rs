@@ -137,9 +137,12 @@ table inet filter {{
     iifname "wan" drop
   }}
 }}
-"#
+{udp_block}"#
     )
 }
+
+/// The nftables table of a [`Nat::UdpBlocked`] router that drops UDP.
+pub const UDP_BLOCK_TABLE: &str = "udp_block";
 
 impl Lab {
     /// A veth pair `a_if` (in `a`, with `a_addr/24`) ↔ `b_if` (in `b`, `b_addr/24`).
