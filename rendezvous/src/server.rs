@@ -170,6 +170,9 @@ impl Server {
         // The close frames leave at once; waiting for every connection to
         // drain (3 PTOs each) would only keep a restart waiting.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        if let Some(tcp) = &self.state.tcp {
+            tcp.close_all();
+        }
     }
 
     /// Starts accepting tunnels, when TCP is on.

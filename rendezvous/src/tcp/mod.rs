@@ -277,6 +277,20 @@ impl TcpPeers {
         self.real(addr).unwrap_or(canonical(addr)).ip()
     }
 
+    /// Ends every tunnel (the server is stopping; their peers' QUIC close
+    /// went through them already).
+    pub(crate) fn close_all(&self) {
+        let tunnels: Vec<Tunnel> = self
+            .lock()
+            .by_virtual
+            .values()
+            .filter_map(|e| e.tunnel.clone())
+            .collect();
+        for t in tunnels {
+            t.close();
+        }
+    }
+
     /// Tunnels open now.
     pub(crate) fn open_count(&self) -> usize {
         self.lock().by_virtual.len()
