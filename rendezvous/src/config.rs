@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use crate::ratelimit::{Rate, RateError};
 use crate::relay::RelayConfig;
+use crate::tcp::TcpConfig;
 
 /// How to run a server.
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ pub struct Config {
     /// [`RelayConfig::default`]); `None`: no relay (`--relay off`): relay
     /// frames are not looked at and calls get no relay ticket.
     pub relay: Option<RelayConfig>,
+    /// The TCP side for peers without UDP (default on, on the UDP port
+    /// number); `None`: UDP only (`--tcp-listen off`).
+    pub tcp: Option<TcpConfig>,
 }
 
 /// Limits and timings (see each field for its default and why).
@@ -224,6 +228,7 @@ impl Config {
             data_dir,
             limits: Limits::default(),
             relay: Some(RelayConfig::default()),
+            tcp: Some(TcpConfig::default()),
         }
     }
 }

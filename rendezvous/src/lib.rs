@@ -21,7 +21,10 @@
 //! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
 //! - [`ratelimit`]: per-source token buckets (pure).
 //! - [`relay`]: the relay's allocation table and per-datagram checks (pure),
-//!   and its drivers: the socket wrapper in front of quinn, the shared table.
+//!   and its driver (the shared table, allocation, expiry).
+//! - [`socket`]: the socket quinn sees: UDP with relay frames and UDP checks
+//!   taken out, and the TCP peers' tunnels at virtual addresses.
+//! - [`tcp`]: the TCP listener (TLS + WebSocket tunnels) and its peers.
 //! - [`offers`]: call offers per (source, callee), per callee and per contact (pure).
 //! - [`metrics`]: counters and their Prometheus text.
 //! - [`http`]: the tiny `/metrics` endpoint.
@@ -57,8 +60,10 @@ pub mod registry;
 pub mod relay;
 mod replies;
 pub mod server;
+pub mod socket;
 mod state;
 pub mod store;
+pub mod tcp;
 mod transport;
 
 pub use config::{Config, Limits, Rate, RateError};

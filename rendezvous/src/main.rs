@@ -16,9 +16,13 @@ use rendezvous::{Config, Limits, Rate, Server};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// UDP address to listen on.
+    /// UDP address to listen on (TCP too, same port number, unless --tcp-listen says otherwise).
     #[arg(long, default_value = "0.0.0.0:7700", env = "RENDEZVOUS_LISTEN")]
     listen: SocketAddr,
+    /// TCP address for peers on networks without UDP (TLS + WebSocket), or
+    /// `off`. Default: the --listen address (same port number as UDP).
+    #[arg(long, env = "RENDEZVOUS_TCP_LISTEN", value_parser = parse_tcp_listen)]
+    tcp_listen: Option<TcpListen>,
     /// Folder for the server key and the name bindings (created if missing).
     /// Default: $STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/rendezvous, else ~/.local/share/rendezvous.
     #[arg(long, global = true, env = "RENDEZVOUS_DATA_DIR")]
@@ -95,6 +99,22 @@ enum Command {
 /// non-finite rates are refused).
 fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse().map_err(|e: rendezvous::RateError| e.to_string())
+}
+
+/// A `--tcp-listen`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+enum TcpListen {
+    At(SocketAddr),
+    Off,
+}
+
+fn parse_tcp_listen(s: &str) -> Result<TcpListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(TcpListen::Off);
+    }
+    s.parse()
+        .map(TcpListen::At)
+        .map_err(|e| format!("{e}: expected IP:PORT (e.g. 0.0.0.0:443) or off"))
 }
 
 /// A switch flag's value.
@@ -203,8 +223,18 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         rate: cli.relay_rate.0,
         ..RelayConfig::default()
     });
+    match cli.tcp_listen {
+        Some(TcpListen::Off) => config.tcp = None,
+        Some(TcpListen::At(addr)) => {
+            if let Some(tcp) = &mut config.tcp {
+                tcp.listen = Some(addr);
+            }
+        }
+        None => {}
+    }
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
+    let tcp_addr = server.tcp_addr();
     let fingerprint = server.fingerprint();
     if let Some(metrics_addr) = cli.metrics {
         let listener = rendezvous::http::bind(metrics_addr)
@@ -215,6 +245,9 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     let relay_rate = server.relay_config().map(|r| r.rate.map(|r| r.per_second));
     if cli.json {
         let mut event = serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()});
+        if let Some(tcp) = tcp_addr {
+            event["tcp_addr"] = tcp.to_string().into();
+        }
         if let Some(rate) = relay_rate {
             // `relay_rate`: bytes per second per direction of a call; null: none.
             event["relay"] = true.into();
@@ -222,7 +255,10 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         }
         eprintln!("{event}");
     } else {
-        eprintln!("rendezvous listening on {addr} (UDP)");
+        match tcp_addr {
+            Some(tcp) => eprintln!("rendezvous listening on {addr} (UDP) and {tcp} (TCP)"),
+            None => eprintln!("rendezvous listening on {addr} (UDP; TCP off)"),
+        }
         match relay_rate {
             Some(Some(rate)) => {
                 eprintln!("relay on, {} KiB/s per direction of a call", rate / 1024)

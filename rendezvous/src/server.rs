@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::error::close;
 use common::{Fingerprint, Identity};
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::admission::Admission;
 use crate::config::Config;
@@ -26,13 +26,16 @@ use crate::relay::driver::{self, Relay};
 use crate::relay::RelayConfig;
 use crate::state::{lock, State};
 use crate::store::{NameStore, RedbStore};
-use crate::transport::make_endpoint;
+use crate::tcp::TcpPeers;
+use crate::transport::{bind_sockets, make_endpoint};
 
 /// A running rendezvous server.
 pub struct Server {
     endpoint: quinn::Endpoint,
     state: Arc<State>,
     fingerprint: Fingerprint,
+    /// The TCP listener and its TLS, when TCP is on.
+    tcp: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 /// The server's key file inside its data dir.
@@ -61,7 +64,23 @@ impl Server {
         let identity = load_identity(&config.data_dir)?;
         let limits = config.limits.clone();
         let relay = config.relay.clone().map(|c| Arc::new(Relay::new(c)));
-        let endpoint = make_endpoint(&identity, &config, relay.clone())?;
+        let tcp_peers = config.tcp.clone().map(TcpPeers::new);
+        let (udp, tcp_listener) = bind_sockets(&config)?;
+        let endpoint = make_endpoint(&identity, &config, udp, relay.clone(), tcp_peers.clone())?;
+        let tcp = match tcp_listener {
+            Some(listener) => {
+                let tls = common::tls::tunnel_server_config(&identity)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "TCP on (TLS + WebSocket) for peers without UDP");
+                }
+                Some((listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+            }
+            None => {
+                info!("TCP off");
+                None
+            }
+        };
         match &relay {
             Some(r) => match r.config().rate {
                 Some(rate) => info!(
@@ -75,11 +94,13 @@ impl Server {
         }
         let mut state = State::new(limits, store);
         state.relay = relay;
+        state.tcp = tcp_peers;
         let state = Arc::new(state);
         Ok(Self {
             endpoint,
             state,
             fingerprint: identity.fingerprint(),
+            tcp,
         })
     }
 
@@ -91,6 +112,11 @@ impl Server {
     /// The server's fingerprint, for `--server-fingerprint`.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// The TCP listener's address; `None` when TCP is off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The relay's limits; `None` when the relay is off.
@@ -109,8 +135,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then closes every connection.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
+        let tcp = self.start_tcp();
         let expiry = self
             .state
             .relay
@@ -127,6 +154,9 @@ impl Server {
             }
         }
         sweeper.abort();
+        if let Some(tcp) = tcp {
+            tcp.abort();
+        }
         if let Some(expiry) = expiry {
             expiry.abort();
         }
@@ -140,10 +170,26 @@ impl Server {
         // The close frames leave at once; waiting for every connection to
         // drain (3 PTOs each) would only keep a restart waiting.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        if let Some(tcp) = &self.state.tcp {
+            tcp.close_all();
+        }
+    }
+
+    /// Starts accepting tunnels, when TCP is on.
+    fn start_tcp(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let (listener, acceptor) = self.tcp.take()?;
+        let peers = self.state.tcp.clone()?;
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => Some(tokio::spawn(crate::tcp::serve(listener, peers, acceptor))),
+            Err(e) => {
+                warn!("TCP listener not started: {e}");
+                None
+            }
+        }
     }
 
     fn admit(&self, incoming: quinn::Incoming) {
-        let ip = common::candidates::canonical(incoming.remote_address()).ip();
+        let ip = self.state.source_ip(incoming.remote_address());
         let state = &self.state;
         let mut cancel = None;
         let admitted = {

@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub(crate) claiming: Mutex<std::collections::HashSet<SessionId>>,
     /// The relay on the server's port; `None` when it is off.
     pub(crate) relay: Option<Arc<Relay>>,
+    /// The TCP peers; `None` when TCP is off.
+    pub(crate) tcp: Option<Arc<crate::tcp::TcpPeers>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -73,6 +75,7 @@ impl State {
             next_call_id: AtomicU64::new(rand::random::<u64>() >> 1),
             claiming: Mutex::default(),
             relay: None,
+            tcp: None,
         }
     }
 
@@ -85,7 +88,28 @@ impl State {
             let (stats, send) = relay.stats();
             self.metrics.set_relay(&stats, send);
         }
+        if let Some(tcp) = &self.tcp {
+            self.metrics.set_tcp(&tcp.stats, tcp.open_count());
+        }
         self.metrics.render(&registry)
+    }
+
+    /// The IP that per-source limits count `addr` under: a TCP peer's
+    /// real IP for its virtual address.
+    pub(crate) fn source_ip(&self, addr: std::net::SocketAddr) -> IpAddr {
+        match &self.tcp {
+            Some(tcp) => tcp.real_ip(addr),
+            None => common::candidates::canonical(addr).ip(),
+        }
+    }
+
+    /// Where a peer really is: a TCP peer's real address for its virtual
+    /// one, `addr` otherwise.
+    pub(crate) fn real_addr(&self, addr: std::net::SocketAddr) -> std::net::SocketAddr {
+        self.tcp
+            .as_ref()
+            .and_then(|tcp| tcp.real(addr))
+            .unwrap_or(addr)
     }
 
     /// Takes a token for `ip` from the limiter `pick` chooses.

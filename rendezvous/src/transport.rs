@@ -21,9 +21,10 @@
 //!   honours the Retry tokens its predecessor handed out.
 //! - **Bursts.** Large UDP socket buffers, so a burst of reconnecting peers
 //!   is queued rather than dropped.
-//! - **Relay.** With the relay on, quinn gets its socket through
-//!   [`crate::relay::socket::RelaySocket`], which takes the relay's frames
-//!   out of every receive before quinn sees it (same port, DESIGN §6).
+//! - **Relay and TCP.** quinn gets its socket through
+//!   [`crate::socket::ServerSocket`], which takes the relay's frames and
+//!   UDP checks out of every receive before quinn sees it (same port,
+//!   DESIGN §6), and carries the TCP peers' tunnels at virtual addresses.
 
 use std::sync::Arc;
 
@@ -36,7 +37,8 @@ use crate::cids::KeyedCids;
 use crate::config::{Config, Limits};
 use crate::error::ServerError;
 use crate::relay::driver::Relay;
-use crate::relay::socket::RelaySocket;
+use crate::socket::ServerSocket;
+use crate::tcp::TcpPeers;
 
 fn cfg_err(e: &dyn std::fmt::Display) -> ServerError {
     ServerError::Config(e.to_string())
@@ -83,14 +85,56 @@ fn endpoint_config(identity: &Identity, limits: &Limits) -> quinn::EndpointConfi
     endpoint_config
 }
 
+/// Binds the UDP socket and, with TCP on, the TCP listener: by default on
+/// the same port number (with port 0, on one the system picked for UDP
+/// that is free for TCP too).
+pub(crate) fn bind_sockets(
+    config: &Config,
+) -> Result<(std::net::UdpSocket, Option<std::net::TcpListener>), ServerError> {
+    let Some(tcp) = &config.tcp else {
+        return Ok((bind_udp(config, config.listen)?, None));
+    };
+    let mut tries = if config.listen.port() == 0 { 16 } else { 1 };
+    loop {
+        tries -= 1;
+        let udp = bind_udp(config, config.listen)?;
+        let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let tcp_addr = tcp.listen.unwrap_or(std::net::SocketAddr::new(
+            config.listen.ip(),
+            udp_addr.port(),
+        ));
+        match std::net::TcpListener::bind(tcp_addr) {
+            Ok(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|source| ServerError::Bind {
+                        addr: tcp_addr,
+                        source,
+                    })?;
+                return Ok((udp, Some(listener)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 0 => continue,
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    addr: tcp_addr,
+                    source,
+                })
+            }
+        }
+    }
+}
+
 /// Binds the UDP socket with the buffers `limits` asks for (the kernel may
 /// grant less: it says how much in the log).
-fn bind_socket(config: &Config) -> Result<std::net::UdpSocket, ServerError> {
-    let bind_err = |source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    };
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+fn bind_udp(
+    config: &Config,
+    addr: std::net::SocketAddr,
+) -> Result<std::net::UdpSocket, ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
     let want = config.limits.udp_buffer;
     let sock = socket2::SockRef::from(&socket);
     // Best effort: a smaller buffer still works, it only drops bursts sooner.
@@ -110,12 +154,14 @@ fn bind_socket(config: &Config) -> Result<std::net::UdpSocket, ServerError> {
     Ok(socket)
 }
 
-/// The server's endpoint, listening on `config.listen`; with `relay`, its
-/// socket hands relay frames to it first.
+/// The server's endpoint, listening on `socket`; with `relay`, its
+/// socket hands relay frames to it first; with `tcp`, it carries tunnels.
 pub(crate) fn make_endpoint(
     identity: &Identity,
     config: &Config,
+    socket: std::net::UdpSocket,
     relay: Option<Arc<Relay>>,
+    tcp: Option<Arc<TcpPeers>>,
 ) -> Result<quinn::Endpoint, ServerError> {
     let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
         .map_err(|e| cfg_err(&e))?;
@@ -132,12 +178,9 @@ pub(crate) fn make_endpoint(
         addr: config.listen,
         source,
     };
-    let socket = bind_socket(config)?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    let mut udp = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
-    if let Some(relay) = relay {
-        udp = Arc::new(RelaySocket::new(udp, relay));
-    }
+    let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
+    let udp = Arc::new(ServerSocket::new(inner, relay, tcp));
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(identity, &config.limits),
         Some(server_config),

@@ -22,6 +22,8 @@ use tokio::sync::{broadcast, oneshot};
 /// A server running inside the test.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Its TCP listener (for peers without UDP); `None` when off.
+    pub tcp_addr: Option<SocketAddr>,
     pub fingerprint: Fingerprint,
     pub data_dir: PathBuf,
     /// The running server's counters and table sizes (let go by `stop`,
@@ -76,6 +78,7 @@ impl TestServer {
         tune(&mut config);
         let server = rendezvous::Server::bind(config).expect("server binds");
         let addr = server.local_addr().expect("addr");
+        let tcp_addr = server.tcp_addr();
         let fingerprint = server.fingerprint();
         let metrics = server.metrics_handle();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -84,6 +87,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            tcp_addr,
             fingerprint,
             data_dir,
             metrics: Some(metrics),

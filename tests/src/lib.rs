@@ -16,6 +16,8 @@
 //!   frames (the relay tests).
 //! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
 //!   the other side answers.
+//! - [`tunnel_client`]: raw tunnels to the server's TCP side, and a quinn
+//!   endpoint over one (the server's TCP side without the peer crate).
 pub mod dial;
 pub mod fake_server;
 pub mod inproc;
@@ -24,3 +26,4 @@ pub mod pair;
 pub mod proc;
 pub mod relay_tap;
 pub mod stall;
+pub mod tunnel_client;

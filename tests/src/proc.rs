@@ -334,6 +334,11 @@ impl PeerHome {
             .env_remove("PEER_SERVER_FINGERPRINT")
             .env_remove("PEER_NAME")
             .env_remove("PEER_IDENTITY")
+            // The machine's proxy settings are not the test's.
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
             .args(["--server", &self.server])
             .args(["--server-fingerprint", &self.fingerprint]);
         if self.json {

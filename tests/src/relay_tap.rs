@@ -4,7 +4,7 @@
 //!
 //! [`TapSocket`] wraps quinn's socket: relay frames (first byte 0x30–0x3F)
 //! that arrive are taken out before quinn sees them (with
-//! [`rendezvous::relay::socket::filter_batch`]) and handed to the test
+//! [`rendezvous::socket::filter_batch`]) and handed to the test
 //! through a channel; [`Tap::send`] sends raw datagrams from the socket.
 //!
 //! On top: [`call`] sets up a relayed call between two such clients (a raw
@@ -62,7 +62,7 @@ impl AsyncUdpSocket for TapSocket {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
             };
-            let kept = rendezvous::relay::socket::filter_batch(bufs, meta, n, |from, b| {
+            let kept = rendezvous::socket::filter_batch(bufs, meta, n, |from, b| {
                 let relay = b.first().is_some_and(|f| relay_frame::is_relay_frame(*f));
                 if relay {
                     let _ = self.frames.send((from, b.to_vec()));

@@ -308,7 +308,7 @@ fn symmetric_split_segments_connect_through_the_relay_and_direct_only_fails_fast
 }
 
 #[test]
-fn udp_blocked_peer_says_server_unreachable_and_callers_get_offline() {
+fn udp_blocked_peer_forced_onto_udp_says_server_unreachable_and_callers_get_offline() {
     let Some(mut lab) = Lab::new("udp_blocked") else {
         return;
     };
@@ -320,10 +320,16 @@ fn udp_blocked_peer_says_server_unreachable_and_callers_get_offline() {
     let (mut l, _) = lab.listen("alice", &open.hosts[0], &[]);
     l.terminate(T);
     drop(l);
-    // Behind the UDP-blocking router her listen keeps failing, clearly.
+    // Behind the UDP-blocking router, kept off TCP (`--transport udp`; on
+    // its own it would fall back to TCP: lab_tcp), her listen keeps
+    // failing, clearly.
     let alice = lab.home("alice", &blocked.hosts[0]);
     let started = Instant::now();
-    let mut l = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
+    let mut l = alice.spawn(
+        "alice",
+        Some("alice"),
+        &["--transport", "udp", "listen", "--echo"],
+    );
     let e = l.wait_error(Duration::from_secs(15), "server_unreachable");
     assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{e}");
     let first = started.elapsed();
@@ -331,7 +337,7 @@ fn udp_blocked_peer_says_server_unreachable_and_callers_get_offline() {
     assert!(l.drain("registered").is_empty(), "{}", l.log());
     // A one-shot command gives up with the same error instead of hanging.
     let started = Instant::now();
-    let out = alice.run(None, &["lookup", "bob"], T);
+    let out = alice.run(None, &["--transport", "udp", "lookup", "bob"], T);
     assert_eq!(out.error_kind(), Some("server_unreachable"), "{}", out.log);
     assert!(!out.status.success());
     let took = started.elapsed();

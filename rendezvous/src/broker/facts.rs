@@ -38,7 +38,8 @@ pub struct Caller {
     pub name: String,
     /// Its key.
     pub fingerprint: Fingerprint,
-    /// Where the server sees it (its source for the rate limits).
+    /// Where the server sees it (its source for the rate limits; a TCP
+    /// peer's real address, not its virtual one).
     pub observed: SocketAddr,
 }
 

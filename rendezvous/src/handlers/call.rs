@@ -99,7 +99,7 @@ impl Facts for ServerFacts<'_> {
                     session: self.id,
                     name: name.to_owned(),
                     fingerprint: s.fingerprint,
-                    observed: s.observed,
+                    observed: self.state.real_addr(s.observed),
                 })
             }
             (Err(RegistryError::NotRegistered), _) => Err(NoCaller::NotRegistered),

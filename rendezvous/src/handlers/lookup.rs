@@ -19,7 +19,8 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
-    let ip = lock(&state.registry).session(id).map(|s| s.observed.ip());
+    let observed = lock(&state.registry).session(id).map(|s| s.observed);
+    let ip = observed.map(|a| state.source_ip(a));
     if let Some(ip) = ip {
         if !state.allow(ip, |r| &mut r.lookup) {
             return super::rate_limited("lookups");

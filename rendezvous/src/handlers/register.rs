@@ -61,7 +61,7 @@ pub(crate) async fn handle(
             "a registration is already in progress on this connection",
         );
     };
-    if !state.allow(observed.ip(), |r| &mut r.register) {
+    if !state.allow(state.source_ip(observed), |r| &mut r.register) {
         return super::rate_limited("registrations");
     }
     if let Err(reply) = claim(state, &name, fingerprint).await {
@@ -81,7 +81,8 @@ pub(crate) async fn handle(
             Message::Registered {
                 name,
                 fingerprint,
-                observed_addr: observed,
+                // A TCP peer is told its real address, not the virtual one.
+                observed_addr: state.real_addr(observed),
             }
         }
         Err(RegistryError::OtherName { current }) => already_registered(&current),

@@ -18,8 +18,10 @@ use crate::relay::driver::SendDrops;
 use crate::relay::RelayStats;
 
 mod relay;
+mod tcp;
 
 use relay::RelayMetrics;
+use tcp::TcpMetrics;
 
 /// Everything the server counts.
 #[derive(Clone)]
@@ -56,6 +58,7 @@ pub struct Metrics {
     /// order, so counting an error needs no label lookup.
     errors: Vec<IntCounter>,
     relay: RelayMetrics,
+    tcp: TcpMetrics,
     connected_peers: IntGauge,
     online_names: IntGauge,
     registry: prometheus::Registry,
@@ -206,6 +209,7 @@ impl Default for Metrics {
             ),
             errors: errors_vec(&r),
             relay: RelayMetrics::new(&r),
+            tcp: TcpMetrics::new(&r),
             registry: r,
         }
     }
@@ -236,6 +240,11 @@ impl Metrics {
     fn error_counter(&self, kind: ErrorKind) -> Option<&IntCounter> {
         let i = ERROR_KINDS.iter().position(|k| *k == kind)?;
         self.errors.get(i)
+    }
+
+    /// Copies the TCP side's counters in (before [`Metrics::render`]).
+    pub(crate) fn set_tcp(&self, stats: &crate::tcp::TcpStats, open: usize) {
+        self.tcp.set(stats, open);
     }
 
     /// Copies the relay's counters in (before [`Metrics::render`]).

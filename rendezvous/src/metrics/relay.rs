@@ -125,7 +125,7 @@ impl RelayMetrics {
 }
 
 /// Moves a mirrored counter up to `value` (the source only rises).
-fn catch_up(c: &IntCounter, value: u64) {
+pub(super) fn catch_up(c: &IntCounter, value: u64) {
     let now = c.get();
     if value > now {
         c.inc_by(value - now);

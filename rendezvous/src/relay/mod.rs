@@ -5,7 +5,7 @@
 //! and reads no clock, so it can run inside `rendezvous` (demultiplexed from
 //! QUIC on the same UDP port by the first byte, see [`common::relay_frame`])
 //! or alone on another host. Inside `rendezvous` two thin drivers run it:
-//! `socket` (quinn's socket with the relay's frames taken out of every
+//! `crate::socket` (quinn's socket with the relay's frames taken out of every
 //! receive and forwarded) and `driver` (the table behind a mutex, the
 //! allocation at consent, the idle-expiry task). The flow:
 //!
@@ -48,11 +48,10 @@
 //! - [`stats`]: the counters and drop causes for the metrics.
 //! - `window`: the replay window and byte bucket.
 //! - `driver`: the shared table, allocation with fresh ids and secrets, expiry.
-//! - [`socket`]: the `AsyncUdpSocket` wrapper that demultiplexes and forwards.
+//! - `crate::socket`: the server's `AsyncUdpSocket` wrapper that demultiplexes and forwards.
 
 pub mod config;
 pub(crate) mod driver;
-pub mod socket;
 pub mod stats;
 pub mod table;
 mod window;

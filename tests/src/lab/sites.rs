@@ -39,7 +39,9 @@ pub enum Nat {
     Symmetric,
     /// A cone home NAT behind a cone carrier NAT in 100.64.0.0/10.
     Cgnat,
-    /// A cone NAT whose router drops every UDP packet its LAN sends out.
+    /// A cone NAT whose router drops every UDP packet it forwards, both
+    /// ways (TCP passes): a network without UDP. [`Lab::unblock_udp`]
+    /// turns it into a plain cone mid-test.
     UdpBlocked,
 }
 
@@ -82,8 +84,8 @@ pub struct Site {
 /// whose first LAN host is `192.168.index.2`, for NAT kind `nat`: `Cone`
 /// (also each router of a `Cgnat` site), `Symmetric` (`fully-random`),
 /// `FullCone` (every UDP datagram from the WAN `dnat`ed to the first LAN
-/// host, its ICMP errors to the WAN dropped) or `UdpBlocked` (all UDP the
-/// LAN sends out dropped).
+/// host, its ICMP errors to the WAN dropped) or `UdpBlocked` (all UDP it
+/// forwards dropped, by a table of its own).
 pub fn nat_rules(nat: Nat, index: u8) -> String {
     let masq = if nat == Nat::Symmetric {
         "masquerade fully-random"
@@ -98,8 +100,18 @@ pub fn nat_rules(nat: Nat, index: u8) -> String {
     } else {
         String::new()
     };
+    // Its own table, so `Lab::unblock_udp` can take it away mid-test.
+    let udp_block = if nat == Nat::UdpBlocked {
+        format!(
+            "table inet {UDP_BLOCK_TABLE} {{
+  chain forward {{ type filter hook forward priority filter - 1; policy accept; meta l4proto udp drop; }}
+}}
+"
+        )
+    } else {
+        String::new()
+    };
     let forward = match nat {
-        Nat::UdpBlocked => "meta l4proto udp drop",
         Nat::FullCone => {
             "oifname \"wan\" icmp type destination-unreachable drop
     iifname \"wan\" ct status dnat accept"
@@ -125,9 +137,12 @@ table inet filter {{
     iifname "wan" drop
   }}
 }}
-"#
+{udp_block}"#
     )
 }
+
+/// The nftables table of a [`Nat::UdpBlocked`] router that drops UDP.
+pub const UDP_BLOCK_TABLE: &str = "udp_block";
 
 impl Lab {
     /// A veth pair `a_if` (in `a`, with `a_addr/24`) ↔ `b_if` (in `b`, `b_addr/24`).
@@ -177,6 +192,20 @@ impl Lab {
                 "{}\nnft -f - <<'EOF'\n{rules}EOF",
                 sysctl("net.ipv4.ip_forward", 1)
             ),
+        );
+    }
+
+    /// Lets UDP through `site`'s [`Nat::UdpBlocked`] router from now on
+    /// (it is a plain cone NAT after this).
+    pub fn unblock_udp(&self, site: &Site) {
+        assert_eq!(
+            site.nat,
+            Nat::UdpBlocked,
+            "unblock_udp: not a UDP-blocked site"
+        );
+        self.sh(
+            &site.routers[0],
+            &format!("nft delete table inet {UDP_BLOCK_TABLE}"),
         );
     }
 

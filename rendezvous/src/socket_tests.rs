@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use quinn::udp::RecvMeta;
 
-use super::filter_batch;
+use super::{classify_udp, filter_batch, UdpKind};
 
 const RELAY: u8 = 0x30;
 const QUIC: u8 = 0xC0;
@@ -216,4 +216,21 @@ fn a_zero_stride_is_one_segment() {
         true
     });
     assert_eq!((n, calls), (0, 1));
+}
+
+#[test]
+fn udp_from_the_virtual_range_is_dropped_while_tcp_is_on() {
+    let spoof: SocketAddr = "240.0.0.7:443".parse().unwrap();
+    let real = addr(4000);
+    assert_eq!(classify_udp(spoof, &[QUIC, 1], true), UdpKind::Spoofed);
+    assert_eq!(classify_udp(spoof, &[RELAY, 1], true), UdpKind::Spoofed);
+    assert_eq!(classify_udp(real, &[QUIC, 1], true), UdpKind::Quic);
+    assert_eq!(classify_udp(real, &[RELAY, 1], true), UdpKind::Relay);
+    assert_eq!(
+        classify_udp(real, &[common::tunnel::check::REQUEST], true),
+        UdpKind::Check
+    );
+    assert_eq!(classify_udp(real, &[], true), UdpKind::Quic);
+    // Without TCP there is no virtual peer to pose as.
+    assert_eq!(classify_udp(spoof, &[QUIC, 1], false), UdpKind::Quic);
 }
