@@ -68,7 +68,6 @@ mod server_link;
 mod shared;
 mod tcp;
 mod udp;
-mod udp_tunnel;
 
 pub use call::{Call, Path, PathStatus};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};

@@ -27,7 +27,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -37,7 +37,10 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
 use crate::router::{Inbound, Router};
-use crate::udp_tunnel::TunnelSlot;
+
+#[path = "udp_tunnel.rs"]
+mod tunnel;
+use tunnel::TunnelSlot;
 
 /// Most split-out datagrams held between receive calls.
 const MAX_HELD: usize = 256;
@@ -89,46 +92,6 @@ impl PathSocket {
             return Ok(());
         }
         self.inner.try_send(transmit)
-    }
-
-    /// Sends a UDP check request to `server` straight out of the UDP
-    /// socket (never the tunnel: the question is whether UDP works) and
-    /// returns where its answer will come: the address the server saw.
-    /// Waits for the socket to be writable if it is not (the caller bounds
-    /// it in time).
-    pub(crate) async fn udp_check(
-        &self,
-        server: SocketAddr,
-    ) -> tokio::sync::oneshot::Receiver<SocketAddr> {
-        let nonce: [u8; 16] = rand::random();
-        let answer = self.tunnel.expect_answer(server, nonce);
-        let request = common::tunnel::check::request(nonce);
-        let transmit = Transmit {
-            destination: self.family(server),
-            ecn: None,
-            contents: &request,
-            segment_size: None,
-            src_ip: None,
-        };
-        let mut poller = self.inner.clone().create_io_poller();
-        loop {
-            match self.inner.try_send(&transmit) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%server, "UDP check not sent: {e}");
-                    break;
-                }
-                Ok(()) => break,
-            }
-        }
-        answer
     }
 
     /// `addr` in the socket's family.
@@ -272,49 +235,6 @@ impl PathSocket {
             });
         }
         0
-    }
-}
-
-impl PathSocket {
-    /// Receives from the UDP socket or the tunnel (alternating which goes
-    /// first); says whether the datagrams came through the tunnel. Both
-    /// register the waker when neither has anything.
-    fn poll_sources(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<(usize, bool)>> {
-        if !self.tunnel.active() {
-            let polled = self.inner.poll_recv(cx, bufs, meta);
-            if polled.is_pending() {
-                self.tunnel.park(cx.waker());
-                // Installed meanwhile: poll again, now with the tunnel.
-                if self.tunnel.active() {
-                    cx.waker().wake_by_ref();
-                }
-            }
-            return polled.map_ok(|n| (n, false));
-        }
-        let server = match self.tunnel.server() {
-            Some(s) => self.family(s),
-            None => return self.inner.poll_recv(cx, bufs, meta).map_ok(|n| (n, false)),
-        };
-        let tunnel_first = self.tunnel_first.fetch_xor(true, Ordering::Relaxed);
-        if tunnel_first {
-            if let Poll::Ready(n) = self.tunnel.poll_inbox(cx, bufs, meta, server) {
-                return Poll::Ready(Ok((n, true)));
-            }
-        }
-        if let Poll::Ready(r) = self.inner.poll_recv(cx, bufs, meta) {
-            return Poll::Ready(r.map(|n| (n, false)));
-        }
-        if !tunnel_first {
-            if let Poll::Ready(n) = self.tunnel.poll_inbox(cx, bufs, meta, server) {
-                return Poll::Ready(Ok((n, true)));
-            }
-        }
-        Poll::Pending
     }
 }
 

@@ -24,11 +24,13 @@ async fn register_lookup_and_name_taken() {
         name,
         fingerprint,
         observed_addr,
+        transport,
     } = reg
     else {
         unreachable!()
     };
     assert_eq!(name, "alice");
+    assert_eq!(transport, "udp", "UDP works on loopback: no fallback");
     assert_eq!(fingerprint, alice.peer.fingerprint().to_string());
     assert_eq!(
         observed_addr,
