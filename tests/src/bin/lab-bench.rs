@@ -152,9 +152,11 @@ fn main() -> ExitCode {
         ("cone ↔ cone, `--path relay`", |lab| {
             relayed(lab, Nat::Cone, Nat::Cone, &["--path", "relay"])
         }),
-        ("open → TCP-only (the callee's network drops UDP)", |lab| Pair {
-            goal: 1.3,
-            ..relayed(lab, Nat::UdpBlocked, Nat::Open, &[])
+        ("open → TCP-only (the callee's network drops UDP)", |lab| {
+            Pair {
+                goal: 1.3,
+                ..relayed(lab, Nat::UdpBlocked, Nat::Open, &[])
+            }
         }),
         ("same LAN behind one cone NAT", |lab| {
             let s = lab.site(Nat::Cone, 2);
