@@ -13,7 +13,10 @@
 //!    (`PathMode::Relay`, the in-process server's relay without its rate
 //!    limit) between the same two peers: relayed ÷ direct (goal ≥ 0.5), the
 //!    server's CPU per GiB relayed (goal ≤ 0.5 core-seconds), the relay's
-//!    state per call (goal ≤ 2 KiB).
+//!    state per call (goal ≤ 2 KiB);
+//! 5. a relayed call whose caller is on the TCP transport (issue 11): ÷
+//!    direct (goal ≥ 0.3), ÷ the relay over UDP, and the server's CPU per
+//!    GiB for it.
 //!
 //! Raw quinn is measured twice, with quinn's default transport and with the
 //! peer library's windows; the ratios divide by the faster of all raw runs
@@ -168,6 +171,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The TCP transport's rows: a relayed call whose caller's link (and relay
+/// traffic) runs over the TLS/WebSocket tunnel, against direct and
+/// against the relay over UDP; the server's CPU per GiB for it.
+fn tcp_rows(rows: &mut Vec<Row>, t: &inproc::Throughput) {
+    rows.push(Row::ratio(
+        "relayed call, caller on the TCP transport (TLS + WebSocket to the server) ÷ direct call",
+        t.over_tcp,
+        t.direct,
+        0.3,
+    ));
+    rows.push(Row::info(
+        "relayed call, caller on TCP ÷ relayed call on UDP",
+        format!("{} = {:.2}×", mib_s(t.over_tcp), t.over_tcp / t.relayed),
+    ));
+    let gib = t.relayed_bytes as f64 / (1u64 << 30) as f64;
+    rows.push(Row::info(
+        "relay CPU with the caller on TCP (TLS, WebSocket, the relay), core-seconds per GiB",
+        format!("{:.2}", t.tcp_cpu.as_secs_f64() / gib),
+    ));
+}
+
 /// The relay's rows: relayed throughput against direct between the same
 /// two peers, the server's CPU per GiB relayed, its state per call.
 fn relay_rows(rows: &mut Vec<Row>, t: &inproc::Throughput) {
@@ -188,6 +212,7 @@ fn relay_rows(rows: &mut Vec<Row>, t: &inproc::Throughput) {
         0.5,
         "",
     ));
+    tcp_rows(rows, t);
     rows.push(Row::at_most(
         "relay state per call: `rendezvous::relay::CALL_ENTRY_SIZE`, bytes",
         rendezvous::relay::CALL_ENTRY_SIZE as f64,

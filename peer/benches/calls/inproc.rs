@@ -94,8 +94,14 @@ impl Server {
 
     /// A peer named `name` with a fresh identity, bound to 127.0.0.1.
     async fn peer(&self, name: &str) -> Result<(Peer, TempDir)> {
+        self.peer_on(name, peer::TransportMode::Udp).await
+    }
+
+    /// Like [`Server::peer`], its server link (and relay traffic) on `transport`.
+    async fn peer_on(&self, name: &str, transport: peer::TransportMode) -> Result<(Peer, TempDir)> {
         let dir = tempfile::tempdir()?;
         let mut config = PeerConfig::new(self.addr.to_string(), self.fingerprint);
+        config.transport = transport;
         config.name = Some(name.to_owned());
         config.identity = dir.path().join("identity.pem");
         config.known_peers = dir.path().join("known_peers");
@@ -154,11 +160,13 @@ fn serve_sink(
 pub struct World {
     server: Server,
     bob: Peer,
+    /// Like bob, but on the TCP transport (a network without UDP).
+    tcp_bob: Peer,
     alice: Peer,
     alice_task: tokio::task::JoinHandle<()>,
     /// One message per call alice saw end.
     alice_ended: Mutex<mpsc::UnboundedReceiver<()>>,
-    _dirs: [TempDir; 2],
+    _dirs: [TempDir; 3],
 }
 
 impl Drop for World {
@@ -176,13 +184,15 @@ impl World {
         let alice_task = serve_sink(alice.listen(Policy::AcceptAll)?, ended);
         registered(&mut events).await?;
         let (bob, bob_dir) = server.peer("bob").await?;
+        let (tcp_bob, tcp_dir) = server.peer_on("tcp-bob", peer::TransportMode::Tcp).await?;
         Ok(Self {
             server,
             bob,
+            tcp_bob,
             alice,
             alice_task,
             alice_ended: Mutex::new(alice_ended),
-            _dirs: [alice_dir, bob_dir],
+            _dirs: [alice_dir, bob_dir, tcp_dir],
         })
     }
 
@@ -281,6 +291,11 @@ impl World {
             t.relayed = t.relayed.max(relayed);
             t.relay_cpu += cpu;
             t.relayed_bytes += settings.bulk;
+            let (over_tcp, cpu) = self
+                .push_from(&self.tcp_bob, PathMode::Relay, settings.bulk)
+                .await?;
+            t.over_tcp = t.over_tcp.max(over_tcp);
+            t.tcp_cpu += cpu;
         }
         Ok(t)
     }
@@ -289,12 +304,21 @@ impl World {
     /// way: bytes per second from the stream's opening to the last byte
     /// read, and the server's CPU time over the transfer.
     async fn push(&self, mode: PathMode, bytes: u64) -> Result<(f64, Duration)> {
+        self.push_from(&self.bob, mode, bytes).await
+    }
+
+    /// Like [`World::push`], from `caller`.
+    async fn push_from(
+        &self,
+        caller: &Peer,
+        mode: PathMode,
+        bytes: u64,
+    ) -> Result<(f64, Duration)> {
         let options = CallOptions {
             path: mode,
             ..CallOptions::default()
         };
-        let call = self
-            .bob
+        let call = caller
             .call("alice", options)
             .await
             .with_context(|| format!("a {mode:?} call"))?;
@@ -331,4 +355,8 @@ pub struct Throughput {
     /// Bulk bytes of those transfers (one way; their acknowledgements,
     /// relayed too, are not counted).
     pub relayed_bytes: u64,
+    /// Best relayed call whose caller is on the TCP transport.
+    pub over_tcp: f64,
+    /// The server's CPU time over those (as many bytes as `relayed_bytes`).
+    pub tcp_cpu: Duration,
 }
