@@ -82,8 +82,9 @@ impl Harness {
     fn allocate(&mut self, id: u32, a: SocketAddr, b: SocketAddr) {
         self.generation += 1;
         let g = self.generation;
-        let spec = |addr, party| PartySpec {
+        let spec = |addr: SocketAddr, party| PartySpec {
             addr,
+            source: addr.ip(),
             secret: secret(id, party, g, false),
         };
         let alloc = Allocation {

@@ -54,6 +54,10 @@ pub(crate) async fn race<'a, C: 'a, T: 'a>(
     let mut opening: Option<Boxed<'a, T>> = None;
     let mut fresh: Option<Boxed<'a, C>> = None;
     let mut udp_error: Option<Error> = None;
+    // A definitive error over TCP while UDP still tries (a proxy that
+    // inspects TLS shows another key): UDP may still work; it is the
+    // answer only if UDP fails too.
+    let mut tcp_definitive: Option<Error> = None;
     let timer = tokio::time::sleep(after);
     tokio::pin!(timer);
     loop {
@@ -61,7 +65,10 @@ pub(crate) async fn race<'a, C: 'a, T: 'a>(
             opening = open.take().map(|f| f());
         }
         if udp.is_none() && opening.is_none() && fresh.is_none() {
-            return Err(both_failed(udp_error, tcp_error));
+            return Err(match tcp_definitive {
+                Some(e) => e,
+                None => both_failed(udp_error, tcp_error),
+            });
         }
         let installed = over_tunnel.is_none();
         tokio::select! {
@@ -83,8 +90,13 @@ pub(crate) async fn race<'a, C: 'a, T: 'a>(
                 opening = None;
                 match r {
                     Ok(t) => fresh = over_tunnel.take().map(|f| f(t)),
-                    Err(e) if is_definitive(&e) => return Err(e),
-                    Err(e) => *tcp_error = Some(e.to_string()),
+                    Err(e) if is_definitive(&e) && udp.is_none() => return Err(e),
+                    Err(e) => {
+                        *tcp_error = Some(e.to_string());
+                        if is_definitive(&e) {
+                            tcp_definitive = Some(e);
+                        }
+                    }
                 }
             }
             r = maybe(&mut fresh) => match r {

@@ -147,20 +147,21 @@ async fn a_udp_failure_opens_the_tunnel_at_once() {
     assert!(start.elapsed() < Duration::from_secs(1));
 }
 
+fn wrong_key() -> Error {
+    Error::BadServerFingerprint {
+        server: "s".into(),
+        expected: "x".into(),
+    }
+}
+
 #[tokio::test]
-async fn a_wrong_key_ends_the_race_at_once_and_both_failures_are_named() {
+async fn a_wrong_key_ends_the_race_but_over_tcp_only_once_udp_failed_too() {
+    // Over UDP: the server is there with another key; nothing else helps.
     let mut tcp_error = None;
     let e = race::<(), ()>(
-        never(),
-        Duration::ZERO,
-        || {
-            Box::pin(async {
-                Err(Error::BadServerFingerprint {
-                    server: "s".into(),
-                    expected: "x".into(),
-                })
-            })
-        },
+        Box::pin(async { Err(wrong_key()) }),
+        AFTER,
+        || never(),
         |()| never(),
         &mut tcp_error,
     )
@@ -168,6 +169,36 @@ async fn a_wrong_key_ends_the_race_at_once_and_both_failures_are_named() {
     .expect_err("a wrong key");
     assert!(matches!(e, Error::BadServerFingerprint { .. }), "{e:?}");
 
+    // Over TCP while UDP still tries (a proxy inspecting TLS shows its own
+    // key): UDP may still work…
+    let (c, transport) = race::<u8, ()>(
+        after_ok(AFTER, 7),
+        Duration::ZERO,
+        || Box::pin(async { Err(wrong_key()) }),
+        |()| never(),
+        &mut tcp_error,
+    )
+    .await
+    .expect("UDP still wins");
+    assert_eq!((c, transport), (7, Transport::Udp));
+    // …and the wrong key is the answer when it does not.
+    let e = race::<(), ()>(
+        Box::pin(async {
+            tokio::time::sleep(AFTER).await;
+            Err(unreachable("no answer"))
+        }),
+        Duration::ZERO,
+        || Box::pin(async { Err(wrong_key()) }),
+        |()| never(),
+        &mut tcp_error,
+    )
+    .await
+    .expect_err("both failed");
+    assert!(matches!(e, Error::BadServerFingerprint { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn when_both_fail_both_failures_are_named() {
     let mut tcp_error = None;
     let e = race::<(), ()>(
         Box::pin(async { Err(unreachable("no answer")) }),

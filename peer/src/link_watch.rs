@@ -31,7 +31,10 @@ pub(crate) const CHECK_WAIT: Duration = Duration::from_secs(1);
 
 /// What the watcher needs.
 pub(crate) struct Watch {
+    /// The link, without the owner's hold on it.
     pub(crate) link: ServerLink,
+    /// Ends when the owner dropped its last clone of the link.
+    pub(crate) dropped: tokio::sync::watch::Receiver<()>,
     pub(crate) udp: Arc<PathSocket>,
     /// The server's address (the tunnel's, and the UDP check's).
     pub(crate) addr: SocketAddr,
@@ -63,6 +66,9 @@ impl Watch {
             };
             tokio::select! {
                 _ = conn.closed() => return,
+                // The owner let go: so does the watcher (and with its clone
+                // of the connection, quinn closes it).
+                Err(_) = self.dropped.changed() => return,
                 reason = self.tunnel.closed() => {
                     if !self.tunnel_closed(reason) {
                         return;
@@ -93,14 +99,21 @@ impl Watch {
                 .close(common::error::close::DONE.into(), b"tunnel lost");
             return false;
         }
+        if self.udp.tunnel.left_for_udp(self.id) {
+            // Another link of ours found UDP working and removed it.
+            self.move_to_udp(false);
+            return false;
+        }
         match self.udp.tunnel.live(self.addr) {
             Some((id, tunnel)) => {
                 (self.id, self.tunnel) = (id, tunnel);
                 true
             }
-            // Removed here: another link of ours found UDP working.
+            // Gone for another reason: the link cannot go on over it.
             None => {
-                self.move_to_udp(false);
+                self.link
+                    .conn
+                    .close(common::error::close::DONE.into(), b"tunnel lost");
                 false
             }
         }
@@ -124,7 +137,7 @@ impl Watch {
     /// Moves the link to UDP (removing the tunnel) and makes the server
     /// migrate at once; `announce`: this link found UDP working.
     fn move_to_udp(&self, announce: bool) {
-        self.udp.tunnel.remove(Some(self.id));
+        self.udp.tunnel.remove_for_udp(self.id);
         self.link.set_transport(Transport::Udp);
         let link = self.link.clone();
         let name = self.poke_name.clone();

@@ -35,6 +35,9 @@ pub(crate) struct ServerLink {
     /// Whether it runs over the TCP tunnel now (shared by its clones and
     /// its watcher, which moves it back to UDP).
     transport: Arc<AtomicBool>,
+    /// Held by every clone the owner has (not the watcher's): when the last
+    /// one goes, the watcher ends, so a dropped link is not kept alive.
+    _owned: Option<Arc<tokio::sync::watch::Sender<()>>>,
 }
 
 /// What a registration told us.
@@ -115,16 +118,22 @@ impl ServerLink {
                 socket.udp.tunnel.remove(Some(id));
             }
         })?;
+        let (owned, dropped) = tokio::sync::watch::channel(());
         let link = Self {
             conn,
             connect_time: started.elapsed(),
             server,
             timeout: config.timing.request_timeout,
             transport: Arc::new(AtomicBool::new(transport == Transport::Tcp)),
+            _owned: Some(Arc::new(owned)),
         };
         if let Some((id, tunnel)) = tunnel {
             crate::link_watch::spawn(crate::link_watch::Watch {
-                link: link.clone(),
+                link: Self {
+                    _owned: None,
+                    ..link.clone()
+                },
+                dropped,
                 udp: socket.udp.clone(),
                 addr,
                 tunnel,

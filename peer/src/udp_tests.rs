@@ -237,3 +237,27 @@ async fn a_dual_stack_socket_matches_the_server_in_mapped_form() {
     r.server_end.send(b"\x40back");
     assert_eq!(recv_one(&r.sock).await, (mapped, b"\x40back".to_vec()));
 }
+
+#[tokio::test]
+async fn a_dead_tunnel_left_installed_takes_nothing_udp_goes_out() {
+    let r = rig("127.0.0.1:0").await.expect("rig");
+    // The server's end goes (the server was stopped) before any link
+    // removed the tunnel.
+    r.server_end.close();
+    tokio::time::timeout(WAIT, async {
+        while r.sock.tunnel.live(r.server).is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the peer's end notices");
+    r.sock
+        .try_send(&transmit(r.server, b"\x40udp first", None))
+        .expect("sent");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, r.server_udp.recv(&mut buf))
+        .await
+        .expect("over UDP in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"\x40udp first");
+}

@@ -56,6 +56,9 @@ pub(crate) struct TunnelSlot {
     parked: Mutex<Option<Waker>>,
     waiter: Mutex<Option<Waiter>>,
     next_id: AtomicU64,
+    /// The id of the last tunnel removed because UDP works again (so the
+    /// other links on it follow to UDP instead of reconnecting).
+    left_for_udp: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,13 +75,19 @@ impl TunnelSlot {
         inbox: mpsc::Receiver<Bytes>,
     ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = lock(&self.route).replace(Route {
-            server: canonical(server),
-            tunnel,
-            id,
-        });
-        *lock(&self.inbox) = Some(inbox);
-        self.active.store(true, Ordering::Release);
+        let old = {
+            // The route's lock covers the inbox too: a concurrent remove
+            // cannot take the new tunnel's receiver away.
+            let mut route = lock(&self.route);
+            let old = route.replace(Route {
+                server: canonical(server),
+                tunnel,
+                id,
+            });
+            *lock(&self.inbox) = Some(inbox);
+            self.active.store(true, Ordering::Release);
+            old
+        };
         if let Some(old) = old {
             old.tunnel.close();
         }
@@ -97,9 +106,9 @@ impl TunnelSlot {
                 return false;
             }
             self.active.store(false, Ordering::Release);
+            *lock(&self.inbox) = None;
             route.take()
         };
-        *lock(&self.inbox) = None;
         match removed {
             Some(r) => {
                 r.tunnel.close();
@@ -107,6 +116,18 @@ impl TunnelSlot {
             }
             None => false,
         }
+    }
+
+    /// Removes tunnel `id` because UDP works again (see
+    /// [`TunnelSlot::left_for_udp`]).
+    pub(crate) fn remove_for_udp(&self, id: u64) {
+        self.left_for_udp.store(id, Ordering::Release);
+        self.remove(Some(id));
+    }
+
+    /// Whether tunnel `id` was removed because UDP works again.
+    pub(crate) fn left_for_udp(&self, id: u64) -> bool {
+        self.left_for_udp.load(Ordering::Acquire) == id
     }
 
     /// The installed tunnel to `server` and its id, if it is still up.
@@ -132,7 +153,12 @@ impl TunnelSlot {
             return false;
         }
         let route = lock(&self.route);
-        let Some(r) = route.as_ref().filter(|r| r.server == canonical(dest)) else {
+        // A dead tunnel (its link gone first) takes nothing: UDP, until a
+        // link installs a new one.
+        let Some(r) = route
+            .as_ref()
+            .filter(|r| r.server == canonical(dest) && !r.tunnel.is_closed())
+        else {
             return false;
         };
         let seg = segment.unwrap_or(contents.len()).max(1);

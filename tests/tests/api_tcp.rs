@@ -251,3 +251,52 @@ async fn when_udp_comes_back_the_link_moves_to_udp_and_the_call_goes_on() {
         assert!(!matches!(e, Event::RendezvousLost { .. }), "{e:?}");
     }
 }
+
+/// The value of `series` once it equals `want`, within `T` (panics with
+/// the last value otherwise).
+async fn wait_metric_eq(server: &TestServer, series: &str, want: u64) {
+    let reached = tokio::time::timeout(T, async {
+        while metric(server, series) != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{series} stayed at {}, not {want}",
+        metric(server, series)
+    );
+}
+
+#[tokio::test]
+async fn a_link_on_tcp_the_peer_lets_go_of_is_closed() {
+    let (server, gate) = gated_server().await;
+    let bob = server
+        .peer_tuned("bob", via_gate(&gate, TransportMode::Tcp))
+        .await;
+    // A lookup makes an unregistered one-shot link; a call needs a
+    // registered one, so the first link is replaced and dropped.
+    let looked = tokio::time::timeout(T, bob.peer.lookup("nobody"))
+        .await
+        .expect("lookup answered in time");
+    assert!(
+        matches!(
+            &looked,
+            Err(peer::Error::Server {
+                kind: common::ErrorKind::NotFound,
+                ..
+            })
+        ),
+        "{looked:?}"
+    );
+    wait_metric_eq(&server, "rendezvous_connected_peers", 1).await;
+    let (_alice, _serve, _, _) = listen_timed(&server, "alice", |_| {}).await;
+    wait_metric_eq(&server, "rendezvous_connected_peers", 2).await;
+    let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
+        .await
+        .expect("call");
+    drop(call);
+    // Alice's link and bob's registered one: the dropped link is gone
+    // (its watcher does not keep it alive over its tunnel).
+    wait_metric_eq(&server, "rendezvous_connected_peers", 2).await;
+}

@@ -46,7 +46,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 pub use pump::{CloseReason, PumpLimits, Tunnel, TunnelStats};
-pub use queue::{Pushed, QueueLimits, SendQueue};
+pub use queue::{Budget, Pushed, QueueLimits, SendQueue};
 
 /// The HTTP path of the WebSocket upgrade.
 pub const PATH: &str = "/rdv/2/tunnel";

@@ -9,7 +9,7 @@
 //! owner's channel (waiting when it is full: TCP's flow control then slows
 //! this one sender, nobody else) and ends the tunnel on a text message, an
 //! oversized frame (refused from its header), the other end's close, or
-//! [`PumpLimits::idle`] without a message.
+//! [`PumpLimits::idle`] without a datagram (pings do not count).
 //!
 //! Either task ending ends both; [`Tunnel::closed`] says why.
 
@@ -25,10 +25,10 @@ use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::queue::{Pushed, QueueLimits, SendQueue};
+use super::queue::{Budget, Pushed, QueueLimits, SendQueue};
 
 /// The timeouts and queue of a tunnel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PumpLimits {
     /// Longest time without a message from the other end.
     pub idle: Duration,
@@ -36,6 +36,8 @@ pub struct PumpLimits {
     pub write_stall: Duration,
     /// The send queue's limits.
     pub queue: QueueLimits,
+    /// Bytes this tunnel's queue shares with others', if any.
+    pub budget: Option<Arc<Budget>>,
 }
 
 impl Default for PumpLimits {
@@ -44,6 +46,7 @@ impl Default for PumpLimits {
             idle: Duration::from_secs(30),
             write_stall: Duration::from_secs(10),
             queue: QueueLimits::default(),
+            budget: None,
         }
     }
 }
@@ -193,7 +196,7 @@ where
     T: Send + 'static,
 {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(SendQueue::new(limits.queue)),
+        queue: Mutex::new(SendQueue::with_budget(limits.queue, limits.budget)),
         wake: Notify::new(),
         closed: watch::channel(None).0,
         stats: TunnelStats::default(),
@@ -281,11 +284,16 @@ async fn read_loop<S, T>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut closed = shared.closed.subscribe();
+    // Only datagrams count as activity: pings alone do not hold a tunnel.
+    let mut deadline = tokio::time::Instant::now() + idle;
     let reason = loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(idle, stream.next()) => next,
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = closed.changed() => break None,
         };
+        if matches!(next, Ok(Some(Ok(Message::Binary(_))))) {
+            deadline = tokio::time::Instant::now() + idle;
+        }
         match next {
             Err(_) => break Some(CloseReason::Idle),
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Some(CloseReason::Remote),

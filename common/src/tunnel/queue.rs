@@ -11,9 +11,14 @@
 //! kernel's own TCP buffer small (`TCP_NOTSENT_LOWAT`), so the waiting
 //! happens here, where it is measured.
 //!
+//! Many queues may share a [`Budget`] (a server's tunnels: their queues
+//! together stay within it, whatever each peer does).
+//!
 //! Sans-IO: the caller passes the time.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +44,41 @@ impl Default for QueueLimits {
     }
 }
 
+/// Bytes that many queues share (a server's tunnels together): a push
+/// that would take it past `max` is refused like a full queue.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    /// A budget of `max` bytes, none used.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.max).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 /// What [`SendQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -56,17 +96,32 @@ pub struct SendQueue {
     limits: QueueLimits,
     frames: VecDeque<(Instant, Bytes)>,
     bytes: usize,
+    budget: Option<Arc<Budget>>,
     /// Dropped at the head for waiting too long, since creation.
     pub dropped_stale: u64,
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.bytes);
+        }
+    }
 }
 
 impl SendQueue {
     /// An empty queue.
     pub fn new(limits: QueueLimits) -> Self {
+        Self::with_budget(limits, None)
+    }
+
+    /// An empty queue whose bytes also count against `budget`.
+    pub fn with_budget(limits: QueueLimits, budget: Option<Arc<Budget>>) -> Self {
         Self {
             limits,
             frames: VecDeque::new(),
             bytes: 0,
+            budget,
             dropped_stale: 0,
         }
     }
@@ -77,6 +132,9 @@ impl SendQueue {
             return Pushed::TooBig;
         }
         if self.bytes + datagram.len() > self.limits.max_bytes {
+            return Pushed::Full;
+        }
+        if !self.budget.as_ref().is_none_or(|b| b.take(datagram.len())) {
             return Pushed::Full;
         }
         self.bytes += datagram.len();
@@ -90,6 +148,9 @@ impl SendQueue {
     pub fn pop(&mut self, now: Instant) -> Option<Bytes> {
         while let Some((at, bytes)) = self.frames.pop_front() {
             self.bytes -= bytes.len();
+            if let Some(b) = &self.budget {
+                b.give(bytes.len());
+            }
             if now.saturating_duration_since(at) <= self.limits.max_delay {
                 return Some(bytes);
             }
@@ -145,6 +206,22 @@ mod tests {
         assert_eq!(q.pop(at).as_deref(), Some(&b"new"[..]));
         assert_eq!(q.dropped_stale, 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn queues_sharing_a_budget_stay_within_it_and_give_it_back() {
+        let budget = Budget::new(2500);
+        let mut a = SendQueue::with_budget(limits(), Some(budget.clone()));
+        let mut b = SendQueue::with_budget(limits(), Some(budget.clone()));
+        let t = Instant::now();
+        assert_eq!(a.push(t, &[0; 1200]), Pushed::Queued);
+        assert_eq!(b.push(t, &[0; 1200]), Pushed::Queued);
+        assert_eq!(b.push(t, &[0; 200]), Pushed::Full, "over the shared budget");
+        assert_eq!(budget.used(), 2400);
+        a.pop(t);
+        assert_eq!(budget.used(), 1200);
+        drop(b);
+        assert_eq!(budget.used(), 0, "a dropped queue gives its bytes back");
     }
 
     #[test]

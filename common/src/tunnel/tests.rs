@@ -152,3 +152,29 @@ async fn another_path_or_protocol_is_refused() {
     assert!(c.is_err());
     assert!(matches!(s, Err(TunnelError::Upgrade(_))), "{s:?}");
 }
+
+#[tokio::test]
+async fn pings_alone_do_not_keep_a_tunnel_open() {
+    let ends = ends().await;
+    let pin = ends.identity.fingerprint();
+    let (c, s) = tokio::join!(client(&ends, pin), server(&ends));
+    let mut c = c.expect("client");
+    let (s_tx, _s_rx) = mpsc::channel::<Bytes>(4);
+    let s = pump::spawn(s.expect("server"), limits(), s_tx, |b| b);
+    let pinger = async {
+        for _ in 0..40 {
+            if c.send(Message::Ping(Bytes::from_static(b"hi")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let reason = tokio::select! {
+        reason = s.closed() => reason,
+        () = pinger => panic!("still open after 2 s of pings (idle 0.5 s)"),
+    };
+    assert_eq!(reason, CloseReason::Idle);
+}

@@ -78,6 +78,7 @@ pub fn state_process_main() -> Result<()> {
     let now = Instant::now();
     let party = |net: u8, i: u32| PartySpec {
         addr: std::net::SocketAddr::from(([10, net, (i >> 8) as u8, i as u8], 40_000)),
+        source: std::net::IpAddr::from([10, net, (i >> 8) as u8, i as u8]),
         secret: [i as u8; 32],
     };
     let before = rss()?;

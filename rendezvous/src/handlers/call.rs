@@ -99,7 +99,9 @@ impl Facts for ServerFacts<'_> {
                     session: self.id,
                     name: name.to_owned(),
                     fingerprint: s.fingerprint,
-                    observed: self.state.real_addr(s.observed),
+                    // Where the connection is now (quinn follows a
+                    // migration), a TCP peer under its real address.
+                    observed: self.state.real_addr(canonical(s.handle.remote_address())),
                 })
             }
             (Err(RegistryError::NotRegistered), _) => Err(NoCaller::NotRegistered),
@@ -191,7 +193,8 @@ async fn offer(
 /// without: a direct path may work).
 fn allocate(state: &State, alloc: &Allocating) -> Option<Tickets> {
     let relay = state.relay.as_ref()?;
-    match relay.allocate(Instant::now(), alloc.caller, alloc.callee) {
+    let sources = [state.source_ip(alloc.caller), state.source_ip(alloc.callee)];
+    match relay.allocate(Instant::now(), alloc.caller, alloc.callee, sources) {
         Ok(tickets) => Some(tickets),
         Err(e) => {
             debug!(call_id = alloc.call_id(), "no relay for this call: {e}");

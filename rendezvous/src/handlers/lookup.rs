@@ -19,7 +19,11 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
-    let observed = lock(&state.registry).session(id).map(|s| s.observed);
+    // Where the connection is now (quinn follows a migration, e.g. a TCP
+    // peer back on UDP), not where it registered.
+    let observed = lock(&state.registry)
+        .session(id)
+        .map(|s| common::candidates::canonical(s.handle.remote_address()));
     let ip = observed.map(|a| state.source_ip(a));
     if let Some(ip) = ip {
         if !state.allow(ip, |r| &mut r.lookup) {

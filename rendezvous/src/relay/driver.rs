@@ -73,12 +73,14 @@ impl Relay {
     }
 
     /// Allocates a call between `caller` and `callee` (their addresses as
-    /// this socket sees them): a random call id and a fresh secret each.
+    /// this socket sees them, and the IPs they count under: see
+    /// [`PartySpec::source`]): a random call id and a fresh secret each.
     pub(crate) fn allocate(
         &self,
         now: Instant,
         caller: SocketAddr,
         callee: SocketAddr,
+        sources: [std::net::IpAddr; 2],
     ) -> Result<Tickets, AllocError> {
         let mut last = None;
         for _ in 0..ID_TRIES {
@@ -89,10 +91,12 @@ impl Relay {
                 call_id,
                 caller: PartySpec {
                     addr: caller,
+                    source: sources[0],
                     secret: caller_secret,
                 },
                 callee: PartySpec {
                     addr: callee,
+                    source: sources[1],
                     secret: callee_secret,
                 },
             };

@@ -23,6 +23,9 @@ pub struct PartySpec {
     /// The address the server observed the party at (its rendezvous
     /// connection's remote address: the same socket sends relay frames).
     pub addr: SocketAddr,
+    /// The IP its per-source count is kept under: `addr`'s own, or a TCP
+    /// peer's real IP when `addr` is its virtual one.
+    pub source: IpAddr,
     /// The party's frame key secret, sent to that party only.
     pub secret: [u8; SECRET_LEN],
 }
@@ -140,8 +143,8 @@ impl RelayTable {
             });
         }
         let sources = [
-            source_key(alloc.caller.addr.ip()),
-            source_key(alloc.callee.addr.ip()),
+            source_key(alloc.caller.source),
+            source_key(alloc.callee.source),
         ];
         let max = self.config.max_per_source;
         if let Some(&source) = sources

@@ -63,10 +63,12 @@ fn alloc(call_id: u32, a: &str, b: &str) -> Allocation {
         call_id,
         caller: PartySpec {
             addr: addr(a),
+            source: addr(a).ip(),
             secret: secret(call_id, Party::Caller),
         },
         callee: PartySpec {
             addr: addr(b),
+            source: addr(b).ip(),
             secret: secret(call_id, Party::Callee),
         },
     }

@@ -48,6 +48,10 @@ pub struct TcpConfig {
     pub handshake_timeout: Duration,
     /// Idle and write-stall timeouts and the send queue of each tunnel.
     pub pump: PumpLimits,
+    /// Most bytes queued toward TCP peers, all tunnels together (default
+    /// 256 MiB): each queue holds ~50 ms (at most 256 KiB), but 10,000
+    /// readers slow on purpose could otherwise hold 2.5 GiB.
+    pub max_queued: usize,
 }
 
 impl Default for TcpConfig {
@@ -58,6 +62,7 @@ impl Default for TcpConfig {
             max_per_ip: 32,
             handshake_timeout: Duration::from_secs(10),
             pump: PumpLimits::default(),
+            max_queued: 256 << 20,
         }
     }
 }
@@ -110,6 +115,8 @@ struct Table {
 /// The tunnels now open, by virtual address.
 pub(crate) struct TcpPeers {
     config: TcpConfig,
+    /// The queues' shared budget ([`TcpConfig::max_queued`]).
+    budget: Arc<common::tunnel::Budget>,
     table: Mutex<Table>,
     pub(crate) stats: TcpStats,
     inbox_tx: mpsc::Sender<(SocketAddr, Bytes)>,
@@ -158,6 +165,7 @@ impl TcpPeers {
     pub(crate) fn new(config: TcpConfig) -> Arc<Self> {
         let (inbox_tx, inbox) = mpsc::channel(INBOX);
         Arc::new(Self {
+            budget: common::tunnel::Budget::new(config.max_queued),
             config,
             table: Mutex::new(Table::default()),
             stats: TcpStats::default(),
@@ -175,8 +183,10 @@ impl TcpPeers {
         &self.config
     }
 
-    /// A slot for a new TCP connection from `ip`, if under both caps.
+    /// A slot for a new TCP connection from `ip`, if under both caps (an
+    /// IPv6 /64 is one source, as everywhere else).
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = crate::ratelimit::source_key(ip);
         let mut t = self.lock();
         let held = t.per_ip.get(&ip).copied().unwrap_or(0);
         if t.open >= self.config.max_connections || held >= self.config.max_per_ip {
@@ -218,10 +228,12 @@ impl TcpPeers {
             v
         };
         slot.virtual_addr = Some(v);
+        let limits = PumpLimits {
+            budget: Some(self.budget.clone()),
+            ..self.config.pump.clone()
+        };
         let tunnel =
-            common::tunnel::pump::spawn(ws, self.config.pump, self.inbox_tx.clone(), move |b| {
-                (v, b)
-            });
+            common::tunnel::pump::spawn(ws, limits, self.inbox_tx.clone(), move |b| (v, b));
         if let Some(e) = self.lock().by_virtual.get_mut(&v) {
             e.tunnel = Some(tunnel.clone());
         }
@@ -318,6 +330,23 @@ mod tests {
         drop(a1);
         assert!(peers.admit(a).is_some(), "a freed slot is usable");
         assert_eq!(peers.stats.refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_ipv6_slash64_is_one_source() {
+        let peers = TcpPeers::new(TcpConfig {
+            max_per_ip: 1,
+            ..TcpConfig::default()
+        });
+        let _one = peers
+            .admit("2001:db8:1:2::1".parse().expect("ip"))
+            .expect("first");
+        assert!(peers
+            .admit("2001:db8:1:2::ffff".parse().expect("ip"))
+            .is_none());
+        assert!(peers
+            .admit("2001:db8:1:3::1".parse().expect("ip"))
+            .is_some());
     }
 
     #[test]
