@@ -1,8 +1,13 @@
 //! The happy-eyeballs race of `--transport auto` (issue 11): QUIC over UDP
 //! first; when it is not up after [`crate::Timing::tcp_fallback_after`],
-//! the TCP tunnel is opened beside it; once the tunnel is installed, a
-//! fresh QUIC connect over it races the first one (whose packets now go
-//! through the tunnel too), and whichever completes first wins.
+//! the TCP tunnel is opened beside it; if UDP completes first, the tunnel
+//! attempt is dropped. Once the tunnel is installed, the first attempt is
+//! given up (its packets would now go through the tunnel, from another
+//! address than its handshake started at, which the server's QUIC does not
+//! follow mid-handshake) and a fresh QUIC connect runs over the tunnel.
+//! The server link only lets the race open the tunnel while nothing came
+//! back over UDP (see `server_link`): a server that answers there, however
+//! slowly, keeps the handshake on UDP.
 //!
 //! Generic over the attempts, so the timing is tested without a network:
 //! the server link passes its real QUIC and tunnel futures.
@@ -89,7 +94,14 @@ pub(crate) async fn race<'a, C: 'a, T: 'a>(
             r = maybe(&mut opening) => {
                 opening = None;
                 match r {
-                    Ok(t) => fresh = over_tunnel.take().map(|f| f(t)),
+                    Ok(t) => {
+                        fresh = over_tunnel.take().map(|f| f(t));
+                        // Given up: see the module docs.
+                        if let Some(first) = udp.take() {
+                            drop(first);
+                            udp_error = None;
+                        }
+                    }
                     Err(e) if is_definitive(&e) && udp.is_none() => return Err(e),
                     Err(e) => {
                         *tcp_error = Some(e.to_string());

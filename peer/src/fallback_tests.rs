@@ -116,18 +116,26 @@ async fn udp_completing_while_the_tunnel_opens_drops_the_tunnel_attempt() {
 }
 
 #[tokio::test]
-async fn the_first_attempt_finishing_over_the_installed_tunnel_is_tcp() {
+async fn installing_the_tunnel_gives_the_first_attempt_up() {
     let mut tcp_error = None;
+    let first_dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(first_dropped.clone());
+    let first: Boxed<'_, &str> = Box::pin(async move {
+        let _flag = flag;
+        tokio::time::sleep(AFTER + Duration::from_millis(100)).await;
+        Ok("first")
+    });
     let (c, transport) = race(
-        after_ok(AFTER + Duration::from_millis(100), "first"),
+        first,
         AFTER,
         || after_ok(Duration::from_millis(10), ()),
-        |()| never(),
+        |()| after_ok(Duration::from_millis(300), "fresh"),
         &mut tcp_error,
     )
     .await
     .expect("connected");
-    assert_eq!((c, transport), ("first", Transport::Tcp));
+    assert_eq!((c, transport), ("fresh", Transport::Tcp));
+    assert!(first_dropped.load(Ordering::SeqCst));
 }
 
 #[tokio::test]

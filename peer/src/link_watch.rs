@@ -5,7 +5,8 @@
 //!   QUIC connection is closed at once, so its owner reconnects now (a
 //!   `listen` with its usual backoff) instead of after the idle timeout.
 //! - **UDP works again** (`--transport auto` only): every
-//!   [`crate::Timing::udp_retry_interval`] a UDP check goes to the server
+//!   [`crate::Timing::udp_retry_interval`] (the first after at most
+//!   [`FIRST_CHECK`]) a UDP check goes to the server
 //!   straight from the UDP socket; on an answer within [`CHECK_WAIT`] the
 //!   tunnel is removed, so everything to the server (this link, other
 //!   links, relayed calls' frames) goes over UDP again, nothing closed.
@@ -28,6 +29,11 @@ use crate::{Event, Transport};
 
 /// How long a UDP check waits for its answer.
 pub(crate) const CHECK_WAIT: Duration = Duration::from_secs(1);
+
+/// The first check comes sooner than the interval: a link may have gone
+/// to TCP because a busy server dropped its first Initials, not because
+/// UDP is blocked.
+pub(crate) const FIRST_CHECK: Duration = Duration::from_secs(10);
 
 /// What the watcher needs.
 pub(crate) struct Watch {
@@ -56,10 +62,12 @@ pub(crate) fn spawn(watch: Watch) {
 impl Watch {
     async fn run(mut self) {
         let conn = self.link.conn.clone();
-        let every = self.retry;
+        let mut every = self.retry.map(|e| e.min(FIRST_CHECK));
         loop {
+            let wait = every;
+            every = self.retry;
             let retry = async move {
-                match every {
+                match wait {
                     Some(every) => tokio::time::sleep(every).await,
                     None => std::future::pending().await,
                 }

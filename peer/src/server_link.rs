@@ -332,19 +332,42 @@ async fn connect_over(
             Ok((dial(socket, config, addr).await?, Transport::Tcp))
         }
         TransportMode::Auto => {
+            // A server that answers over UDP at all (a Retry, a slow
+            // handshake under load) is reachable there: no TCP then. The
+            // race only falls back when UDP heard nothing.
+            tunnel.watch_udp(addr);
+            let heard = || tunnel.udp_heard();
+            let open = || -> Boxed<'_, tcp::Opened> {
+                if heard() {
+                    return Box::pin(std::future::pending());
+                }
+                Box::pin(async move {
+                    let opened = open_tunnel(config, addr).await?;
+                    if heard() {
+                        opened.tunnel.close();
+                        return Err(Error::ServerUnreachable {
+                            server: config.server.clone(),
+                            reason: "UDP answered meanwhile".into(),
+                        });
+                    }
+                    Ok(opened)
+                })
+            };
             let over_tunnel = |opened: tcp::Opened| {
                 *installed = Some(tunnel.install(addr, opened.tunnel, opened.inbox));
                 tracing::info!(server = %config.server, "no answer over UDP: the server link goes over TCP");
                 dial(socket, config, addr)
             };
-            fallback::race(
+            let won = fallback::race(
                 dial(socket, config, addr),
                 config.timing.tcp_fallback_after,
-                || open_tunnel(config, addr),
+                open,
                 over_tunnel,
                 tcp_error,
             )
-            .await
+            .await;
+            tunnel.unwatch_udp();
+            won
         }
     }
 }

@@ -308,8 +308,11 @@ impl AsyncUdpSocket for PathSocket {
             for i in 0..n {
                 let mut m = meta[i];
                 // A check answer counts only over UDP: that is its question.
-                if !via_tunnel && self.tunnel.take_answer(m.addr, &bufs[i][..m.len]) {
-                    continue;
+                if !via_tunnel {
+                    self.tunnel.note_udp(m.addr);
+                    if self.tunnel.take_answer(m.addr, &bufs[i][..m.len]) {
+                        continue;
+                    }
                 }
                 let len = self.demux(now, &mut bufs[i], &mut m);
                 if len == 0 {

@@ -59,6 +59,11 @@ pub(crate) struct TunnelSlot {
     /// The id of the last tunnel removed because UDP works again (so the
     /// other links on it follow to UDP instead of reconnecting).
     left_for_udp: AtomicU64,
+    /// While a connect races UDP and TCP: the server whose UDP datagrams
+    /// are noted in `heard` (one flag check per datagram otherwise).
+    watching: AtomicBool,
+    watched: Mutex<Option<SocketAddr>>,
+    heard: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +128,36 @@ impl TunnelSlot {
     pub(crate) fn remove_for_udp(&self, id: u64) {
         self.left_for_udp.store(id, Ordering::Release);
         self.remove(Some(id));
+    }
+
+    /// Starts noting whether anything arrives from `server` over UDP (a
+    /// connect's race: a server that answers over UDP at all is reachable
+    /// there, however slowly, and the handshake must not move to TCP).
+    pub(crate) fn watch_udp(&self, server: SocketAddr) {
+        *lock(&self.watched) = Some(canonical(server));
+        self.heard.store(false, Ordering::Release);
+        self.watching.store(true, Ordering::Release);
+    }
+
+    /// Stops noting (the race is over).
+    pub(crate) fn unwatch_udp(&self) {
+        self.watching.store(false, Ordering::Release);
+    }
+
+    /// Whether a datagram from the watched server came over UDP since
+    /// [`TunnelSlot::watch_udp`].
+    pub(crate) fn udp_heard(&self) -> bool {
+        self.heard.load(Ordering::Acquire)
+    }
+
+    /// Notes a datagram from `from` received over UDP.
+    pub(crate) fn note_udp(&self, from: SocketAddr) {
+        if !self.watching.load(Ordering::Relaxed) || self.heard.load(Ordering::Relaxed) {
+            return;
+        }
+        if *lock(&self.watched) == Some(canonical(from)) {
+            self.heard.store(true, Ordering::Release);
+        }
     }
 
     /// Whether tunnel `id` was removed because UDP works again.
