@@ -465,3 +465,15 @@ pub async fn fake_callee(
     });
     FakeCallee { dial, _release }
 }
+
+/// Sends `data` through a call to an echo listener on one `Pipe` stream
+/// and returns what came back (the whole echo, both directions finished).
+pub async fn echo_roundtrip(call: &peer::Call, data: &[u8]) -> Vec<u8> {
+    let (send, recv) = call.open(&common::PeerMessage::Pipe).await.expect("stream");
+    let mut out = Vec::new();
+    let (sent, _) = peer::app::pipe(send, recv, data, &mut out)
+        .await
+        .expect("pipe");
+    assert_eq!(sent, data.len() as u64);
+    out
+}

@@ -9,19 +9,9 @@ use std::time::Duration;
 use common::{ErrorKind, Identity, Message, PeerMessage};
 use peer::{CallOptions, Event, Policy};
 use rand::RngCore;
-use tests::inproc::{fake_callee, listening, within, RawClient, Serve, TestServer};
+use tests::inproc::{echo_roundtrip, fake_callee, listening, within, RawClient, Serve, TestServer};
 
 const T: Duration = Duration::from_secs(15);
-
-async fn echo_roundtrip(call: &peer::Call, data: &[u8]) -> Vec<u8> {
-    let (send, recv) = call.open(&PeerMessage::Pipe).await.expect("stream");
-    let mut out = Vec::new();
-    let (sent, received) = peer::app::pipe(send, recv, data, &mut out)
-        .await
-        .expect("pipe");
-    assert_eq!((sent, received), (data.len() as u64, data.len() as u64));
-    out
-}
 
 #[tokio::test]
 async fn one_megabyte_echoes_back_identical() {

@@ -13,7 +13,7 @@ use common::{ErrorKind, Message};
 use peer::path::PathMode;
 use peer::{CallOptions, Path, Policy};
 use tests::inproc::{
-    fake_callee, listening, listening_tuned, within, RawClient, Serve, TestServer,
+    echo_roundtrip, fake_callee, listening, listening_tuned, within, RawClient, Serve, TestServer,
 };
 use tests::relay_tap::metric;
 
@@ -24,19 +24,6 @@ fn relay_only() -> CallOptions {
         path: PathMode::Relay,
         ..CallOptions::default()
     }
-}
-
-/// Sends `data` through an echo call and returns what came back.
-async fn echo(call: &peer::Call, data: &[u8]) -> Vec<u8> {
-    let (mut send, mut recv) = call.open(&common::PeerMessage::Pipe).await.expect("pipe");
-    let data = data.to_vec();
-    let writer = tokio::spawn(async move {
-        send.write_all(&data).await.expect("write");
-        send.finish().expect("finish");
-    });
-    let back = recv.read_to_end(16 << 20).await.expect("read");
-    writer.await.expect("writer");
-    back
 }
 
 #[tokio::test]
@@ -54,7 +41,7 @@ async fn a_call_on_the_relay_carries_a_megabyte_intact_and_says_so() {
         "a relayed call shows the relay"
     );
     let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
-    let back = within(T, "echo", echo(&call, &data)).await;
+    let back = within(T, "echo", echo_roundtrip(&call, &data)).await;
     assert!(back == data, "{} bytes back, differing", back.len());
     let relayed = metric(&server, "rendezvous_relay_bytes_total");
     assert!(
@@ -81,7 +68,7 @@ async fn an_ordinary_call_on_loopback_starts_direct() {
             Path::Direct,
             "racing the relay lost the direct start"
         );
-        assert_eq!(echo(&call, b"hi").await, b"hi");
+        assert_eq!(echo_roundtrip(&call, b"hi").await, b"hi");
         call.close();
     }
 }
@@ -128,7 +115,7 @@ async fn listen_path_relay_gives_callers_no_address_and_still_takes_calls() {
         .await
         .expect("a plain call reaches a relay-only listener");
     assert_eq!(call.path(), Path::Relay);
-    assert_eq!(echo(&call, b"hello").await, b"hello");
+    assert_eq!(echo_roundtrip(&call, b"hello").await, b"hello");
 }
 
 #[tokio::test]
@@ -201,7 +188,7 @@ async fn a_call_that_ends_frees_its_relay_allocation_at_once() {
         let call = within(T, "call", bob.peer.call("alice", options))
             .await
             .expect("call");
-        assert_eq!(echo(&call, b"hi").await, b"hi");
+        assert_eq!(echo_roundtrip(&call, b"hi").await, b"hi");
         assert_eq!(metric(&server, "rendezvous_relay_active_calls"), 1);
         drop(call);
         // Both sides send their end-of-call frame once the close is out

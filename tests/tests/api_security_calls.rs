@@ -17,7 +17,9 @@ use std::time::Duration;
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{ErrorKind, Identity, Message, PeerMessage};
 use peer::{CallOptions, Event, Peer, Policy};
-use tests::inproc::{listening, serve, within, RawClient, Serve, TestPeer, TestServer};
+use tests::inproc::{
+    echo_roundtrip, listening, serve, within, RawClient, Serve, TestPeer, TestServer,
+};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -414,15 +416,6 @@ async fn one_accepted_offer_is_one_call() {
         echo_roundtrip(&call, b"still the one call").await == b"still the one call",
         "the first call is untouched"
     );
-}
-
-async fn echo_roundtrip(call: &peer::Call, data: &[u8]) -> Vec<u8> {
-    let (send, recv) = call.open(&PeerMessage::Pipe).await.expect("stream");
-    let mut out = Vec::new();
-    peer::app::pipe(send, recv, data, &mut out)
-        .await
-        .expect("pipe");
-    out
 }
 
 /// Issue 9 item 11: a call holds at most `max_streams_per_call` streams at

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use peer::path::PathMode;
 use peer::{CallOptions, Event, Path, PeerConfig, Policy, TransportMode};
-use tests::inproc::{serve, within, Serve, TestPeer, TestServer};
+use tests::inproc::{echo_roundtrip, serve, within, Serve, TestPeer, TestServer};
 use tests::relay_tap::metric;
 use tokio::net::UdpSocket;
 
@@ -136,18 +136,6 @@ fn transport_of(e: &Event) -> &str {
     }
 }
 
-async fn echo(call: &peer::Call, data: &[u8]) -> Vec<u8> {
-    let (mut send, mut recv) = call.open(&common::PeerMessage::Pipe).await.expect("pipe");
-    let data = data.to_vec();
-    let writer = tokio::spawn(async move {
-        send.write_all(&data).await.expect("write");
-        send.finish().expect("finish");
-    });
-    let back = recv.read_to_end(16 << 20).await.expect("read");
-    writer.await.expect("writer");
-    back
-}
-
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
@@ -174,7 +162,7 @@ async fn without_udp_a_peer_registers_over_tcp_within_3_s_and_takes_relayed_call
     assert_eq!(call.path(), Path::Relay);
     let before = metric(&server, "rendezvous_tcp_bytes_sent_total");
     let data = payload(512 * 1024);
-    let back = within(T, "echo", echo(&call, &data)).await;
+    let back = within(T, "echo", echo_roundtrip(&call, &data)).await;
     assert!(back == data, "{} bytes back, differing", back.len());
     let sent = metric(&server, "rendezvous_tcp_bytes_sent_total") - before;
     assert!(
@@ -196,7 +184,7 @@ async fn without_udp_a_peer_registers_over_tcp_within_3_s_and_takes_relayed_call
     assert_eq!(transport_of(&reg), "tcp");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(call.path(), Path::Relay);
-    let back = within(T, "echo", echo(&call, &data)).await;
+    let back = within(T, "echo", echo_roundtrip(&call, &data)).await;
     assert!(back == data, "{} bytes back, differing", back.len());
     drop(alice);
 }
@@ -212,7 +200,7 @@ async fn when_udp_comes_back_the_link_moves_to_udp_and_the_call_goes_on() {
         .await
         .expect("call");
     let data = payload(64 * 1024);
-    assert!(within(T, "echo", echo(&call, &data)).await == data);
+    assert!(within(T, "echo", echo_roundtrip(&call, &data)).await == data);
 
     gate.open.store(true, Ordering::SeqCst);
     let moved = alice
@@ -224,7 +212,7 @@ async fn when_udp_comes_back_the_link_moves_to_udp_and_the_call_goes_on() {
     );
     // The same call carries on, now over UDP through the relay.
     let before = gate.forwarded.load(Ordering::SeqCst);
-    assert!(within(T, "echo after the move", echo(&call, &data)).await == data);
+    assert!(within(T, "echo after the move", echo_roundtrip(&call, &data)).await == data);
     let after = gate.forwarded.load(Ordering::SeqCst);
     assert!(
         after - before >= 40,
@@ -240,7 +228,7 @@ async fn when_udp_comes_back_the_link_moves_to_udp_and_the_call_goes_on() {
     )
     .await
     .expect("call");
-    assert!(within(T, "echo", echo(&call, &data)).await == data);
+    assert!(within(T, "echo", echo_roundtrip(&call, &data)).await == data);
     within(T, "the tunnel closed at the server", async {
         while metric(&server, "rendezvous_tcp_peers") != 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
