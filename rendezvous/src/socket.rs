@@ -57,6 +57,52 @@ const MAX_ALL_RELAY_ROUNDS: usize = 16;
 /// smaller than its request: this only bounds the work).
 const CHECKS_PER_SECOND: u32 = 2_000;
 
+/// UDP check answers per second to one source (a peer sends one a minute):
+/// one sender cannot spend the global budget alone.
+const CHECKS_PER_SOURCE: u8 = 10;
+
+/// Slots the per-source counts share, by a keyed hash of the source (4 KiB:
+/// 100,000 peers on TCP checking once a minute fill ~0.4 a slot a second).
+const CHECK_SLOTS: usize = 4096;
+
+/// The UDP checks answered in the current second: in all, and per source
+/// (an IPv6 /64 is one), sources sharing [`CHECK_SLOTS`] counters by a
+/// keyed hash so the table has a fixed size. Sans-IO.
+pub(crate) struct CheckBudget {
+    window: Instant,
+    total: u32,
+    per_slot: [u8; CHECK_SLOTS],
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl CheckBudget {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            window: now,
+            total: 0,
+            per_slot: [0; CHECK_SLOTS],
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// Whether a check from `ip` at `now` may be answered (and counts it).
+    pub(crate) fn allow(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
+        use std::hash::BuildHasher;
+        if now.saturating_duration_since(self.window) >= std::time::Duration::from_secs(1) {
+            self.window = now;
+            self.total = 0;
+            self.per_slot = [0; CHECK_SLOTS];
+        }
+        let slot = self.hasher.hash_one(crate::ratelimit::source_key(ip)) as usize % CHECK_SLOTS;
+        if self.total >= CHECKS_PER_SECOND || self.per_slot[slot] >= CHECKS_PER_SOURCE {
+            return false;
+        }
+        self.total += 1;
+        self.per_slot[slot] += 1;
+        true
+    }
+}
+
 /// quinn's socket with the relay's frames taken out of every receive, and
 /// the TCP peers' tunnels.
 pub(crate) struct ServerSocket {
@@ -69,7 +115,7 @@ pub(crate) struct ServerSocket {
     from_tunnels: Mutex<Vec<(SocketAddr, Bytes)>>,
     /// Whether the next receive looks at the tunnels first.
     tunnels_first: AtomicBool,
-    checks: Mutex<(Instant, u32)>,
+    checks: Mutex<CheckBudget>,
 }
 
 impl ServerSocket {
@@ -87,7 +133,7 @@ impl ServerSocket {
             outbox: Mutex::new(Outbox::default()),
             from_tunnels: Mutex::new(Vec::new()),
             tunnels_first: AtomicBool::new(false),
-            checks: Mutex::new((Instant::now(), 0)),
+            checks: Mutex::new(CheckBudget::new(Instant::now())),
         }
     }
 
@@ -139,20 +185,19 @@ impl ServerSocket {
         out.frames = 0;
     }
 
-    /// Answers a UDP check from `from`, within the global rate.
+    /// Answers a UDP check from `from`, within the rates ([`CheckBudget`]).
     fn answer_check(&self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let Some(nonce) = check::parse_request(bytes) else {
             return;
         };
+        let from_ip = common::candidates::canonical(from).ip();
+        if !self
+            .checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(now, from_ip)
         {
-            let mut window = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-            if now.saturating_duration_since(window.0) >= std::time::Duration::from_secs(1) {
-                *window = (now, 0);
-            }
-            if window.1 >= CHECKS_PER_SECOND {
-                return;
-            }
-            window.1 += 1;
+            return;
         }
         let answer = check::answer(nonce, common::candidates::canonical(from));
         let transmit = Transmit {
