@@ -120,7 +120,24 @@ struct Routes {
     by_relay: HashMap<(SocketAddr, u32), SocketAddr>,
     by_addr: HashMap<SocketAddr, SocketAddr>,
     next: u32,
+    /// Initials from addresses no call knows yet, kept briefly while a call
+    /// waits for its connection ([`DEFERRED_INITIALS`], [`DEFER_FOR`]): a
+    /// caller on our LAN can beat the probes that prove its address.
+    deferred: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    /// Deferred Initials whose source became a call's path: for quinn, from
+    /// the call's virtual address.
+    released: Vec<(SocketAddr, Vec<u8>)>,
+    /// The socket's receiver, woken when something is released.
+    receiver: Option<std::task::Waker>,
 }
+
+/// Most Initials kept from addresses no call knows yet (a caller's first
+/// flight is one or two datagrams; a stranger's flood gets no more room).
+const DEFERRED_INITIALS: usize = 8;
+
+/// How long such an Initial is kept: the probes that prove a LAN or a
+/// reflexive address take a round trip or two.
+const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What to do with one received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +261,19 @@ impl Router {
     pub(crate) fn hold_initials(self: &Arc<Self>) -> InitialsHeld {
         self.lock().held += 1;
         InitialsHeld(self.clone())
+    }
+
+    /// Kept Initials released to calls since the last call, each with the
+    /// call's virtual address; with none, `waker` is woken when one is.
+    pub(crate) fn take_released(&self, waker: &std::task::Waker) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut routes = self.lock();
+        if routes.released.is_empty() {
+            if !routes.receiver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                routes.receiver = Some(waker.clone());
+            }
+            return vec![];
+        }
+        std::mem::take(&mut routes.released)
     }
 
     /// A server link's address: its packets always reach quinn as they are.
@@ -457,7 +487,7 @@ impl Router {
         };
         let mut routes = self.lock();
         if first & 0x40 != 0 {
-            return routes.quic_from(from, bytes);
+            return routes.quic_from(now, from, bytes);
         }
         if probe::is_probe(bytes) {
             routes.probe(now, Route::Direct(from), bytes);
@@ -596,15 +626,64 @@ impl Routes {
     /// Initial is then refused by the accept loop); the rest would only
     /// provoke stateless resets, or move a call's connection off its
     /// virtual address.
-    fn quic_from(&mut self, from: SocketAddr, bytes: &[u8]) -> Inbound {
+    fn quic_from(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Inbound {
         if let Some(verdict) = self.known_source(from, bytes) {
             return verdict;
         }
         if is_initial(bytes) && !self.awaiting_connection() {
             return Inbound::Pass;
         }
+        if is_initial(bytes) {
+            self.defer(now, from, bytes);
+            return Inbound::Consumed;
+        }
         trace!(%from, "dropping QUIC from an address no call or server knows");
         Inbound::Consumed
+    }
+
+    /// Keeps an Initial from `from` (unknown now) for [`DEFER_FOR`], if
+    /// there is room: it reaches quinn only if `from` becomes a proven path
+    /// of a call meanwhile ([`Routes::release_from`]).
+    fn defer(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.deferred
+            .retain(|(at, _, _)| now.saturating_duration_since(*at) < DEFER_FOR);
+        if self.deferred.len() >= DEFERRED_INITIALS
+            || bytes.len() > common::relay_frame::MAX_DATAGRAM
+        {
+            trace!(%from, "dropping an Initial from an address no call knows");
+            return;
+        }
+        trace!(%from, "keeping an Initial from an address no call knows yet");
+        self.deferred.push_back((now, from, bytes.to_vec()));
+    }
+
+    /// Hands the kept Initials from `sources`, now paths of call `v`, to
+    /// the receiver.
+    fn release_from(&mut self, v: SocketAddr, sources: &[SocketAddr]) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut released = false;
+        for (at, from, bytes) in std::mem::take(&mut self.deferred) {
+            if now.saturating_duration_since(at) >= DEFER_FOR {
+                continue;
+            }
+            if sources.contains(&from) {
+                if let Some(e) = self.calls.get_mut(&v) {
+                    e.arrived(Route::Direct(from), &bytes);
+                }
+                self.released.push((v, bytes));
+                released = true;
+            } else {
+                self.deferred.push_back((at, from, bytes));
+            }
+        }
+        if released {
+            if let Some(w) = self.receiver.take() {
+                w.wake();
+            }
+        }
     }
 
     /// The verdict for QUIC from a call's path (its virtual address) or a
@@ -655,6 +734,7 @@ impl Routes {
                 }
             }
         }
+        self.release_from(v, &mine);
         let Some(e) = self.calls.get_mut(&v) else {
             return;
         };

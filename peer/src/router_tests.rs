@@ -265,3 +265,49 @@ fn a_batch_from_a_known_source_is_one_decision_and_an_unknown_one_is_per_packet(
     assert_eq!(r.quic_source(a(SERVER), &quic(0x40)), Some(Inbound::Pass));
     assert_eq!(r.quic_source(a("203.0.113.5:999"), &quic(0xC0)), None);
 }
+
+#[test]
+fn an_initial_that_beats_the_dial_is_kept_and_handed_to_the_call_once_its_path_is_known() {
+    let r = Arc::new(Router::new(false));
+    let now = Instant::now();
+    let waker = std::task::Waker::noop();
+    let held = r.hold_initials();
+    // The caller's first Initial over the LAN, before our Dial: kept, not
+    // handed on (nobody knows the address yet).
+    assert_eq!(r.recv(now, a(CALLEE), &quic(0xC0)), Inbound::Consumed);
+    // A stranger's too, and one kept too long ago.
+    let stranger = a("203.0.113.5:999");
+    assert_eq!(r.recv(now, stranger, &quic(0xC0)), Inbound::Consumed);
+    assert!(r.take_released(waker).is_empty());
+    // The Dial: the call's candidates become its paths; the kept Initial
+    // from one of them goes to quinn from the call's virtual address.
+    let (v, _) = r.register(spec(), PathConfig::default(), now);
+    drop(held);
+    let released = r.take_released(waker);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].0, v);
+    assert_eq!(released[0].1, quic(0xC0));
+    // The stranger's never is.
+    let (_w, _) = r.register(spec(), PathConfig::default(), now);
+    assert!(r.take_released(waker).is_empty());
+}
+
+#[test]
+fn initials_are_kept_only_briefly_and_only_a_few() {
+    let r = Arc::new(Router::new(false));
+    let now = Instant::now();
+    let waker = std::task::Waker::noop();
+    let _held = r.hold_initials();
+    let long_ago = now - std::time::Duration::from_millis(300);
+    assert_eq!(r.recv(long_ago, a(CALLEE), &quic(0xC0)), Inbound::Consumed);
+    let (_v, _) = r.register(spec(), PathConfig::default(), now);
+    assert!(r.take_released(waker).is_empty(), "kept too long: dropped");
+    // A flood from strangers fills the few places and then is dropped;
+    // the caller's Initial, arriving after it, finds no room either but is
+    // resent by its QUIC: nothing unknown ever passes.
+    for port in 0..20u16 {
+        let from = SocketAddr::from(([203, 0, 113, 9], 1000 + port));
+        assert_eq!(r.recv(now, from, &quic(0xC0)), Inbound::Consumed);
+    }
+    assert!(r.lock().deferred.len() <= DEFERRED_INITIALS);
+}

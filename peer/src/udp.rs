@@ -151,6 +151,27 @@ impl PathSocket {
         self.out(&frames)
     }
 
+    /// Moves Initials the router kept and has now released to a call (see
+    /// `Router::take_released`) into the held queue; registers the waker
+    /// for the next ones.
+    fn take_released(&self, cx: &Context<'_>) {
+        let released = self.router.take_released(cx.waker());
+        if released.is_empty() {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, bytes) in released {
+            if held.len() < MAX_HELD {
+                held.push_back(Held {
+                    addr,
+                    bytes,
+                    ecn: None,
+                    dst_ip: None,
+                });
+            }
+        }
+    }
+
     /// Hands out held datagrams into free slots; returns how many.
     fn fill_held(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], from: usize) -> usize {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -297,6 +318,7 @@ impl AsyncUdpSocket for PathSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        self.take_released(cx);
         let held = self.fill_held(bufs, meta, 0);
         if held > 0 {
             return Poll::Ready(Ok(held));
@@ -327,6 +349,7 @@ impl AsyncUdpSocket for PathSocket {
                 meta[kept] = m;
                 kept += 1;
             }
+            self.take_released(cx);
             kept += self.fill_held(bufs, meta, kept);
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
