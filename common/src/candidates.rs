@@ -42,6 +42,17 @@ pub fn is_local_candidate(addr: SocketAddr) -> bool {
     }
 }
 
+/// Whether `addr` is in 240.0.0.0/4 (plain or IPv4-mapped): reserved, never
+/// a real source, and where both the peers' path layer (a call's virtual
+/// address, DESIGN §5) and the server's TCP side (a TCP peer's) place their
+/// virtual addresses. No candidate may be one ([`is_observed_candidate`]).
+pub fn is_virtual(addr: SocketAddr) -> bool {
+    match canonical(addr).ip() {
+        IpAddr::V4(ip) => ip.octets()[0] >= 240,
+        IpAddr::V6(_) => false,
+    }
+}
+
 /// Whether `addr` may be the first (server-observed) candidate: a unicast
 /// address with a port. Loopback only when `loopback_ok` (the server link
 /// itself runs over loopback, as in tests); multicast, broadcast, the
@@ -54,8 +65,8 @@ pub fn is_observed_candidate(addr: SocketAddr, loopback_ok: bool) -> bool {
     }
     match canonical(addr).ip() {
         IpAddr::V4(ip) => {
-            let reserved = ip.octets()[0] >= 240; // 240.0.0.0/4, broadcast included
-            !(ip.is_multicast() || reserved || ip.is_unspecified())
+            // 240.0.0.0/4, broadcast included.
+            !(ip.is_multicast() || is_virtual(addr) || ip.is_unspecified())
                 && (loopback_ok || !ip.is_loopback())
         }
         IpAddr::V6(ip) => {

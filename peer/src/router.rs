@@ -44,12 +44,7 @@ use crate::path::{Action, PathConfig, PathMode, PathParams, PathTable, Route};
 const VIRTUAL_BASE: u32 = 0xF000_0000;
 
 /// Whether `addr` is one of this router's kind of virtual addresses.
-pub(crate) fn is_virtual(addr: SocketAddr) -> bool {
-    match canonical(addr).ip() {
-        IpAddr::V4(ip) => u32::from(ip) & 0xF000_0000 == VIRTUAL_BASE,
-        IpAddr::V6(_) => false,
-    }
-}
+pub(crate) use common::candidates::is_virtual;
 
 /// One call to route, as the server introduced it.
 #[derive(Debug, Clone)]

@@ -131,12 +131,7 @@ impl std::fmt::Debug for TcpPeers {
 }
 
 /// Whether `addr` is in the virtual range (240.0.0.0/4, also v4-mapped).
-pub(crate) fn is_virtual(addr: SocketAddr) -> bool {
-    match canonical(addr).ip() {
-        IpAddr::V4(ip) => ip.octets()[0] >= 240 && !ip.is_broadcast(),
-        IpAddr::V6(_) => false,
-    }
-}
+pub(crate) use common::candidates::is_virtual;
 
 /// One admitted TCP connection's place in the counts; given back on drop.
 pub(crate) struct Slot {
