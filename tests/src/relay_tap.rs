@@ -291,15 +291,36 @@ pub fn metric(server: &TestServer, series: &str) -> u64 {
 
 /// Waits until `series` reaches at least `want` (the server counted it).
 pub async fn wait_metric(server: &TestServer, series: &str, want: u64) {
-    let reached = tokio::time::timeout(T, async {
-        while metric(server, series) < want {
+    wait_metric_until(server, series, T, &format!("want {want}"), |v| v >= want).await;
+}
+
+/// Waits (at most `within`) until `series` is exactly `want` (a gauge
+/// coming down, say).
+pub async fn wait_metric_eq(server: &TestServer, series: &str, want: u64, within: Duration) {
+    wait_metric_until(server, series, within, &format!("not {want}"), |v| {
+        v == want
+    })
+    .await;
+}
+
+/// Polls `series` until `done` holds for its value, within `within`;
+/// panics with the last value and `want` otherwise.
+async fn wait_metric_until(
+    server: &TestServer,
+    series: &str,
+    within: Duration,
+    want: &str,
+    done: impl Fn(u64) -> bool,
+) {
+    let reached = tokio::time::timeout(within, async {
+        while !done(metric(server, series)) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
     assert!(
         reached.is_ok(),
-        "{series} stayed at {} (want {want})",
+        "{series} stayed at {} ({want})",
         metric(server, series)
     );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use peer::path::PathMode;
 use peer::{CallOptions, Event, Path, PeerConfig, Policy, TransportMode};
 use tests::inproc::{echo_roundtrip, serve, within, Serve, TestPeer, TestServer};
-use tests::relay_tap::metric;
+use tests::relay_tap::{metric, wait_metric_eq};
 use tokio::net::UdpSocket;
 
 const T: Duration = Duration::from_secs(15);
@@ -240,22 +240,6 @@ async fn when_udp_comes_back_the_link_moves_to_udp_and_the_call_goes_on() {
     }
 }
 
-/// The value of `series` once it equals `want`, within `T` (panics with
-/// the last value otherwise).
-async fn wait_metric_eq(server: &TestServer, series: &str, want: u64) {
-    let reached = tokio::time::timeout(T, async {
-        while metric(server, series) != want {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        reached.is_ok(),
-        "{series} stayed at {}, not {want}",
-        metric(server, series)
-    );
-}
-
 #[tokio::test]
 async fn a_link_on_tcp_the_peer_lets_go_of_is_closed() {
     let (server, gate) = gated_server().await;
@@ -277,14 +261,14 @@ async fn a_link_on_tcp_the_peer_lets_go_of_is_closed() {
         ),
         "{looked:?}"
     );
-    wait_metric_eq(&server, "rendezvous_connected_peers", 1).await;
+    wait_metric_eq(&server, "rendezvous_connected_peers", 1, T).await;
     let (_alice, _serve, _, _) = listen_timed(&server, "alice", |_| {}).await;
-    wait_metric_eq(&server, "rendezvous_connected_peers", 2).await;
+    wait_metric_eq(&server, "rendezvous_connected_peers", 2, T).await;
     let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
         .await
         .expect("call");
     drop(call);
     // Alice's link and bob's registered one: the dropped link is gone
     // (its watcher does not keep it alive over its tunnel).
-    wait_metric_eq(&server, "rendezvous_connected_peers", 2).await;
+    wait_metric_eq(&server, "rendezvous_connected_peers", 2, T).await;
 }
