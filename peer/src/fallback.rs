@@ -97,10 +97,7 @@ pub(crate) async fn race<'a, C: 'a, T: 'a>(
                     Ok(t) => {
                         fresh = over_tunnel.take().map(|f| f(t));
                         // Given up: see the module docs.
-                        if let Some(first) = udp.take() {
-                            drop(first);
-                            udp_error = None;
-                        }
+                        udp = None;
                     }
                     Err(e) if is_definitive(&e) && udp.is_none() => return Err(e),
                     Err(e) => {
