@@ -1,0 +1,485 @@
+//! The NATS driver of the cluster: connects, publishes this node's
+//! presence in order, beats its heart, keeps the directory, and carries
+//! requests to other nodes and their replies. Everything it decides is in
+//! [`super::directory`] and [`super::wire`]; the server acts on what it
+//! hands over as [`Incoming`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::Subject;
+use bytes::Bytes;
+use common::Fingerprint;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::directory::{Action, Change, Directory, Found};
+use super::wire::{Body, BusKey, Envelope, Online};
+use super::{bus_on_loopback, split_bus_url, BusAuth, ClusterConfig};
+use crate::state::lock;
+
+/// Names per snapshot page (~60 KiB).
+const PAGE: usize = 1000;
+/// Presence messages waiting for the bus; past it they are dropped, and
+/// the other nodes resync on the gap this leaves in the sequence.
+const OUTBOX: usize = 10_000;
+/// Requests from other nodes waiting for the server.
+const INBOX: usize = 4096;
+/// How long a snapshot page may take.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the bus failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The URL or credentials are unusable.
+    #[error("--bus: {0}")]
+    Config(String),
+    /// The bus could not be reached or refused us.
+    #[error("cannot connect to the bus: {0}")]
+    Connect(String),
+    /// No node took the request (it is gone), or none answered in time.
+    #[error("node {node} did not answer: {why}")]
+    NoAnswer {
+        /// The node asked.
+        node: String,
+        /// What happened.
+        why: String,
+    },
+    /// The answer was not sealed for us, or not from that node.
+    #[error("bad answer from node {0}")]
+    BadAnswer(String),
+}
+
+/// What the bus hands the server.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Another node asks (an `Offer` or a `Dial`); answer with [`Cluster::reply`].
+    Request {
+        /// The node asking.
+        from: String,
+        /// What it asks.
+        body: Box<Body>,
+        /// Where the answer goes.
+        reply: Subject,
+    },
+    /// Another node announced a name: if this node holds it from an older
+    /// registration, that session is replaced.
+    Came {
+        /// The node.
+        node: String,
+        /// The announcement.
+        online: Online,
+    },
+}
+
+/// This node's presence and the directory of the others.
+struct Books {
+    seq: u64,
+    local: HashMap<String, Online>,
+    directory: Directory,
+}
+
+/// This node's link to its cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    key: BusKey,
+    epoch: u64,
+    presence: String,
+    books: Mutex<Books>,
+    outbox: mpsc::Sender<Vec<u8>>,
+    incoming: mpsc::Sender<Incoming>,
+    /// Bus messages refused (unsealed, another key, another subject, stale).
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Cluster {
+    /// Connects to the bus and joins the cluster: `secret` is the bus key
+    /// derived from the shared server key. The receiver gets what the
+    /// server must act on.
+    pub async fn connect(
+        config: ClusterConfig,
+        secret: [u8; 32],
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Incoming>), BusError> {
+        let (servers, auth) = split_bus_url(&config.bus).map_err(BusError::Config)?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("rendezvous {}", config.node_id))
+            .connection_timeout(Duration::from_secs(3))
+            .ping_interval(Duration::from_secs(5))
+            .max_reconnects(None)
+            .request_timeout(Some(Duration::from_secs(5)));
+        if !bus_on_loopback(&servers) {
+            options = options.require_tls(true);
+        }
+        options = match auth {
+            BusAuth::UserPass(u, p) => options.user_and_password(u, p),
+            BusAuth::Token(t) => options.token(t),
+            BusAuth::None => options,
+        };
+        if let Some(creds) = &config.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| BusError::Config(format!("{}: {e}", creds.display())))?;
+        }
+        let client = async_nats::connect_with_options(servers.as_str(), options)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        let presence = format!("{}.presence", config.prefix);
+        let mine = format!("{}.node.{}", config.prefix, config.node_id);
+        let subscribe = |subject: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| BusError::Connect(e.to_string()))
+            }
+        };
+        let presence_sub = subscribe(presence.clone()).await?;
+        let node_sub = subscribe(mine.clone()).await?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (incoming, incoming_rx) = mpsc::channel(INBOX);
+        let cluster = Arc::new(Self {
+            books: Mutex::new(Books {
+                seq: 0,
+                local: HashMap::new(),
+                directory: Directory::new(config.node_id.clone(), config.lease),
+            }),
+            key: BusKey::derive(secret),
+            epoch: rand::random(),
+            presence,
+            client,
+            config,
+            outbox,
+            incoming,
+            refused: std::sync::atomic::AtomicU64::new(0),
+        });
+        info!(node = %cluster.config.node_id, relay = %cluster.config.node_addr, "joined the cluster bus");
+        tokio::spawn(publish(
+            cluster.client.clone(),
+            cluster.presence.clone(),
+            outbox_rx,
+        ));
+        tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
+        tokio::spawn(receive(Arc::downgrade(&cluster), presence_sub, node_sub));
+        Ok((cluster, incoming_rx))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Where other nodes send this node relay frames.
+    pub fn relay_addr(&self) -> std::net::SocketAddr {
+        self.config.node_addr
+    }
+
+    fn seal(&self, subject: &str, body: Body) -> Vec<u8> {
+        let envelope = Envelope {
+            from: self.config.node_id.clone(),
+            sent_ms: now_ms(),
+            body,
+        };
+        self.key.seal(subject, &envelope)
+    }
+
+    /// Queues a presence message (sealed now, so in sequence order).
+    fn announce(&self, books: &mut Books, change: Change) {
+        books.seq += 1;
+        let (seq, epoch) = (books.seq, self.epoch);
+        let body = match change {
+            Change::Up(online) => Body::Up { epoch, seq, online },
+            Change::Down(name) => Body::Down { epoch, seq, name },
+        };
+        if self
+            .outbox
+            .try_send(self.seal(&self.presence, body))
+            .is_err()
+        {
+            debug!(seq, "presence outbox full: the other nodes will resync");
+        }
+    }
+
+    /// `name` registered a `listen` here with `fingerprint`.
+    pub fn went_online(&self, name: &str, fingerprint: Fingerprint) {
+        let online = Online {
+            name: name.to_owned(),
+            fingerprint,
+            since_ms: now_ms(),
+        };
+        let mut books = lock(&self.books);
+        books.local.insert(name.to_owned(), online.clone());
+        self.announce(&mut books, Change::Up(online));
+    }
+
+    /// `name`'s `listen` here went away.
+    pub fn went_offline(&self, name: &str) {
+        let mut books = lock(&self.books);
+        if books.local.remove(name).is_some() {
+            self.announce(&mut books, Change::Down(name.to_owned()));
+        }
+    }
+
+    /// When `name` registered here, if it is online here.
+    pub fn local_since(&self, name: &str) -> Option<u64> {
+        lock(&self.books).local.get(name).map(|o| o.since_ms)
+    }
+
+    /// Where `name` is online at another node.
+    pub fn find(&self, name: &str) -> Option<Found> {
+        lock(&self.books).directory.find(name, Instant::now())
+    }
+
+    /// Bus messages refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Other live nodes, and the names online at them.
+    pub fn counts(&self) -> (usize, usize) {
+        lock(&self.books).directory.counts(Instant::now())
+    }
+
+    /// Asks `node` and waits up to `timeout` for its answer.
+    pub async fn request(
+        &self,
+        node: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Body, BusError> {
+        let subject = format!("{}.node.{node}", self.config.prefix);
+        let payload = Bytes::from(self.seal(&subject, body));
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        let no_answer = |why: String| BusError::NoAnswer {
+            node: node.to_owned(),
+            why,
+        };
+        // While the bus is down a request would only wait out its timeout.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(no_answer("the bus is down".into()));
+        }
+        let answer = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| no_answer(e.to_string()))?;
+        match self
+            .key
+            .open(answer.subject.as_str(), &answer.payload, now_ms())
+        {
+            Ok(envelope) if envelope.from == node => Ok(envelope.body),
+            _ => Err(BusError::BadAnswer(node.to_owned())),
+        }
+    }
+
+    /// Answers a request.
+    pub async fn reply(&self, reply: Subject, body: Body) {
+        let payload = Bytes::from(self.seal(reply.as_str(), body));
+        if let Err(e) = self.client.publish(reply, payload).await {
+            debug!("bus reply not sent: {e}");
+        }
+    }
+
+    /// One page of this node's names.
+    fn page(&self, page: u32) -> Body {
+        let books = lock(&self.books);
+        let mut names: Vec<&Online> = books.local.values().collect();
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        let start = (page as usize).saturating_mul(PAGE);
+        let chunk: Vec<Online> = names
+            .iter()
+            .skip(start)
+            .take(PAGE)
+            .map(|o| (*o).clone())
+            .collect();
+        Body::Snapshot {
+            seq: books.seq,
+            more: start.saturating_add(PAGE) < names.len(),
+            names: chunk,
+        }
+    }
+
+    /// Performs the directory's actions (resyncs run as their own tasks).
+    fn act(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Sync { node, page } => {
+                    tokio::spawn(sync(self.clone(), node, page));
+                }
+                Action::Came { node, online } => {
+                    let _ = self.incoming.try_send(Incoming::Came { node, online });
+                }
+            }
+        }
+    }
+
+    /// One message from the bus.
+    fn on_message(self: &Arc<Self>, message: async_nats::Message) {
+        let envelope = match self
+            .key
+            .open(message.subject.as_str(), &message.payload, now_ms())
+        {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(subject = %message.subject, "refused a bus message: {e}");
+                return;
+            }
+        };
+        let (from, now) = (envelope.from, Instant::now());
+        let actions = {
+            let mut books = lock(&self.books);
+            let d = &mut books.directory;
+            match envelope.body {
+                Body::Alive {
+                    epoch,
+                    relay_addr,
+                    seq,
+                } => d.on_alive(&from, epoch, relay_addr, seq, now),
+                Body::Up { epoch, seq, online } => {
+                    d.on_change(&from, epoch, seq, Change::Up(online), now)
+                }
+                Body::Down { epoch, seq, name } => {
+                    d.on_change(&from, epoch, seq, Change::Down(name), now)
+                }
+                body => {
+                    drop(books);
+                    self.on_request(from, body, message.reply);
+                    return;
+                }
+            }
+        };
+        self.act(actions);
+    }
+
+    /// A request on this node's subject.
+    fn on_request(self: &Arc<Self>, from: String, body: Body, reply: Option<Subject>) {
+        let Some(reply) = reply else {
+            debug!(%from, "a bus request without a reply subject");
+            return;
+        };
+        match body {
+            Body::SnapshotRequest { page } => {
+                let this = self.clone();
+                let answer = self.page(page);
+                tokio::spawn(async move { this.reply(reply, answer).await });
+            }
+            body @ (Body::Offer { .. } | Body::Dial { .. }) => {
+                if self
+                    .incoming
+                    .try_send(Incoming::Request {
+                        from,
+                        body: Box::new(body),
+                        reply,
+                    })
+                    .is_err()
+                {
+                    warn!("bus requests queue full: one dropped");
+                }
+            }
+            _ => debug!(%from, "an unexpected bus message on this node's subject"),
+        }
+    }
+}
+
+/// Publishes queued presence messages, in order.
+async fn publish(client: async_nats::Client, subject: String, mut outbox: mpsc::Receiver<Vec<u8>>) {
+    while let Some(payload) = outbox.recv().await {
+        if let Err(e) = client.publish(subject.clone(), Bytes::from(payload)).await {
+            debug!("presence not published: {e}");
+        }
+    }
+}
+
+/// Says this node is alive, and forgets nodes that stopped saying so.
+async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
+    let period = match cluster.upgrade() {
+        Some(c) => c.config.heartbeat,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let (seq, dead) = {
+            let mut books = lock(&cluster.books);
+            (books.seq, books.directory.expire(Instant::now()))
+        };
+        for node in dead {
+            info!(%node, "node lease ran out: its names are offline");
+        }
+        let body = Body::Alive {
+            epoch: cluster.epoch,
+            relay_addr: cluster.config.node_addr,
+            seq,
+        };
+        let payload = Bytes::from(cluster.seal(&cluster.presence, body));
+        if let Err(e) = cluster
+            .client
+            .publish(cluster.presence.clone(), payload)
+            .await
+        {
+            debug!("heartbeat not published: {e}");
+        }
+    }
+}
+
+/// Reads both subscriptions until the cluster is dropped.
+async fn receive(
+    cluster: std::sync::Weak<Cluster>,
+    mut presence: async_nats::Subscriber,
+    mut node: async_nats::Subscriber,
+) {
+    loop {
+        let message = tokio::select! {
+            m = presence.next() => m,
+            m = node.next() => m,
+        };
+        let (Some(message), Some(cluster)) = (message, cluster.upgrade()) else {
+            return;
+        };
+        cluster.on_message(message);
+    }
+}
+
+/// Fetches `node`'s names from `page` on.
+async fn sync(cluster: Arc<Cluster>, node: String, page: u32) {
+    let body = Body::SnapshotRequest { page };
+    match cluster.request(&node, body, SYNC_TIMEOUT).await {
+        Ok(Body::Snapshot { seq, names, more }) => {
+            let actions = lock(&cluster.books)
+                .directory
+                .on_page(&node, page, seq, names, more);
+            cluster.act(actions);
+        }
+        other => {
+            debug!(%node, "resync failed: {other:?}");
+            lock(&cluster.books).directory.sync_failed(&node);
+        }
+    }
+}
