@@ -52,6 +52,9 @@ pub enum ErrorKind {
     /// (`--max-names-per-key`); use one of them. (Last: the wire form of a
     /// kind is its index.)
     TooManyNames,
+    /// Something the server relies on (its name store, the cluster bus) is
+    /// down for now; try again in a few seconds. (Last: wire index.)
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -76,6 +79,7 @@ impl ErrorKind {
             Self::Internal => "internal",
             Self::KnownPeers => "known_peers",
             Self::TooManyNames => "too_many_names",
+            Self::Unavailable => "unavailable",
         }
     }
 }

@@ -43,6 +43,9 @@ impl Drop for Counted {
         if let Some(id) = self.session.take() {
             if let Some(name) = lock(&self.state.registry).close(id) {
                 debug!(%name, "went offline");
+                if let Some(cluster) = self.state.cluster() {
+                    cluster.went_offline(&name);
+                }
             }
         }
         lock(&self.state.rates)

@@ -36,4 +36,7 @@ pub enum ServerError {
     /// TLS or QUIC configuration failed.
     #[error("configuration: {0}")]
     Config(String),
+    /// The cluster bus could not be joined (`--bus`).
+    #[error(transparent)]
+    Bus(#[from] crate::cluster::BusError),
 }

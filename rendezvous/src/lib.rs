@@ -47,6 +47,7 @@
 pub mod admission;
 pub mod broker;
 mod cids;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod counted;

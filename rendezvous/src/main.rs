@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rendezvous::cluster::ClusterConfig;
 use rendezvous::relay::{ByteRate, RelayConfig};
 use rendezvous::{Config, Limits, Rate, Server};
 
@@ -85,8 +86,71 @@ struct Cli {
     #[arg(long, env = "RENDEZVOUS_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     threads: u16,
+    /// The cluster bus (NATS) shared with other nodes: `nats://[user:pass@|token@]HOST:PORT`
+    /// (`tls://` for TLS; required off loopback). Without it: one node.
+    #[arg(long, env = "RENDEZVOUS_BUS")]
+    bus: Option<String>,
+    /// A NATS credentials file (JWT + nkey seed) for --bus.
+    #[arg(long, env = "RENDEZVOUS_BUS_CREDS")]
+    bus_creds: Option<PathBuf>,
+    /// This node's id in its cluster (letters, digits, - and _).
+    /// Default: derived from the host name and the listen port.
+    #[arg(long, env = "RENDEZVOUS_NODE_ID")]
+    node_id: Option<String>,
+    /// Where the other nodes reach this node's UDP port (for relay frames
+    /// between nodes). Default: the --listen address, unless it is 0.0.0.0 or [::].
+    #[arg(long, env = "RENDEZVOUS_NODE_ADDR")]
+    node_addr: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The cluster this node joins, from `--bus`, `--node-id` and `--node-addr`.
+fn cluster_config(cli: &Cli, listen: SocketAddr) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(bus) = cli.bus.clone() else {
+        if cli.node_id.is_some() || cli.node_addr.is_some() || cli.bus_creds.is_some() {
+            anyhow::bail!("--node-id, --node-addr and --bus-creds need --bus");
+        }
+        return Ok(None);
+    };
+    let node_id = match &cli.node_id {
+        Some(id) => id.clone(),
+        None => default_node_id(listen.port()),
+    };
+    if !rendezvous::cluster::valid_node_id(&node_id) {
+        anyhow::bail!("--node-id {node_id:?}: use 1-64 letters, digits, - and _");
+    }
+    let node_addr = match cli.node_addr {
+        Some(addr) => addr,
+        None if !listen.ip().is_unspecified() => listen,
+        None => anyhow::bail!(
+            "--bus with --listen {listen} needs --node-addr: the address the other nodes reach this node's UDP port at"
+        ),
+    };
+    let mut config = ClusterConfig::new(bus, node_id, node_addr);
+    config.creds = cli.bus_creds.clone();
+    Ok(Some(config))
+}
+
+/// `HOSTNAME-PORT`, with anything a subject cannot hold turned into `-`.
+fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .take(50)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{port}")
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +298,11 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
+    if let Some(cluster) = cluster_config(&cli, addr)? {
+        let node = cluster.node_id.clone();
+        server.join(cluster).await?;
+        eprintln!("node {node} of a cluster (bus joined)");
+    }
     let tcp_addr = server.tcp_addr();
     let fingerprint = server.fingerprint();
     if let Some(metrics_addr) = cli.metrics {

@@ -24,6 +24,10 @@ use thiserror::Error;
 /// Identifies a connection on this server.
 pub type SessionId = u64;
 
+/// Never a session of this server (ids start at 1): the callee of a call
+/// whose callee is online at another node of the cluster.
+pub const REMOTE: SessionId = 0;
+
 /// One connected peer.
 #[derive(Debug, Clone)]
 pub struct Session<H> {

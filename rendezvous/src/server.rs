@@ -36,6 +36,8 @@ pub struct Server {
     fingerprint: Fingerprint,
     /// The TCP listener and its TLS, when TCP is on.
     tcp: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// The cluster bus key's secret, derived from the server key.
+    bus_secret: [u8; 32],
 }
 
 /// The server's key file inside its data dir.
@@ -101,7 +103,26 @@ impl Server {
             state,
             fingerprint: identity.fingerprint(),
             tcp,
+            bus_secret: identity.derive_secret("rdv cluster bus v1"),
         })
+    }
+
+    /// Joins a cluster of nodes over its bus (DESIGN §7; `--bus`): names
+    /// online here are announced to the other nodes, and calls to names
+    /// online there go to them. Call once, before [`Server::run`]; every
+    /// node of one cluster must share this server's key.
+    pub async fn join(&self, config: crate::cluster::ClusterConfig) -> Result<(), ServerError> {
+        let (cluster, incoming) = crate::cluster::Cluster::connect(config, self.bus_secret).await?;
+        self.state
+            .cluster
+            .set(cluster.clone())
+            .map_err(|_| ServerError::Config("this server already joined a cluster".into()))?;
+        tokio::spawn(crate::handlers::remote::serve(
+            self.state.clone(),
+            cluster,
+            incoming,
+        ));
+        Ok(())
     }
 
     /// The address the server listens on.

@@ -48,6 +48,12 @@ pub(crate) struct State {
     pub(crate) relay: Option<Arc<Relay>>,
     /// The TCP peers; `None` when TCP is off.
     pub(crate) tcp: Option<Arc<crate::tcp::TcpPeers>>,
+    /// The cluster this node joined ([`crate::Server::join`]); unset on a
+    /// single node.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Offers from other nodes whose callee accepted: the offer's stream,
+    /// waiting for the caller's node's `Dial`, by (node, call id).
+    pub(crate) remote_dials: Mutex<std::collections::HashMap<(String, u64), quinn::SendStream>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -76,7 +82,14 @@ impl State {
             claiming: Mutex::default(),
             relay: None,
             tcp: None,
+            cluster: std::sync::OnceLock::new(),
+            remote_dials: Mutex::default(),
         }
+    }
+
+    /// The cluster, when this node is one of several.
+    pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// Prometheus text of every counter, the relay's copied in first.
@@ -90,6 +103,10 @@ impl State {
         }
         if let Some(tcp) = &self.tcp {
             self.metrics.set_tcp(&tcp.stats, tcp.open_count());
+        }
+        if let Some(cluster) = self.cluster() {
+            let (nodes, names) = cluster.counts();
+            self.metrics.set_cluster(nodes, names, cluster.refused());
         }
         self.metrics.render(&registry)
     }

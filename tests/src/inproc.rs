@@ -77,6 +77,38 @@ impl TestServer {
         let mut config = rendezvous::Config::new(addr, data_dir.clone());
         tune(&mut config);
         let server = rendezvous::Server::bind(config).expect("server binds");
+        Self::launch(server, data_dir)
+    }
+
+    /// A node of a cluster on a fresh port and data dir: its server key
+    /// copied from `key_of` (every node of a cluster has the same), its
+    /// names in `store` (shared by the nodes), joined to the bus at
+    /// `bus` as `node_id`.
+    pub async fn start_node(
+        key_of: &Path,
+        store: Arc<dyn rendezvous::store::NameStore>,
+        bus: &str,
+        node_id: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_owned();
+        let key = rendezvous::server::key_path(key_of);
+        if key.exists() {
+            std::fs::copy(&key, rendezvous::server::key_path(&data_dir)).expect("copy key");
+        }
+        let config =
+            rendezvous::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.clone());
+        let server = rendezvous::Server::with_store(config, store).expect("server binds");
+        let addr = server.local_addr().expect("addr");
+        let cluster = rendezvous::cluster::ClusterConfig::new(bus.into(), node_id.into(), addr);
+        server.join(cluster).await.expect("joins the bus");
+        let mut s = Self::launch(server, data_dir);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Runs `server` in the background.
+    fn launch(server: rendezvous::Server, data_dir: PathBuf) -> Self {
         let addr = server.local_addr().expect("addr");
         let tcp_addr = server.tcp_addr();
         let fingerprint = server.fingerprint();

@@ -22,6 +22,7 @@ pub mod dial;
 pub mod fake_server;
 pub mod inproc;
 pub mod lab;
+pub mod nats;
 pub mod pair;
 pub mod proc;
 pub mod relay_tap;

@@ -55,7 +55,9 @@ pub enum NoCaller {
 /// The callee's listening session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Callee {
-    /// The session the offer goes to.
+    /// The session the offer goes to; [`crate::registry::REMOTE`] for a
+    /// callee at another node (which checks the offer limits itself, and
+    /// whose address [`Facts::current_address`] gives from its answer).
     pub session: SessionId,
     /// Whether the callee pre-approved the caller's key.
     pub approved: bool,

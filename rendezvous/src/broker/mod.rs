@@ -171,9 +171,13 @@ impl CallBroker {
             callee: owner,
             approved: callee.approved,
         };
-        facts
-            .check_offer(offer, now)
-            .map_err(|why| offer_refused(why, &to))?;
+        // A callee at another node: that node holds its offer limits
+        // (they are per callee, so they are kept where the callee is).
+        if callee.session != crate::registry::REMOTE {
+            facts
+                .check_offer(offer, now)
+                .map_err(|why| offer_refused(why, &to))?;
+        }
         let call_id = facts.next_call_id();
         let deadline = deadline(now, config.answer_timeout);
         let ask = Ask {
@@ -202,6 +206,16 @@ impl CallBroker {
     /// The call's id (in the offer, the `CallAccepted` and the `Dial`).
     pub fn call_id(&self) -> u64 {
         self.call_id
+    }
+
+    /// The key that owns the name called.
+    pub fn owner(&self) -> Fingerprint {
+        self.owner
+    }
+
+    /// The caller's observed address (its source for the limits).
+    pub fn caller_observed(&self) -> SocketAddr {
+        self.caller.observed
     }
 
     /// The callee's session.
@@ -298,7 +312,7 @@ fn deadline(now: Instant, timeout: Duration) -> Instant {
 }
 
 /// The reply for an offer over an offer limit.
-fn offer_refused(why: OfferRefused, to: &str) -> Message {
+pub(crate) fn offer_refused(why: OfferRefused, to: &str) -> Message {
     let message = match why {
         OfferRefused::Source => format!("too many calls to {to} from your address; slow down"),
         OfferRefused::Callee => format!("{to} is getting too many calls; try again later"),

@@ -27,7 +27,8 @@ use crate::broker::{
     Allocating, Answer, Ask, BrokerConfig, CallBroker, CallRequest, Callee, Caller, Facts,
     NoCaller, Offer, OfferRefused, Step,
 };
-use crate::registry::{RegistryError, SessionId};
+use crate::cluster::directory::Found;
+use crate::registry::{RegistryError, SessionId, REMOTE};
 use crate::relay::Tickets;
 use crate::state::{lock, State};
 
@@ -48,6 +49,8 @@ pub(crate) async fn handle(
         state,
         id,
         conns: HashMap::new(),
+        remote: None,
+        remote_answer: None,
     };
     let request = CallRequest {
         to,
@@ -59,9 +62,17 @@ pub(crate) async fn handle(
         Err(reply) => return reply,
     };
     let call_id = broker.call_id();
-    let (send, answer) = match facts.conns.get(&ask.callee) {
-        Some(callee) => offer(state, callee, &ask).await,
-        None => (None, Answer::Failed("session closed".into())),
+    let remote = facts.remote.clone().filter(|_| ask.callee == REMOTE);
+    let (send, answer) = match (&remote, facts.conns.get(&ask.callee)) {
+        (Some(found), _) => match super::remote::ask(state, found, &broker, &ask).await {
+            Ok((answer, observed, tickets)) => {
+                facts.remote_answer = Some((observed, tickets));
+                (None, answer)
+            }
+            Err(reply) => return reply,
+        },
+        (None, Some(callee)) => offer(state, callee, &ask).await,
+        (None, None) => (None, Answer::Failed("session closed".into())),
     };
     match &answer {
         Answer::Reply(Message::Accept { .. }) => state.metrics.calls_accepted.inc(),
@@ -71,12 +82,22 @@ pub(crate) async fn handle(
     let finish = match broker.on_answer(answer, &mut facts) {
         Step::Finish(finish) => finish,
         Step::AllocateRelay(alloc) => {
-            let tickets = allocate(state, &alloc);
+            let tickets = match (&remote, facts.remote_answer) {
+                (Some(found), Some((observed, Some(tickets)))) => {
+                    super::remote::mirror(state, &alloc, found, observed, tickets)
+                }
+                (Some(_), _) => None,
+                (None, _) => allocate(state, &alloc),
+            };
             alloc.on_relay(tickets)
         }
     };
-    if let (Some(to_callee), Some(send)) = (&finish.to_callee, send) {
-        send_dial(state, send, to_callee, call_id).await;
+    match (&finish.to_callee, send, &remote) {
+        (Some(to_callee), Some(send), _) => send_dial(state, send, to_callee, call_id).await,
+        (Some(to_callee), None, Some(found)) => {
+            super::remote::dial(state, found, call_id, to_callee.clone()).await;
+        }
+        _ => {}
     }
     finish.reply
 }
@@ -87,6 +108,10 @@ struct ServerFacts<'a> {
     state: &'a State,
     id: SessionId,
     conns: HashMap<SessionId, quinn::Connection>,
+    /// The callee's node, when it is online at another one.
+    remote: Option<Found>,
+    /// What that node said of it: where it is, and its relay tickets.
+    remote_answer: Option<(SocketAddr, Option<Tickets>)>,
 }
 
 impl Facts for ServerFacts<'_> {
@@ -119,11 +144,19 @@ impl Facts for ServerFacts<'_> {
 
     fn callee(&mut self, name: &str, caller: Fingerprint) -> Option<Callee> {
         let registry = lock(&self.state.registry);
-        let (session, s) = registry.present(name)?;
-        self.conns.insert(session, s.handle.clone());
+        if let Some((session, s)) = registry.present(name) {
+            self.conns.insert(session, s.handle.clone());
+            return Some(Callee {
+                session,
+                approved: s.approved.contains(&caller),
+            });
+        }
+        drop(registry);
+        // Online at another node: that node knows whom it approved.
+        self.remote = Some(self.state.cluster()?.find(name)?);
         Some(Callee {
-            session,
-            approved: s.approved.contains(&caller),
+            session: REMOTE,
+            approved: false,
         })
     }
 
@@ -142,6 +175,12 @@ impl Facts for ServerFacts<'_> {
     /// The connection's remote address (quinn moves it when the client
     /// migrates), noted in the registry.
     fn current_address(&mut self, session: SessionId) -> SocketAddr {
+        if session == REMOTE {
+            // Where the callee's node saw it when it accepted.
+            return self
+                .remote_answer
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(at, _)| at);
+        }
         let mut registry = lock(&self.state.registry);
         match self.conns.get(&session) {
             Some(conn) => {
@@ -164,7 +203,7 @@ impl Facts for ServerFacts<'_> {
 /// Performs an [`Ask`]: opens a stream to the callee, writes the offer and
 /// reads the answer, all by the ask's deadline. The stream is kept for the
 /// Dial.
-async fn offer(
+pub(crate) async fn offer(
     state: &State,
     callee: &quinn::Connection,
     ask: &Ask,
@@ -205,7 +244,12 @@ fn allocate(state: &State, alloc: &Allocating) -> Option<Tickets> {
 
 /// Writes the Dial to the callee within `dial_write_timeout`: a callee that
 /// grants no flow-control credit cannot hold the call (and its caller).
-async fn send_dial(state: &State, mut send: quinn::SendStream, dial: &Message, call_id: u64) {
+pub(crate) async fn send_dial(
+    state: &State,
+    mut send: quinn::SendStream,
+    dial: &Message,
+    call_id: u64,
+) {
     let timeout = state.limits.dial_write_timeout;
     match tokio::time::timeout(
         timeout,

@@ -46,7 +46,8 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             );
         }
     };
-    let online = lock(&state.registry).present(&name).is_some();
+    let online = lock(&state.registry).present(&name).is_some()
+        || state.cluster().is_some_and(|c| c.find(&name).is_some());
     state.metrics.lookups.inc();
     Message::LookupResult {
         name,

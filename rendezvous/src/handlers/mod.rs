@@ -15,5 +15,6 @@ pub(crate) mod approve;
 pub(crate) mod call;
 pub(crate) mod lookup;
 pub(crate) mod register;
+pub(crate) mod remote;
 
 pub(crate) use crate::replies::{check_name, rate_limited};

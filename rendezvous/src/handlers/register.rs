@@ -77,6 +77,11 @@ pub(crate) async fn handle(
                     b"replaced by a newer listen session for this name",
                 );
             }
+            if presence {
+                if let Some(cluster) = state.cluster() {
+                    cluster.went_online(&name, fingerprint);
+                }
+            }
             state.metrics.registrations.inc();
             Message::Registered {
                 name,

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub calls_rejected: IntCounter,
     /// Requests refused by a rate limit.
     pub rate_limited: IntCounter,
+    /// Calls offered to a callee at another node of the cluster.
+    pub cluster_calls: IntCounter,
     /// Malformed or unexpected frames (connection closed).
     pub frames_refused: IntCounter,
     /// One child of `rendezvous_errors_total` per kind, in [`ERROR_KINDS`]
@@ -61,11 +63,14 @@ pub struct Metrics {
     tcp: TcpMetrics,
     connected_peers: IntGauge,
     online_names: IntGauge,
+    cluster_nodes: IntGauge,
+    cluster_names: IntGauge,
+    cluster_refused: IntGauge,
     registry: prometheus::Registry,
 }
 
 /// Every error kind, so each has a series (at 0) from the start.
-const ERROR_KINDS: [ErrorKind; 17] = [
+const ERROR_KINDS: [ErrorKind; 18] = [
     ErrorKind::NameTaken,
     ErrorKind::NotFound,
     ErrorKind::Offline,
@@ -83,6 +88,7 @@ const ERROR_KINDS: [ErrorKind; 17] = [
     ErrorKind::Busy,
     ErrorKind::Internal,
     ErrorKind::TooManyNames,
+    ErrorKind::Unavailable,
 ];
 
 /// Registers a counter in `registry`. Names are fixed and unique, so this
@@ -150,6 +156,21 @@ impl Default for Metrics {
                 "rendezvous_online_names",
                 "Names with a listen session now.",
             ),
+            cluster_nodes: gauge(
+                &r,
+                "rendezvous_cluster_nodes",
+                "Other nodes of the cluster alive now.",
+            ),
+            cluster_names: gauge(
+                &r,
+                "rendezvous_cluster_remote_names",
+                "Names online at the other nodes.",
+            ),
+            cluster_refused: gauge(
+                &r,
+                "rendezvous_cluster_refused_messages",
+                "Bus messages refused since start (not sealed with the cluster key, stale).",
+            ),
             connections_total: counter(
                 &r,
                 "rendezvous_connections_total",
@@ -202,6 +223,11 @@ impl Default for Metrics {
                 "rendezvous_rate_limited_total",
                 "Requests refused by a rate limit.",
             ),
+            cluster_calls: counter(
+                &r,
+                "rendezvous_cluster_calls_total",
+                "Calls offered to a callee at another node of the cluster.",
+            ),
             frames_refused: counter(
                 &r,
                 "rendezvous_frames_refused_total",
@@ -250,6 +276,15 @@ impl Metrics {
     /// Copies the relay's counters in (before [`Metrics::render`]).
     pub(crate) fn set_relay(&self, stats: &RelayStats, send: SendDrops) {
         self.relay.set(stats, send);
+    }
+
+    /// Copies in the cluster's figures: other nodes alive, names online
+    /// there, bus messages refused.
+    pub fn set_cluster(&self, nodes: usize, names: usize, refused: u64) {
+        self.cluster_nodes.set(gauge_value(nodes));
+        self.cluster_names.set(gauge_value(names));
+        self.cluster_refused
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
     }
 
     /// Prometheus text exposition, with gauges read from the registry.

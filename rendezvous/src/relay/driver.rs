@@ -120,6 +120,13 @@ impl Relay {
         Err(last.unwrap_or(AllocError::Duplicate { call_id: 0 }))
     }
 
+    /// Allocates a call whose ids and secrets another node of the cluster
+    /// chose: its half of a call between two nodes, one party here and the
+    /// other at that node's relay address.
+    pub(crate) fn mirror(&self, now: Instant, alloc: Allocation) -> Result<(), AllocError> {
+        lock(&self.table).allocate(now, alloc)
+    }
+
     /// Counts a forwarded datagram the send buffer had no room for.
     pub(crate) fn count_send_full(&self) {
         self.send_full.fetch_add(1, Ordering::Relaxed);

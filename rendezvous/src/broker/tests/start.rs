@@ -158,3 +158,19 @@ fn the_offer_goes_to_the_callee_without_addresses_and_with_a_deadline() {
         ["caller", "allow_call", "owner", "callee", "check_offer"]
     );
 }
+
+#[test]
+fn a_callee_at_another_node_is_asked_without_this_node_checking_its_offer_limits() {
+    let mut books = Books::new();
+    books.online.insert(
+        "alice".into(),
+        Callee {
+            session: crate::registry::REMOTE,
+            approved: false,
+        },
+    );
+    let (_, ask) = CallBroker::start(&mut books, &config(true), request("alice"), Instant::now())
+        .expect("offered");
+    assert_eq!(ask.callee, crate::registry::REMOTE);
+    assert!(!books.asked.contains(&"check_offer"), "{:?}", books.asked);
+}

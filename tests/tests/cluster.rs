@@ -1,0 +1,249 @@
+//! Two rendezvous nodes of one cluster (a shared name store, a real
+//! nats-server as the bus) in the test process: lookups and calls across
+//! nodes, direct and relayed node to node, a newer `listen` at one node
+//! replacing the older at the other, strangers on the bus, and the bus
+//! going away and coming back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::ErrorKind;
+use peer::path::PathMode;
+use peer::{CallOptions, Event, Policy};
+use rand::RngCore;
+use rendezvous::store::{MemoryStore, NameStore};
+use tests::inproc::{echo_roundtrip, listening, within, Serve, TestPeer, TestServer};
+use tests::nats::NatsServer;
+use tests::relay_tap::metric;
+
+const T: Duration = Duration::from_secs(15);
+
+/// Two nodes on one bus and one store; `None` when nats-server is missing (outside CI).
+async fn cluster() -> Option<(NatsServer, TestServer, TestServer)> {
+    let nats = NatsServer::start()?;
+    let store: Arc<dyn NameStore> = Arc::new(MemoryStore::default());
+    let keys = tempfile::tempdir().expect("tempdir");
+    // The first node creates the key; the second copies it.
+    let one = TestServer::start_node(keys.path(), store.clone(), &nats.url(), "one").await;
+    let two = TestServer::start_node(&one.data_dir, store, &nats.url(), "two").await;
+    assert_eq!(one.fingerprint, two.fingerprint, "one key, one fingerprint");
+    Some((nats, one, two))
+}
+
+/// Waits until `peer` (at some node) sees `name` online, or fails.
+async fn until_online(peer: &TestPeer, name: &str, online: bool) {
+    within(T, "presence across nodes", async {
+        loop {
+            match peer.peer.lookup(name).await {
+                Ok(info) if info.online == online => return,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn alice_at_one_node_bob_at_the_other_look_up_and_call_directly() {
+    let Some((_nats, one, two)) = cluster().await else {
+        return;
+    };
+    let (alice, _serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = two.peer("bob").await;
+    until_online(&bob, "alice", true).await;
+    let info = bob.peer.lookup("alice").await.expect("lookup");
+    assert_eq!(info.fingerprint, alice.peer.fingerprint());
+    let call = within(
+        T,
+        "call across nodes",
+        bob.peer.call("alice", CallOptions::default()),
+    )
+    .await
+    .expect("call");
+    assert_eq!(call.path(), peer::Path::Direct);
+    assert_eq!(call.fingerprint, alice.peer.fingerprint());
+    let mut data = vec![0u8; 256 * 1024];
+    rand::thread_rng().fill_bytes(&mut data);
+    assert!(echo_roundtrip(&call, &data).await == data, "data changed");
+    assert_eq!(metric(&two, "rendezvous_cluster_calls_total"), 1);
+    assert_eq!(metric(&one, "rendezvous_cluster_calls_total"), 0);
+}
+
+#[tokio::test]
+async fn a_relayed_call_across_nodes_goes_node_to_node() {
+    let Some((_nats, one, two)) = cluster().await else {
+        return;
+    };
+    let (_alice, _serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = two.peer("bob").await;
+    until_online(&bob, "alice", true).await;
+    let relay = CallOptions {
+        path: PathMode::Relay,
+        ..CallOptions::default()
+    };
+    let call = within(
+        T,
+        "relayed call across nodes",
+        bob.peer.call("alice", relay),
+    )
+    .await
+    .expect("call");
+    assert_eq!(call.path(), peer::Path::Relay);
+    assert_eq!(
+        call.remote_addr(),
+        two.addr,
+        "bob sends only to its own node"
+    );
+    let mut data = vec![0u8; 128 * 1024];
+    rand::thread_rng().fill_bytes(&mut data);
+    assert!(echo_roundtrip(&call, &data).await == data, "data changed");
+    for node in [&one, &two] {
+        assert_eq!(
+            metric(node, "rendezvous_relay_calls_total"),
+            1,
+            "a half at each node"
+        );
+        assert!(
+            metric(node, "rendezvous_relay_packets_total") > 20,
+            "frames went through both"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newer_listen_at_the_other_node_replaces_the_older() {
+    let Some((_nats, one, two)) = cluster().await else {
+        return;
+    };
+    let (alice, serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = two.peer("bob").await;
+    until_online(&bob, "alice", true).await;
+    // The same alice (same key) listens at node two now.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        alice.dir.path().join("identity.pem"),
+        dir.path().join("identity.pem"),
+    )
+    .expect("copy identity");
+    let config = two.peer_config(dir.path(), Some("alice"));
+    let moved = peer::Peer::new(config).await.expect("peer");
+    let mut events = moved.events();
+    let _listener = moved.listen(Policy::AcceptAll).expect("listen");
+    within(T, "registered at two", async {
+        while !matches!(events.recv().await, Ok(Event::Registered { .. })) {}
+    })
+    .await;
+    let ended = within(T, "the older listen ends", serve)
+        .await
+        .expect("task");
+    assert!(
+        matches!(&ended, Some(e) if e.kind() == ErrorKind::Replaced),
+        "the older listen ended with {ended:?}"
+    );
+    // Bob's call reaches the new one, at node two.
+    let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
+        .await
+        .expect("call");
+    assert_eq!(call.remote_addr(), moved.local_addr().expect("addr"));
+}
+
+#[tokio::test]
+async fn without_the_bus_same_node_calls_work_cross_node_calls_fail_clearly_and_recover() {
+    let Some((mut nats, one, two)) = cluster().await else {
+        return;
+    };
+    let (_alice, _a) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let (_carol, _c) = listening(&two, "carol", Policy::AcceptAll, Serve::Echo).await;
+    let bob = two.peer("bob").await;
+    until_online(&bob, "alice", true).await;
+    nats.stop();
+    // Same node: carol.
+    let call = within(
+        T,
+        "same-node call",
+        bob.peer.call("carol", CallOptions::default()),
+    )
+    .await
+    .expect("same-node call without the bus");
+    assert_eq!(echo_roundtrip(&call, b"hello").await, b"hello");
+    drop(call);
+    // Across nodes: alice, while the directory still says she is online.
+    let err = within(
+        T,
+        "cross-node call",
+        bob.peer.call("alice", CallOptions::default()),
+    )
+    .await
+    .expect_err("no bus, no cross-node call");
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Offline),
+        "a clear error: {err}"
+    );
+    nats.start_again();
+    until_online(&bob, "alice", true).await;
+    let call = within(T, "cross-node call again", async {
+        loop {
+            match bob.peer.call("alice", CallOptions::default()).await {
+                Ok(call) => return call,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(echo_roundtrip(&call, b"back").await, b"back");
+}
+
+#[tokio::test]
+async fn a_stranger_on_the_bus_cannot_announce_a_name() {
+    let Some((nats, one, two)) = cluster().await else {
+        return;
+    };
+    // mallory's name exists and is offline: "online" is what a forger wants.
+    let (mallory, _serve) = listening(&one, "mallory", Policy::AcceptAll, Serve::Echo).await;
+    let bob = two.peer("bob").await;
+    until_online(&bob, "mallory", true).await;
+    mallory.peer.shutdown().await;
+    until_online(&bob, "mallory", false).await;
+    // Someone with bus credentials but not the server key: plain bytes, and
+    // a well-formed Up sealed under another key.
+    use rendezvous::cluster::wire::{Body, BusKey, Envelope, Online};
+    let forged = Envelope {
+        from: "evil".into(),
+        sent_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64,
+        body: Body::Up {
+            epoch: 1,
+            seq: 1,
+            online: Online {
+                name: "mallory".into(),
+                fingerprint: common::Fingerprint([6; 32]),
+                since_ms: u64::MAX / 2,
+            },
+        },
+    };
+    let (user, pass) = nats.credentials();
+    let stranger = async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+        .connect(nats.addr())
+        .await
+        .expect("connect");
+    let sealed = BusKey::derive([9; 32]).seal("rdv.presence", &forged);
+    for payload in [b"mallory is at node evil".to_vec(), sealed] {
+        stranger
+            .publish("rdv.presence", payload.into())
+            .await
+            .expect("publish");
+    }
+    stranger.flush().await.expect("flush");
+    tests::relay_tap::wait_metric(&two, "rendezvous_cluster_refused_messages", 2).await;
+    let info = bob.peer.lookup("mallory").await.expect("lookup");
+    assert!(!info.online, "a forged announcement made mallory online");
+    assert_eq!(
+        metric(&two, "rendezvous_cluster_nodes"),
+        1,
+        "no node 'evil'"
+    );
+}
