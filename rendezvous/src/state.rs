@@ -87,6 +87,17 @@ impl State {
         }
     }
 
+    /// The key of `name` if it is online here or at another node: the
+    /// session (or the node) registered it after the store confirmed the
+    /// binding, and bindings never change, so this needs no store read
+    /// (lookups and calls of online names work while the store is down).
+    pub(crate) fn online_owner(&self, name: &str) -> Option<common::Fingerprint> {
+        let local = lock(&self.registry)
+            .present(name)
+            .map(|(_, s)| s.fingerprint);
+        local.or_else(|| Some(self.cluster()?.find(name)?.online.fingerprint))
+    }
+
     /// The cluster, when this node is one of several.
     pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.cluster.get()

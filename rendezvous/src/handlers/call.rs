@@ -139,6 +139,9 @@ impl Facts for ServerFacts<'_> {
     }
 
     fn owner(&mut self, name: &str) -> Result<Option<Fingerprint>, String> {
+        if let Some(fingerprint) = self.state.online_owner(name) {
+            return Ok(Some(fingerprint));
+        }
         self.state.store.owner(name).map_err(|e| e.to_string())
     }
 

@@ -30,6 +30,15 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             return super::rate_limited("lookups");
         }
     }
+    // An online name's key is known without the store (see `online_owner`).
+    if let Some(fingerprint) = state.online_owner(&name) {
+        state.metrics.lookups.inc();
+        return Message::LookupResult {
+            name,
+            online: true,
+            fingerprint,
+        };
+    }
     let fingerprint = match state.store.owner(&name) {
         Ok(Some(fp)) => fp,
         Ok(None) => {
@@ -46,8 +55,7 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             );
         }
     };
-    let online = lock(&state.registry).present(&name).is_some()
-        || state.cluster().is_some_and(|c| c.find(&name).is_some());
+    let online = false;
     state.metrics.lookups.inc();
     Message::LookupResult {
         name,
