@@ -95,13 +95,15 @@ pub struct Timing {
     /// mappings after 15–30 s, and the server's idle timeout is 30 s; three
     /// keep-alives fit in [`Timing::server_idle_timeout`], so one or two
     /// lost ones do not end the link. Costs a listening peer one PING and
-    /// its ACK every 3 s (~0.7 packets/s, ~40 bytes/s with UDP/IP headers
+    /// its ACK every 3 s (0.67 packets/s, 44 bytes/s with IPv4/UDP headers,
     /// both ways; see the README's "Several servers").
     pub server_keep_alive: Duration,
     /// Idle timeout on the server link (default 9 s): a vanished server
-    /// (killed, no close) is noticed within this after its last packet, so
-    /// a `listen` is registered on the next node well within 20 s; a
-    /// restarted one at the next keep-alive (stateless reset).
+    /// (killed, no close) is noticed this long after the last keep-alive
+    /// sent (QUIC restarts the timer on the first packet sent after one
+    /// received), so 9–12 s after it died, and a `listen` is registered on
+    /// the next node within 20 s; a restarted one at the next keep-alive
+    /// (stateless reset).
     pub server_idle_timeout: Duration,
     /// Keep-alive on peer connections (default 5 s).
     pub peer_keep_alive: Duration,

@@ -80,5 +80,5 @@ pub use events::Event;
 pub use listener::Listener;
 pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
-pub use server_list::{ServerList, ServerListError};
 pub use proxy::ProxyConfig;
+pub use server_list::{ServerList, ServerListError};

@@ -92,8 +92,8 @@ impl Peer {
         if let Some(name) = &config.name {
             validate_name(name)?;
         }
-        let nodes = crate::ServerList::parse(&config.server)
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let nodes =
+            crate::ServerList::parse(&config.server).map_err(|e| Error::Usage(e.to_string()))?;
         let identity = Arc::new(Identity::load_or_create(&config.identity)?);
         let socket = Socket::bind(
             config.bind,

@@ -208,7 +208,11 @@ fn reason(e: &Error) -> String {
 
 /// The QUIC handshake to `node` over whatever the socket sends it
 /// through, with the contract's error kinds.
-fn dial<'a>(socket: &'a Socket, config: &'a PeerConfig, node: &'a Node) -> Boxed<'a, quinn::Connection> {
+fn dial<'a>(
+    socket: &'a Socket,
+    config: &'a PeerConfig,
+    node: &'a Node,
+) -> Boxed<'a, quinn::Connection> {
     Box::pin(async move {
         let server = node.name();
         let unreachable = |reason: String| Error::ServerUnreachable {

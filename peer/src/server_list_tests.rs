@@ -124,7 +124,11 @@ fn a_name_with_several_addresses_is_several_nodes_in_order() {
     let mut list = ServerList::parse("rdv.example.org:7700,10.0.0.9:7700").expect("parse");
     assert!(list.several());
     let resolved = vec![
-        vec![a("[2001:db8::1]:7700"), a("10.0.0.1:7700"), a("10.0.0.2:7700")],
+        vec![
+            a("[2001:db8::1]:7700"),
+            a("10.0.0.1:7700"),
+            a("10.0.0.2:7700"),
+        ],
         vec![a("10.0.0.9:7700")],
     ];
     let round = list.round(&resolved, true);
@@ -153,15 +157,17 @@ fn an_entry_without_an_address_of_our_family_keeps_the_others() {
 
 #[test]
 fn unresolved_entries_and_duplicates_are_skipped_and_addresses_capped() {
-    let mut list = ServerList::parse("gone.example:1,10.0.0.1:1,dup.example:1,many.example:1")
-        .expect("parse");
+    let mut list =
+        ServerList::parse("gone.example:1,10.0.0.1:1,dup.example:1,many.example:1").expect("parse");
     let many: Vec<SocketAddr> = (1..=20).map(|i| a(&format!("10.0.1.{i}:1"))).collect();
     let resolved = vec![vec![], vec![a("10.0.0.1:1")], vec![a("10.0.0.1:1")], many];
     let round = list.round(&resolved, true);
     assert_eq!(round[0].addr, a("10.0.0.1:1"));
     assert_eq!(round[0].index, 1);
     assert_eq!(round.len(), 1 + MAX_ADDRS_PER_ENTRY);
-    assert!(list.round(&[vec![], vec![], vec![], vec![]], true).is_empty());
+    assert!(list
+        .round(&[vec![], vec![], vec![], vec![]], true)
+        .is_empty());
 }
 
 #[test]

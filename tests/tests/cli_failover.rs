@@ -142,7 +142,11 @@ fn a_one_shot_command_skips_a_dead_first_node() {
     assert!(out.status.success(), "{}", out.log);
     assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
     // One connect timeout for the dead node (5 s), then the live one.
-    assert!(started.elapsed() < Duration::from_secs(12), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
     l.kill();
 
     // Every node dead: server_unreachable, naming each node.
