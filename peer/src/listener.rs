@@ -146,11 +146,7 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
         // same second would meet the next server as a herd. With another
         // node listed, most of them go there: a tenth of the spread.
         if let Some(spread) = link.shutdown_spread() {
-            let spread = if lock_nodes(&peer).several() {
-                spread / 10
-            } else {
-                spread
-            };
+            let spread = lock_nodes(&peer).shutdown_spread(spread);
             let wait = spread.mul_f64(rand::random::<f64>());
             debug!(
                 ?wait,

@@ -10,6 +10,7 @@
 //! only decides the order.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Most entries in one list: a round stays bounded.
 pub const MAX_ENTRIES: usize = 16;
@@ -148,6 +149,18 @@ impl ServerList {
             nodes.rotate_left(start % len);
         }
         nodes
+    }
+
+    /// The time to spread a return over after a clean shutdown of the node
+    /// that asked for `asked`: all of it when that node is the only one
+    /// (its peers would meet it as a herd), a tenth of it when another
+    /// node is listed (most of them go there, not back to it).
+    pub fn shutdown_spread(&self, asked: Duration) -> Duration {
+        if self.several() {
+            asked / 10
+        } else {
+            asked
+        }
     }
 
     /// `node` worked: later rounds start there.

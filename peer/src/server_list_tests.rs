@@ -72,6 +72,15 @@ fn garbled_lists_get_clear_usage_errors() {
 }
 
 #[test]
+fn a_clean_shutdown_is_mostly_skipped_only_with_another_node() {
+    let asked = std::time::Duration::from_secs(10);
+    let one = ServerList::parse("10.0.0.1:7700").expect("parse");
+    assert_eq!(one.shutdown_spread(asked), asked);
+    let (two, _) = three();
+    assert_eq!(two.shutdown_spread(asked), asked / 10);
+}
+
+#[test]
 fn the_first_round_starts_at_the_first_node() {
     let (mut list, resolved) = three();
     let round = list.round(&resolved, true);
