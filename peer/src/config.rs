@@ -45,7 +45,11 @@ impl Transport {
 /// How a peer reaches its server, who it is, and its timings.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
-    /// The rendezvous server, `HOST:PORT` (resolved on each connect).
+    /// The rendezvous server, `HOST:PORT`, or several nodes of one
+    /// cluster as `HOST:PORT,HOST:PORT,…` (see [`crate::ServerList`]: the
+    /// peer stays on a node that works and moves to the next when it is
+    /// lost). Resolved on each connect; a name with several addresses is
+    /// several nodes.
     pub server: String,
     /// The server's pinned fingerprint.
     pub server_fingerprint: Fingerprint,
@@ -80,16 +84,26 @@ pub struct PeerConfig {
 /// Timeouts and intervals (see each field for the default and why).
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// How long one attempt to reach the server may take (default 5 s).
+    /// How long one attempt to reach the server may take (default 5 s),
+    /// per node of the server list: a dead first node costs this much
+    /// before the next is tried.
     pub server_connect_timeout: Duration,
     /// How long a request to the server may take to be answered (default 20 s:
     /// a call waits for the callee's consent).
     pub request_timeout: Duration,
-    /// Keep-alive on the server link (default 8 s): NATs forget idle UDP
-    /// mappings after 15–30 s, and the server's idle timeout is 30 s.
+    /// Keep-alive on the server link (default 3 s): NATs forget idle UDP
+    /// mappings after 15–30 s, and the server's idle timeout is 30 s; three
+    /// keep-alives fit in [`Timing::server_idle_timeout`], so one or two
+    /// lost ones do not end the link. Costs a listening peer one PING and
+    /// its ACK every 3 s (0.67 packets/s, 44 bytes/s with IPv4/UDP headers,
+    /// both ways; see the README's "Several servers").
     pub server_keep_alive: Duration,
-    /// Idle timeout on the server link (default 20 s): a vanished server is
-    /// noticed this fast; a restarted one at the next keep-alive (stateless reset).
+    /// Idle timeout on the server link (default 9 s): a vanished server
+    /// (killed, no close) is noticed this long after the last keep-alive
+    /// sent (QUIC restarts the timer on the first packet sent after one
+    /// received), so 9–12 s after it died, and a `listen` is registered on
+    /// the next node within 20 s; a restarted one at the next keep-alive
+    /// (stateless reset).
     pub server_idle_timeout: Duration,
     /// Keep-alive on peer connections (default 5 s).
     pub peer_keep_alive: Duration,
@@ -125,8 +139,8 @@ impl Default for Timing {
         Self {
             server_connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
-            server_keep_alive: Duration::from_secs(8),
-            server_idle_timeout: Duration::from_secs(20),
+            server_keep_alive: Duration::from_secs(3),
+            server_idle_timeout: Duration::from_secs(9),
             peer_keep_alive: Duration::from_secs(5),
             peer_idle_timeout: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(3),

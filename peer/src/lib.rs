@@ -35,7 +35,8 @@
 //!   `path_task`: drives one call's table (probes, switches, events).
 //! - `endpoint`: the one socket and its quinn endpoint; `udp`: the socket
 //!   wrapper quinn sees (virtual addresses, probes, relay frames).
-//! - `server_link`: requests to the rendezvous server; `approve`: the
+//! - `server_link`: requests to the rendezvous server; [`server_list`]:
+//!   which node of `--server A,B,C` to use, without I/O; `approve`: the
 //!   pre-approved callers a `listen` tells the server.
 //! - `tcp`, [`proxy`], `udp_tunnel`, `fallback`: the TCP tunnel for
 //!   networks without UDP (opening it, HTTP proxies, the socket's side,
@@ -65,6 +66,7 @@ pub mod policy;
 pub mod proxy;
 mod router;
 mod server_link;
+pub mod server_list;
 mod shared;
 mod tcp;
 mod udp;
@@ -79,3 +81,4 @@ pub use listener::Listener;
 pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
 pub use proxy::ProxyConfig;
+pub use server_list::{ServerList, ServerListError};

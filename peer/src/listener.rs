@@ -3,9 +3,12 @@
 //! Two tasks:
 //! - the **presence loop** keeps a `listen` session on the server: connect,
 //!   register, answer call offers by [`Policy`], and when the server goes away,
-//!   say so, reconnect with jittered backoff (after a clean server shutdown,
-//!   first a wait spread over what the server asked) and register again. Errors that
-//!   retrying cannot fix (name taken, bad fingerprint, replaced) end it.
+//!   say so, reconnect at once, starting with the next node of the server
+//!   list ([`crate::ServerList`]), with jittered backoff after a round of
+//!   nodes that all failed (after a clean server shutdown, first a wait
+//!   spread over what the server asked, a tenth of it when another node
+//!   is listed) and register again. Errors that retrying cannot fix (name
+//!   taken, bad fingerprint, replaced) end it.
 //! - the **accept loop** (one per peer, started by [`Peer::new`], in
 //!   `crate::accept`) lets in peer connections only from keys of calls we
 //!   accepted, a bounded number of handshakes at once, and hands the first
@@ -99,7 +102,6 @@ impl Backoff {
 }
 
 async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sender<Result<Call>>) {
-    let server = peer.inner.config.server.clone();
     let mut backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
     let mut lost = false;
     loop {
@@ -117,7 +119,7 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
         };
         if lost {
             peer.emit(Event::RendezvousRestored {
-                server: server.clone(),
+                server: link.server().to_owned(),
             });
         }
         backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
@@ -133,14 +135,18 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
             let _ = tx.send(Err(ended)).await;
             return;
         }
-        debug!("server link lost: {ended}");
+        debug!(server = link.server(), "server link lost: {ended}");
+        // The next round starts at the next node: no wait after a loss.
+        lock_nodes(&peer).lost(link.node());
         peer.emit(Event::RendezvousLost {
-            server: server.clone(),
+            server: link.server().to_owned(),
         });
         lost = true;
         // A clean shutdown reaches every peer at once; coming back in the
-        // same second would meet the next server as a herd.
+        // same second would meet the next server as a herd. With another
+        // node listed, most of them go there: a tenth of the spread.
         if let Some(spread) = link.shutdown_spread() {
+            let spread = lock_nodes(&peer).shutdown_spread(spread);
             let wait = spread.mul_f64(rand::random::<f64>());
             debug!(
                 ?wait,
@@ -153,10 +159,16 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
 }
 
 async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Result<ServerLink> {
+    let inner = &peer.inner;
     let link =
-        ServerLink::connect(&peer.inner.socket, &peer.inner.config, &peer.inner.events).await?;
+        ServerLink::connect(&inner.socket, &inner.config, &inner.nodes, &inner.events).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
-    let reg = link.register(name, true).await?;
+    let reg = link.register(name, true).await.inspect_err(|e| {
+        // A node that cannot register us now: the next try goes to the next one.
+        if e.is_transient() {
+            lock_nodes(peer).lost(link.node());
+        }
+    })?;
     peer.inner.socket.set_observed(reg.observed_addr);
     // Before `Registered`: a contact calling on that event is exempt already.
     crate::approve::send(peer, &link, policy).await;
@@ -168,6 +180,10 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     });
     debug!(server = link.server(), "registered");
     Ok(link)
+}
+
+fn lock_nodes(peer: &Peer) -> std::sync::MutexGuard<'_, crate::ServerList> {
+    peer.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One offer: decide ([`CalleeState`]), answer, and on `Dial` start the

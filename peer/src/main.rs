@@ -18,8 +18,15 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub(crate) struct Cli {
-    /// The rendezvous server, HOST:PORT.
-    #[arg(long, env = "PEER_SERVER", global = true)]
+    /// The rendezvous server, HOST:PORT; or several nodes of one cluster,
+    /// HOST:PORT,HOST:PORT,… (the peer uses one and moves to the next when
+    /// it is lost; a name with several addresses is several nodes).
+    #[arg(
+        long,
+        env = "PEER_SERVER",
+        global = true,
+        value_name = "HOST:PORT[,HOST:PORT…]"
+    )]
     server: Option<String>,
     /// The server's fingerprint (the operator prints it with `rendezvous fingerprint`).
     #[arg(long, env = "PEER_SERVER_FINGERPRINT", global = true)]

@@ -92,6 +92,8 @@ impl Peer {
         if let Some(name) = &config.name {
             validate_name(name)?;
         }
+        let nodes =
+            crate::ServerList::parse(&config.server).map_err(|e| Error::Usage(e.to_string()))?;
         let identity = Arc::new(Identity::load_or_create(&config.identity)?);
         let socket = Socket::bind(
             config.bind,
@@ -104,6 +106,7 @@ impl Peer {
         let inner = Arc::new(Inner {
             config,
             identity,
+            nodes: std::sync::Mutex::new(nodes),
             socket,
             events,
             known,
@@ -142,9 +145,15 @@ impl Peer {
             if link.conn.close_reason().is_none() && (*registered || !register) {
                 return Ok((link.clone(), Duration::ZERO));
             }
+            if link.conn.close_reason().is_some() {
+                // Its node went away: start the next round after it.
+                let mut nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                nodes.lost(link.node());
+            }
         }
+        let inner = &self.inner;
         let link =
-            ServerLink::connect(&self.inner.socket, &self.inner.config, &self.inner.events).await?;
+            ServerLink::connect(&inner.socket, &inner.config, &inner.nodes, &inner.events).await?;
         self.inner.socket.set_server(link.conn.remote_address());
         let took = link.connect_time;
         if register {

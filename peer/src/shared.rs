@@ -23,6 +23,9 @@ pub(crate) struct Inner {
     pub(crate) socket: Socket,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) known: KnownPeers,
+    /// The nodes of [`PeerConfig::server`] and the one the peer is on
+    /// (shared by the presence and the one-shot links).
+    pub(crate) nodes: std::sync::Mutex<crate::ServerList>,
     /// The one-shot server link (lookup, call), made on first use.
     pub(crate) link: Mutex<Option<(ServerLink, bool)>>,
     /// The server refused [`common::Message::Approve`] (it predates it): not sent again.

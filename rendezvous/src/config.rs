@@ -19,6 +19,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the key and the name bindings live.
     pub data_dir: PathBuf,
+    /// The server key file (`--identity FILE`), instead of
+    /// `<data_dir>/server.key`: nodes of one cluster share one key, so
+    /// peers pin one fingerprint. Created there if missing, like the default.
+    pub identity: Option<PathBuf>,
     /// Limits and timings.
     pub limits: Limits,
     /// The relay on the same port (default on, with
@@ -226,10 +230,20 @@ impl Config {
         Self {
             listen,
             data_dir,
+            identity: None,
             limits: Limits::default(),
             relay: Some(RelayConfig::default()),
             tcp: Some(TcpConfig::default()),
         }
+    }
+}
+
+impl Config {
+    /// The server key file: [`Config::identity`], else `server.key` in the data dir.
+    pub fn key_path(&self) -> PathBuf {
+        self.identity
+            .clone()
+            .unwrap_or_else(|| crate::server::key_path(&self.data_dir))
     }
 }
 

@@ -69,4 +69,4 @@ mod transport;
 
 pub use config::{Config, Limits, Rate, RateError};
 pub use error::ServerError;
-pub use server::{load_identity, MetricsHandle, Server, Tables};
+pub use server::{load_identity, load_identity_file, MetricsHandle, Server, Tables};

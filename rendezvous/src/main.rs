@@ -28,6 +28,10 @@ struct Cli {
     /// Default: $STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/rendezvous, else ~/.local/share/rendezvous.
     #[arg(long, global = true, env = "RENDEZVOUS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The server key file, instead of <data-dir>/server.key (created if
+    /// missing): nodes of one cluster point at one key, so peers pin one fingerprint.
+    #[arg(long, global = true, env = "RENDEZVOUS_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
     /// Print status as JSON lines on stderr.
     #[arg(long, global = true)]
     json: bool,
@@ -242,9 +246,15 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     if let Some(Command::Fingerprint) = cli.command {
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("data dir {}", data_dir.display()))?;
-        let identity = rendezvous::load_identity(&data_dir)?;
+        let identity = match &cli.identity {
+            Some(file) => rendezvous::load_identity_file(file)
+                .with_context(|| format!("identity {}", file.display()))?,
+            None => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("data dir {}", data_dir.display()))?;
+                rendezvous::load_identity(&data_dir)?
+            }
+        };
         println!("{}", identity.fingerprint());
         return Ok(());
     }
@@ -270,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     let mut config = Config::new(cli.listen, data_dir);
+    config.identity = cli.identity.clone();
     config.limits.max_connections = cli.max_connections;
     config.limits.max_connections_per_ip = cli.max_connections_per_ip;
     config.limits.retry_above_pending = cli.retry_above_pending;

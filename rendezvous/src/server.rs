@@ -47,7 +47,13 @@ pub fn key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Loads (or creates) the server identity kept in `data_dir`.
 pub fn load_identity(data_dir: &std::path::Path) -> Result<Identity, ServerError> {
-    Ok(Identity::load_or_create(&key_path(data_dir))?)
+    load_identity_file(&key_path(data_dir))
+}
+
+/// Loads (or creates, mode 0600 in a 0700 folder) the server identity at
+/// `path` (`--identity FILE`).
+pub fn load_identity_file(path: &std::path::Path) -> Result<Identity, ServerError> {
+    Ok(Identity::load_or_create(path)?)
 }
 
 impl Server {
@@ -63,7 +69,7 @@ impl Server {
 
     /// Like [`Server::bind`], with another name store.
     pub fn with_store(config: Config, store: Arc<dyn NameStore>) -> Result<Self, ServerError> {
-        let identity = load_identity(&config.data_dir)?;
+        let identity = load_identity_file(&config.key_path())?;
         let limits = config.limits.clone();
         let relay = config.relay.clone().map(|c| Arc::new(Relay::new(c)));
         let tcp_peers = config.tcp.clone().map(TcpPeers::new);

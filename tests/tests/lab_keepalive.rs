@@ -1,6 +1,6 @@
 //! Keep-alives across NATs that forget fast (see `tests/LAB.md`): both NATs
 //! drop a UDP mapping after 15 s without traffic, and the peers' keep-alives
-//! (server link every 8 s, peer connections every 5 s, `peer/src/config.rs`)
+//! (server link every 3 s, peer connections every 5 s, `peer/src/config.rs`)
 //! must hold their mappings open through an idle minute. One world, one
 //! minute: the listener's idle minute and the call's idle minute are the same.
 //! Needs root; skips with a reason elsewhere, fails when `CI` is set.

@@ -131,7 +131,7 @@ fn a_call_survives_its_nat_rebinding_and_the_server_follows() {
     let c = lab.site(Nat::Cone, 1);
     let (_l, reg) = lab.listen("alice", &a.hosts[0], &[]);
     const NEW_PORT: u16 = 47001;
-    // 10 s: past the listener's 8 s server keep-alive after the rebind.
+    // 10 s: past the listener's 3 s server keep-alive after the rebind.
     let count = 50;
     let mut ping = lab.ping("bob", &b.hosts[0], "alice", count, &[]);
     let mut watch = Watch::new(&mut ping);

@@ -79,6 +79,9 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
     let Some(server) = cli.server.clone() else {
         return out.usage("--server HOST:PORT is required (or set PEER_SERVER)");
     };
+    if let Err(e) = peer::ServerList::parse(&server) {
+        return out.usage(&e.to_string());
+    }
     let Some(fp_text) = cli.server_fingerprint.clone() else {
         return out.usage(
             "--server-fingerprint is required (or set PEER_SERVER_FINGERPRINT): ask the server's operator, who prints it with `rendezvous fingerprint`",
