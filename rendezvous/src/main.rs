@@ -97,6 +97,10 @@ struct Cli {
     /// A NATS credentials file (JWT + nkey seed) for --bus.
     #[arg(long, env = "RENDEZVOUS_BUS_CREDS")]
     bus_creds: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the bus's TLS certificate is checked
+    /// against, for a cluster's own CA (implies TLS).
+    #[arg(long, env = "RENDEZVOUS_BUS_CA")]
+    bus_ca: Option<PathBuf>,
     /// This node's id in its cluster (letters, digits, - and _).
     /// Default: derived from the host name and the listen port.
     #[arg(long, env = "RENDEZVOUS_NODE_ID")]
@@ -112,8 +116,12 @@ struct Cli {
 /// The cluster this node joins, from `--bus`, `--node-id` and `--node-addr`.
 fn cluster_config(cli: &Cli, listen: SocketAddr) -> anyhow::Result<Option<ClusterConfig>> {
     let Some(bus) = cli.bus.clone() else {
-        if cli.node_id.is_some() || cli.node_addr.is_some() || cli.bus_creds.is_some() {
-            anyhow::bail!("--node-id, --node-addr and --bus-creds need --bus");
+        if cli.node_id.is_some()
+            || cli.node_addr.is_some()
+            || cli.bus_creds.is_some()
+            || cli.bus_ca.is_some()
+        {
+            anyhow::bail!("--node-id, --node-addr, --bus-creds and --bus-ca need --bus");
         }
         return Ok(None);
     };
@@ -133,6 +141,7 @@ fn cluster_config(cli: &Cli, listen: SocketAddr) -> anyhow::Result<Option<Cluste
     };
     let mut config = ClusterConfig::new(bus, node_id, node_addr);
     config.creds = cli.bus_creds.clone();
+    config.ca = cli.bus_ca.clone();
     Ok(Some(config))
 }
 

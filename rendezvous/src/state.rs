@@ -54,6 +54,9 @@ pub(crate) struct State {
     /// Offers from other nodes whose callee accepted: the offer's stream,
     /// waiting for the caller's node's `Dial`, by (node, call id).
     pub(crate) remote_dials: Mutex<std::collections::HashMap<(String, u64), quinn::SendStream>>,
+    /// Offers from other nodes seen lately, by (node, call id): a replayed
+    /// bus message rings nobody twice.
+    pub(crate) seen_offers: Mutex<std::collections::HashMap<(String, u64), Instant>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -84,6 +87,7 @@ impl State {
             tcp: None,
             cluster: std::sync::OnceLock::new(),
             remote_dials: Mutex::default(),
+            seen_offers: Mutex::default(),
         }
     }
 

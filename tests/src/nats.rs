@@ -17,6 +17,8 @@ pub struct NatsServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// The certificate and key files it serves TLS with, if any.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 const USER: &str = "rdv";
@@ -55,7 +57,23 @@ impl NatsServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            tls: None,
         };
+        server.start_again();
+        Some(server)
+    }
+
+    /// Like [`NatsServer::start`], serving TLS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Self> {
+        let mut server = Self::start()?;
+        server.stop();
+        let (cert, key) = (
+            server.dir.path().join("cert.pem"),
+            server.dir.path().join("key.pem"),
+        );
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        std::fs::write(&key, key_pem).expect("write key");
+        server.tls = Some((cert, key));
         server.start_again();
         Some(server)
     }
@@ -87,9 +105,19 @@ impl NatsServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["--user", USER, "--pass", PASS])
+            .args(["--user", USER, "--pass", PASS]);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -247,3 +247,50 @@ async fn a_stranger_on_the_bus_cannot_announce_a_name() {
         "no node 'evil'"
     );
 }
+
+/// A CA and a certificate it signed for 127.0.0.1: (CA PEM, cert PEM, key PEM).
+fn bus_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("leaf");
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn the_bus_needs_its_password_and_a_tls_certificate_from_the_cluster_ca() {
+    let (ca_pem, cert, key) = bus_certificates();
+    let Some(nats) = NatsServer::start_tls(&cert, &key) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write ca");
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    let (user, pass) = nats.credentials();
+    let port = nats.addr().rsplit(':').next().expect("port").to_owned();
+    let tls_url = format!("tls://{user}:{pass}@127.0.0.1:{port}");
+    let join = |url: String, ca: Option<std::path::PathBuf>| async move {
+        let mut config = rendezvous::cluster::ClusterConfig::new(url, "n1".into(), addr);
+        config.ca = ca;
+        rendezvous::cluster::Cluster::connect(config, [1; 32]).await
+    };
+    let joined = join(tls_url.clone(), Some(ca.clone())).await;
+    assert!(
+        joined.is_ok(),
+        "TLS with the cluster CA: {:?}",
+        joined.err()
+    );
+    let unknown = join(tls_url, None).await;
+    assert!(
+        unknown.is_err(),
+        "a certificate from an unknown CA was accepted"
+    );
+    let wrong = join(format!("tls://{user}:wrong@127.0.0.1:{port}"), Some(ca)).await;
+    assert!(wrong.is_err(), "a wrong bus password was accepted");
+}

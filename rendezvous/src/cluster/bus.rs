@@ -129,6 +129,9 @@ impl Cluster {
         if !bus_on_loopback(&servers) {
             options = options.require_tls(true);
         }
+        if let Some(ca) = &config.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
         options = match auth {
             BusAuth::UserPass(u, p) => options.user_and_password(u, p),
             BusAuth::Token(t) => options.token(t),

@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     pub bus: String,
     /// A NATS credentials file (JWT + nkey seed), instead of URL credentials.
     pub creds: Option<PathBuf>,
+    /// A PEM file of the CA(s) that sign the bus's TLS certificate, when
+    /// not a public CA (a cluster's own).
+    pub ca: Option<PathBuf>,
     /// This node's id (its subject): letters, digits, `-` and `_`.
     pub node_id: String,
     /// Where other nodes send this node relay frames (its UDP address as
@@ -61,6 +64,7 @@ impl ClusterConfig {
         Self {
             bus,
             creds: None,
+            ca: None,
             node_id,
             node_addr,
             heartbeat: Duration::from_secs(2),

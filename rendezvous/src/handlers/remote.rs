@@ -219,6 +219,12 @@ async fn offered(state: &Arc<State>, from_node: &str, body: Body) -> OfferAnswer
     else {
         return OfferAnswer::Refused(Message::error(ErrorKind::Protocol, "not an offer"));
     };
+    if !first_offer(state, from_node, call_id) {
+        return OfferAnswer::Refused(Message::error(
+            ErrorKind::Protocol,
+            "this offer was already made",
+        ));
+    }
     let present = lock(&state.registry)
         .present(&to)
         .map(|(id, s)| (id, s.handle.clone(), s.approved.contains(&fingerprint)));
@@ -277,6 +283,25 @@ async fn offered(state: &Arc<State>, from_node: &str, body: Body) -> OfferAnswer
     }
 }
 
+/// Offers remembered (past it the oldest are forgotten first).
+const SEEN_OFFERS: usize = 100_000;
+
+/// Whether this is the first time `node` offers `call_id` within the bus's
+/// message lifetime ([`crate::cluster::wire::MAX_AGE`]): a replay of a
+/// sealed offer rings the callee again otherwise.
+fn first_offer(state: &State, node: &str, call_id: u64) -> bool {
+    let now = Instant::now();
+    let mut seen = lock(&state.seen_offers);
+    if seen.len() >= SEEN_OFFERS {
+        let keep = crate::cluster::wire::MAX_AGE * 2;
+        seen.retain(|_, at| now.duration_since(*at) < keep);
+        if seen.len() >= SEEN_OFFERS {
+            return false;
+        }
+    }
+    seen.insert((node.to_owned(), call_id), now).is_none()
+}
+
 /// Keeps an accepted offer's stream for the `Dial`, for a while.
 fn keep_for_dial(state: &Arc<State>, node: &str, call_id: u64, send: quinn::SendStream) {
     let key = (node.to_owned(), call_id);
@@ -305,4 +330,18 @@ async fn dialed(state: &State, from_node: &str, call_id: u64, message: Message) 
     };
     super::call::send_dial(state, send, &message, call_id).await;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offer_replayed_from_the_bus_rings_nobody_twice() {
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let state = State::new(crate::Limits::default(), store);
+        assert!(first_offer(&state, "n1", 7));
+        assert!(!first_offer(&state, "n1", 7), "the replay");
+        assert!(first_offer(&state, "n2", 7), "another node's call 7");
+    }
 }
