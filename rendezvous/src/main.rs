@@ -318,11 +318,14 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     let server = Server::bind(config)?;
     let addr = server.local_addr()?;
-    if let Some(cluster) = cluster_config(&cli, addr)? {
-        let node = cluster.node_id.clone();
-        server.join(cluster).await?;
-        eprintln!("node {node} of a cluster (bus joined)");
-    }
+    let node = match cluster_config(&cli, addr)? {
+        Some(cluster) => {
+            let node = cluster.node_id.clone();
+            server.join(cluster).await?;
+            Some(node)
+        }
+        None => None,
+    };
     let tcp_addr = server.tcp_addr();
     let fingerprint = server.fingerprint();
     if let Some(metrics_addr) = cli.metrics {
@@ -336,6 +339,9 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         let mut event = serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()});
         if let Some(tcp) = tcp_addr {
             event["tcp_addr"] = tcp.to_string().into();
+        }
+        if let Some(node) = &node {
+            event["node"] = node.clone().into();
         }
         if let Some(rate) = relay_rate {
             // `relay_rate`: bytes per second per direction of a call; null: none.
@@ -354,6 +360,9 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             }
             Some(None) => eprintln!("relay on, no rate limit"),
             None => eprintln!("relay off"),
+        }
+        if let Some(node) = &node {
+            eprintln!("node {node} of a cluster (bus joined)");
         }
         eprintln!("fingerprint: {fingerprint}");
         eprintln!(
