@@ -26,7 +26,7 @@ fn main() {
     let start = Instant::now();
     for i in 0..SERIAL {
         store
-            .claim(&format!("s{i}"), Fingerprint([1; 32]), ANY)
+            .claim_blocking(&format!("s{i}"), Fingerprint([1; 32]), ANY)
             .expect("claim");
     }
     let serial = f64::from(SERIAL) / start.elapsed().as_secs_f64();
@@ -38,7 +38,7 @@ fn main() {
             thread::spawn(move || {
                 for i in 0..PER_THREAD {
                     store
-                        .claim(&format!("p{t}-{i}"), Fingerprint([t; 32]), ANY)
+                        .claim_blocking(&format!("p{t}-{i}"), Fingerprint([t; 32]), ANY)
                         .expect("claim");
                 }
             })

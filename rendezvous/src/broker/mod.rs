@@ -8,7 +8,8 @@
 //! server → caller   CallAccepted { call_id, fingerprint, candidates, probe_key, relay }
 //! server → callee   Dial { call_id, candidates, probe_key, relay }  (at the same moment)
 //!             or    Error { kind: invalid_name | not_registered | not_found | offline
-//!                                 | rate_limited | rejected | unreachable | protocol, .. }
+//!                                 | rate_limited | rejected | unreachable | unavailable
+//!                                 | protocol, .. }
 //! ```
 //!
 //! One [`CallBroker`] per call, driven in three steps:
@@ -152,10 +153,12 @@ impl CallBroker {
                 let message = format!("no one has registered {to:?}");
                 return Err(Message::error(ErrorKind::NotFound, message));
             }
-            Err(e) => {
+            // Never `not_found` when the store could not tell (the
+            // driver logged why).
+            Err(_) => {
                 return Err(Message::error(
-                    ErrorKind::Internal,
-                    format!("name store: {e}"),
+                    ErrorKind::Unavailable,
+                    crate::replies::STORE_UNAVAILABLE,
                 ))
             }
         };

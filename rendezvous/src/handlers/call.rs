@@ -21,7 +21,7 @@ use std::time::Instant;
 use common::candidates::canonical;
 use common::framing::{read_frame, write_frame};
 use common::{Fingerprint, Message};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::broker::{
     Allocating, Answer, Ask, BrokerConfig, CallBroker, CallRequest, Callee, Caller, Facts,
@@ -29,6 +29,7 @@ use crate::broker::{
 };
 use crate::registry::{RegistryError, SessionId};
 use crate::relay::Tickets;
+use crate::replies::check_name;
 use crate::state::{lock, State};
 
 /// Brokers one `Call` from session `id`; returns the caller's reply.
@@ -44,10 +45,20 @@ pub(crate) async fn handle(
         relay: state.relay.is_some(),
         answer_timeout: state.limits.answer_timeout,
     };
+    // Resolved before the broker starts (the store is async, the broker
+    // is not); the broker still asks for it only after its earlier checks.
+    let owner = match check_name(&to) {
+        Ok(()) => state.store.owner(&to).await.map_err(|e| {
+            warn!("name store failed: {e}");
+            e.to_string()
+        }),
+        Err(_) => Ok(None),
+    };
     let mut facts = ServerFacts {
         state,
         id,
         conns: HashMap::new(),
+        owner,
     };
     let request = CallRequest {
         to,
@@ -87,6 +98,8 @@ struct ServerFacts<'a> {
     state: &'a State,
     id: SessionId,
     conns: HashMap<SessionId, quinn::Connection>,
+    /// The callee name's owner, read from the store before the broker started.
+    owner: Result<Option<Fingerprint>, String>,
 }
 
 impl Facts for ServerFacts<'_> {
@@ -113,8 +126,8 @@ impl Facts for ServerFacts<'_> {
         self.state.allow(source, |r| &mut r.call)
     }
 
-    fn owner(&mut self, name: &str) -> Result<Option<Fingerprint>, String> {
-        self.state.store.owner(name).map_err(|e| e.to_string())
+    fn owner(&mut self, _name: &str) -> Result<Option<Fingerprint>, String> {
+        self.owner.clone()
     }
 
     fn callee(&mut self, name: &str, caller: Fingerprint) -> Option<Callee> {

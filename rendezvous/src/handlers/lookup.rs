@@ -3,7 +3,7 @@
 //! ```text
 //! peer → server   Lookup { name: "alice" }
 //! server → peer   LookupResult { name, online, fingerprint }
-//!             or  Error { kind: not_found | invalid_name | rate_limited, .. }
+//!             or  Error { kind: not_found | invalid_name | rate_limited | unavailable, .. }
 //! ```
 //!
 //! Never an address: addresses go only to the two parties of a call the
@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::registry::SessionId;
 use crate::state::{lock, State};
 
-pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
+pub(crate) async fn handle(state: &State, id: SessionId, name: String) -> Message {
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
@@ -30,7 +30,7 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             return super::rate_limited("lookups");
         }
     }
-    let fingerprint = match state.store.owner(&name) {
+    let fingerprint = match state.store.owner(&name).await {
         Ok(Some(fp)) => fp,
         Ok(None) => {
             return Message::error(
@@ -39,11 +39,9 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             )
         }
         Err(e) => {
+            // Never `not_found` for a name the store could not look up.
             warn!("name store failed: {e}");
-            return Message::error(
-                ErrorKind::Internal,
-                "the server could not read its names; try again",
-            );
+            return super::store_failed(&e);
         }
     };
     let online = lock(&state.registry).present(&name).is_some();

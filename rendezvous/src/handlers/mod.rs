@@ -16,4 +16,4 @@ pub(crate) mod call;
 pub(crate) mod lookup;
 pub(crate) mod register;
 
-pub(crate) use crate::replies::{check_name, rate_limited};
+pub(crate) use crate::replies::{check_name, rate_limited, store_failed};

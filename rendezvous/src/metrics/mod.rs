@@ -65,7 +65,7 @@ pub struct Metrics {
 }
 
 /// Every error kind, so each has a series (at 0) from the start.
-const ERROR_KINDS: [ErrorKind; 17] = [
+const ERROR_KINDS: [ErrorKind; 18] = [
     ErrorKind::NameTaken,
     ErrorKind::NotFound,
     ErrorKind::Offline,
@@ -83,6 +83,7 @@ const ERROR_KINDS: [ErrorKind; 17] = [
     ErrorKind::Busy,
     ErrorKind::Internal,
     ErrorKind::TooManyNames,
+    ErrorKind::Unavailable,
 ];
 
 /// Registers a counter in `registry`. Names are fixed and unique, so this
