@@ -286,6 +286,18 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         .wait_event(T, |e| matches!(e, Event::Registered { .. }))
         .await;
 
+    // Dave registered (not listening: offline), Erin to call from.
+    let dave = RawClient::connect(&server).await;
+    assert!(matches!(
+        register(&dave, "dave").await,
+        Message::Registered { .. }
+    ));
+    let erin = RawClient::connect(&server).await;
+    assert!(matches!(
+        register(&erin, "erin").await,
+        Message::Registered { .. }
+    ));
+
     pg.stop();
     let raw = RawClient::connect(&server).await;
     let reply = within(OUTAGE, "a registration", register(&raw, "carol")).await;
@@ -294,16 +306,35 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         Some(ErrorKind::Unavailable),
         "{reply:?}"
     );
+    // An online peer is still found (its key is its session's)...
     let lookup = raw
         .request(&Message::Lookup {
             name: "alice".into(),
         })
         .await;
+    assert!(
+        matches!(lookup, Message::LookupResult { online: true, .. }),
+        "{lookup:?}"
+    );
+    // ...an offline one cannot be resolved: unavailable, never not_found.
+    let lookup = raw
+        .request(&Message::Lookup {
+            name: "dave".into(),
+        })
+        .await;
     assert_eq!(
         error_kind(&lookup),
         Some(ErrorKind::Unavailable),
-        "never not_found: {lookup:?}"
+        "{lookup:?}"
     );
+    let call = erin
+        .request(&Message::Call {
+            to: "dave".into(),
+            candidates: vec![],
+            hide_addresses: false,
+        })
+        .await;
+    assert_eq!(error_kind(&call), Some(ErrorKind::Unavailable), "{call:?}");
     let mut bob = server.peer("bob").await;
     let _bob = bob.peer.listen(Policy::AcceptAll).expect("listen");
     bob.wait_event(

@@ -47,12 +47,18 @@ pub(crate) async fn handle(
     };
     // Resolved before the broker starts (the store is async, the broker
     // is not); the broker still asks for it only after its earlier checks.
-    let owner = match check_name(&to) {
-        Ok(()) => state.store.owner(&to).await.map_err(|e| {
+    // An online callee's key is its session's (confirmed by the store at
+    // registration), so calls to online peers work while the store is down.
+    let present = lock(&state.registry)
+        .present(&to)
+        .map(|(_, s)| s.fingerprint);
+    let owner = match (present, check_name(&to)) {
+        (Some(fp), _) => Ok(Some(fp)),
+        (None, Ok(())) => state.store.owner(&to).await.map_err(|e| {
             warn!("name store failed: {e}");
             e.to_string()
         }),
-        Err(_) => Ok(None),
+        (None, Err(_)) => Ok(None),
     };
     let mut facts = ServerFacts {
         state,

@@ -30,21 +30,30 @@ pub(crate) async fn handle(state: &State, id: SessionId, name: String) -> Messag
             return super::rate_limited("lookups");
         }
     }
-    let fingerprint = match state.store.owner(&name).await {
-        Ok(Some(fp)) => fp,
-        Ok(None) => {
-            return Message::error(
-                ErrorKind::NotFound,
-                format!("no one has registered {name:?}"),
-            )
-        }
-        Err(e) => {
-            // Never `not_found` for a name the store could not look up.
-            warn!("name store failed: {e}");
-            return super::store_failed(&e);
-        }
+    // An online name's key is its session's (the store confirmed it at
+    // registration): answered without the store, so lookups of online
+    // peers still work while the store is down. Only an offline name is
+    // read from the store.
+    let present = lock(&state.registry)
+        .present(&name)
+        .map(|(_, s)| s.fingerprint);
+    let (online, fingerprint) = match present {
+        Some(fp) => (true, fp),
+        None => match state.store.owner(&name).await {
+            Ok(Some(fp)) => (false, fp),
+            Ok(None) => {
+                return Message::error(
+                    ErrorKind::NotFound,
+                    format!("no one has registered {name:?}"),
+                )
+            }
+            Err(e) => {
+                // Never `not_found` for a name the store could not look up.
+                warn!("name store failed: {e}");
+                return super::store_failed(&e);
+            }
+        },
     };
-    let online = lock(&state.registry).present(&name).is_some();
     state.metrics.lookups.inc();
     Message::LookupResult {
         name,
