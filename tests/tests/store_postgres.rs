@@ -95,22 +95,26 @@ async fn two_nodes_claiming_one_name_at_once_give_one_winner_50_times() {
 async fn one_key_claiming_through_both_nodes_cannot_pass_its_cap() {
     let Some(pg) = PgServer::start() else { return };
     let nodes = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
-    let claims: Vec<_> = (0..32)
-        .map(|i| {
-            let node = nodes[i % 2].clone();
-            tokio::spawn(async move { node.claim(&format!("k{i}"), key(7), 4).await })
-        })
-        .collect();
-    let mut won = 0;
-    for claim in claims {
-        match claim.await.expect("task") {
-            Ok(Claim::New) => won += 1,
-            Err(StoreError::TooManyNames { max: 4 }) => {}
-            other => panic!("{other:?}"),
+    // 30 rounds, a fresh key each: 8 claims through each node at once.
+    for round in 0..30u8 {
+        let k = key(100 + round);
+        let claims: Vec<_> = (0..16)
+            .map(|i| {
+                let node = nodes[i % 2].clone();
+                tokio::spawn(async move { node.claim(&format!("k{round}-{i}"), k, 4).await })
+            })
+            .collect();
+        let mut won = 0;
+        for claim in claims {
+            match claim.await.expect("task") {
+                Ok(Claim::New) => won += 1,
+                Err(StoreError::TooManyNames { max: 4 }) => {}
+                other => panic!("{other:?}"),
+            }
         }
+        assert_eq!(won, 4, "round {round}");
+        assert_eq!(nodes[round as usize % 2].held(k).await.expect("held"), 4);
     }
-    assert_eq!(won, 4);
-    assert_eq!(nodes[0].held(key(7)).await.expect("held"), 4);
 }
 
 /// `fut` gives `Unavailable` (never an answer) within [`OUTAGE`].
