@@ -52,8 +52,10 @@ pub enum ErrorKind {
     /// (`--max-names-per-key`); use one of them. (Last: the wire form of a
     /// kind is its index.)
     TooManyNames,
-    /// Something the server relies on (its name store, the cluster bus) is
-    /// down for now; try again in a few seconds. (Last: wire index.)
+    /// Something the server relies on (its name store, the cluster bus)
+    /// cannot answer now; nothing was decided. Retry in a few seconds (a
+    /// `listen` does). Never "not found": the name may exist. (Last: the
+    /// wire form of a kind is its index.)
     Unavailable,
 }
 
@@ -173,5 +175,29 @@ pub mod close {
                 assert_eq!(reconnect_spread(bad), Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    /// A kind's wire form is its index: appended kinds must not move the
+    /// older ones (a peer and a server of different builds still agree).
+    #[test]
+    fn wire_indices_do_not_move() {
+        for (kind, index) in [
+            (ErrorKind::NameTaken, 0u8),
+            (ErrorKind::Internal, 15),
+            (ErrorKind::KnownPeers, 16),
+            (ErrorKind::TooManyNames, 17),
+            (ErrorKind::Unavailable, 18),
+        ] {
+            let bytes = postcard::to_allocvec(&kind).expect("encodes");
+            assert_eq!(bytes, [index], "{kind}");
+            let back: ErrorKind = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(back, kind);
+        }
+        assert_eq!(ErrorKind::Unavailable.as_str(), "unavailable");
     }
 }

@@ -120,7 +120,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::ServerUnreachable | ErrorKind::RateLimited | ErrorKind::Internal
+            ErrorKind::ServerUnreachable
+                | ErrorKind::RateLimited
+                | ErrorKind::Internal
+                | ErrorKind::Unavailable
         ) && !matches!(self, Self::Identity(_) | Self::Usage(_))
     }
 
@@ -135,3 +138,26 @@ impl Error {
 
 /// Shorthand for the library's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store outage on the server (`unavailable`) is retried by a
+    /// `listen` and reported under its own kind (CLI `error` event, exit 1).
+    #[test]
+    fn an_unavailable_store_is_transient() {
+        let e = Error::Server {
+            kind: ErrorKind::Unavailable,
+            message: "the name store is unavailable; try again in a few seconds".into(),
+        };
+        assert!(e.is_transient());
+        let line = crate::Event::error(&e).json_line().expect("json");
+        assert!(line.contains(r#""kind":"unavailable""#), "{line}");
+        let taken = Error::Server {
+            kind: ErrorKind::NameTaken,
+            message: "taken".into(),
+        };
+        assert!(!taken.is_transient());
+    }
+}

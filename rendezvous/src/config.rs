@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use crate::ratelimit::{Rate, RateError};
 use crate::relay::RelayConfig;
+pub use crate::store::StoreChoice;
 use crate::tcp::TcpConfig;
 
 /// How to run a server.
@@ -32,6 +33,9 @@ pub struct Config {
     /// The TCP side for peers without UDP (default on, on the UDP port
     /// number); `None`: UDP only (`--tcp-listen off`).
     pub tcp: Option<TcpConfig>,
+    /// Where the name bindings live (default: embedded, `names.redb` in
+    /// the data dir; `--store postgres://…`: PostgreSQL, shared by nodes).
+    pub store: StoreChoice,
 }
 
 /// Limits and timings (see each field for its default and why).
@@ -234,6 +238,7 @@ impl Config {
             limits: Limits::default(),
             relay: Some(RelayConfig::default()),
             tcp: Some(TcpConfig::default()),
+            store: StoreChoice::Embedded,
         }
     }
 }

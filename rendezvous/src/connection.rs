@@ -139,7 +139,7 @@ async fn serve_stream(
         Message::Register { name, presence } => {
             handlers::register::handle(state, id, name, presence).await
         }
-        Message::Lookup { name } => handlers::lookup::handle(state, id, name),
+        Message::Lookup { name } => handlers::lookup::handle(state, id, name).await,
         Message::Call {
             to,
             candidates,

@@ -18,7 +18,8 @@
 //! - `state`: what every task shares (limits, registry, rates, metrics, relay).
 //! - [`error`]: [`ServerError`], why the server could not start.
 //! - [`registry`]: sessions and presence (pure, unit-tested).
-//! - [`store`]: durable name → key bindings behind the [`store::NameStore`] trait.
+//! - [`store`]: durable name → key bindings behind the async [`store::NameStore`]
+//!   trait: embedded redb (default) or PostgreSQL (shared by several nodes).
 //! - [`ratelimit`]: per-source token buckets (pure).
 //! - [`relay`]: the relay's allocation table and per-datagram checks (pure),
 //!   and its driver (the shared table, allocation, expiry).
@@ -67,6 +68,6 @@ pub mod store;
 pub mod tcp;
 mod transport;
 
-pub use config::{Config, Limits, Rate, RateError};
+pub use config::{Config, Limits, Rate, RateError, StoreChoice};
 pub use error::ServerError;
 pub use server::{load_identity, load_identity_file, MetricsHandle, Server, Tables};

@@ -5,12 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rendezvous::cluster::ClusterConfig;
 use rendezvous::relay::{ByteRate, RelayConfig};
-use rendezvous::{Config, Limits, Rate, Server};
+use rendezvous::store::PgStore;
+use rendezvous::{Config, Limits, Rate, Server, StoreChoice};
 
 /// Rendezvous server: peers register names, find each other and get introduced
 /// for direct, end-to-end authenticated QUIC calls.
@@ -84,6 +86,12 @@ struct Cli {
     /// KiB, MiB, GiB), or `off` for none.
     #[arg(long, env = "RENDEZVOUS_RELAY_RATE", default_value = "10MiB", value_parser = parse_relay_rate)]
     relay_rate: RelayRate,
+    /// Where the name bindings live: a PostgreSQL URL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB; TLS unless on loopback or
+    /// sslmode=disable), shared by the nodes of a cluster. Default: names.redb
+    /// in the data dir.
+    #[arg(long, env = "RENDEZVOUS_STORE", value_name = "URL")]
+    store: Option<String>,
     /// Worker threads: 0 = one per core. 1 runs everything on one thread,
     /// which answers lookups ~1.7× faster per core (no wake-ups across
     /// threads) but does handshakes (restarts, ramps) on one core only.
@@ -234,8 +242,20 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Checked here, not by clap, so the error never echoes the URL (it may
+    // hold a password); still a usage error (exit 2).
+    let store = match cli.store.as_deref().map(str::parse::<StoreChoice>) {
+        None => StoreChoice::Embedded,
+        Some(Ok(store)) => store,
+        Some(Err(e)) => {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(clap::error::ErrorKind::InvalidValue, e.to_string())
+                .exit()
+        }
+    };
     let json = cli.json;
-    match run(cli) {
+    match run(cli, store) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let message = format!("{e:#}");
@@ -252,7 +272,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, store: StoreChoice) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     if let Some(Command::Fingerprint) = cli.command {
         let identity = match &cli.identity {
@@ -284,12 +304,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build(),
     }
     .context("starting the async runtime")?;
-    runtime.block_on(serve(cli, data_dir))
+    runtime.block_on(serve(cli, data_dir, store))
 }
 
-async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(cli: Cli, data_dir: PathBuf, store: StoreChoice) -> anyhow::Result<()> {
     let mut config = Config::new(cli.listen, data_dir);
     config.identity = cli.identity.clone();
+    config.store = store;
     config.limits.max_connections = cli.max_connections;
     config.limits.max_connections_per_ip = cli.max_connections_per_ip;
     config.limits.retry_above_pending = cli.retry_above_pending;
@@ -316,7 +337,7 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let server = Server::bind(config)?;
+    let (server, store) = start_server(config).await?;
     let addr = server.local_addr()?;
     let node = match cluster_config(&cli, addr)? {
         Some(cluster) => {
@@ -336,7 +357,7 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     let relay_rate = server.relay_config().map(|r| r.rate.map(|r| r.per_second));
     if cli.json {
-        let mut event = serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string()});
+        let mut event = serde_json::json!({"event": "listening", "addr": addr.to_string(), "fingerprint": fingerprint.to_string(), "store": store});
         if let Some(tcp) = tcp_addr {
             event["tcp_addr"] = tcp.to_string().into();
         }
@@ -364,6 +385,7 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         if let Some(node) = &node {
             eprintln!("node {node} of a cluster (bus joined)");
         }
+        eprintln!("name store: {store}");
         eprintln!("fingerprint: {fingerprint}");
         eprintln!(
             "peers use: peer --server HOST:{} --server-fingerprint {fingerprint} ...",
@@ -372,6 +394,27 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     server.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// Opens the name store `config` names and binds the server; also says
+/// which store it is (`embedded`, or the PostgreSQL URL without password).
+/// A PostgreSQL that cannot be reached now fails the start.
+async fn start_server(config: Config) -> anyhow::Result<(Server, String)> {
+    match config.store.clone() {
+        StoreChoice::Embedded => {
+            let names = config.data_dir.join("names.redb");
+            tracing::info!(path = %names.display(), "name store: embedded (redb)");
+            Ok((Server::bind(config)?, "embedded".to_owned()))
+        }
+        StoreChoice::Postgres(url) => {
+            let store = PgStore::connect(&url)
+                .await
+                .context("cannot use the PostgreSQL name store (--store)")?;
+            let at = store.describe().to_owned();
+            tracing::info!(%at, "name store: PostgreSQL");
+            Ok((Server::with_store(config, Arc::new(store))?, at))
+        }
+    }
 }
 
 async fn shutdown_signal() {

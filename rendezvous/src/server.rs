@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::admission::Admission;
-use crate::config::Config;
+use crate::config::{Config, StoreChoice};
 use crate::connection::serve_connection;
 use crate::counted::Counted;
 use crate::error::ServerError;
@@ -56,19 +56,30 @@ pub fn load_identity_file(path: &std::path::Path) -> Result<Identity, ServerErro
     Ok(Identity::load_or_create(path)?)
 }
 
+fn create_data_dir(config: &Config) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })
+}
+
 impl Server {
     /// Opens the data dir (key + name store) and binds the UDP socket.
     pub fn bind(config: Config) -> Result<Self, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        create_data_dir(&config)?;
+        if config.store != StoreChoice::Embedded {
+            return Err(ServerError::Config(
+                "a PostgreSQL name store is connected first (PgStore::connect), then given to Server::with_store".into(),
+            ));
+        }
         let store = Arc::new(RedbStore::open(&config.data_dir.join("names.redb"))?);
         Self::with_store(config, store)
     }
 
-    /// Like [`Server::bind`], with another name store.
+    /// Like [`Server::bind`], with another name store (`config.store` is
+    /// not looked at).
     pub fn with_store(config: Config, store: Arc<dyn NameStore>) -> Result<Self, ServerError> {
+        create_data_dir(&config)?;
         let identity = load_identity_file(&config.key_path())?;
         let limits = config.limits.clone();
         let relay = config.relay.clone().map(|c| Arc::new(Relay::new(c)));

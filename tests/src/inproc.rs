@@ -77,7 +77,19 @@ impl TestServer {
         let mut config = rendezvous::Config::new(addr, data_dir.clone());
         tune(&mut config);
         let server = rendezvous::Server::bind(config).expect("server binds");
-        Self::launch(server, data_dir)
+        Self::run(server, data_dir)
+    }
+
+    /// A server on a fresh port and data dir with the name store `store`
+    /// (e.g. a [`rendezvous::store::PgStore`]).
+    pub async fn start_with_store(store: Arc<dyn rendezvous::store::NameStore>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            rendezvous::Config::new("127.0.0.1:0".parse().expect("addr"), dir.path().into());
+        let server = rendezvous::Server::with_store(config, store).expect("server binds");
+        let mut s = Self::run(server, dir.path().to_owned());
+        s._dir = Some(dir);
+        s
     }
 
     /// A node of a cluster on a fresh port and data dir: its server key
@@ -102,13 +114,13 @@ impl TestServer {
         let addr = server.local_addr().expect("addr");
         let cluster = rendezvous::cluster::ClusterConfig::new(bus.into(), node_id.into(), addr);
         server.join(cluster).await.expect("joins the bus");
-        let mut s = Self::launch(server, data_dir);
+        let mut s = Self::run(server, data_dir);
         s._dir = Some(dir);
         s
     }
 
-    /// Runs `server` in the background.
-    fn launch(server: rendezvous::Server, data_dir: PathBuf) -> Self {
+    /// Runs a bound server in a task.
+    fn run(server: rendezvous::Server, data_dir: PathBuf) -> Self {
         let addr = server.local_addr().expect("addr");
         let tcp_addr = server.tcp_addr();
         let fingerprint = server.fingerprint();

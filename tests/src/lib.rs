@@ -14,6 +14,8 @@
 //!   then says whatever the test wants.
 //! - [`relay_tap`]: a raw client whose socket also sends and taps relay
 //!   frames (the relay tests).
+//! - [`postgres`]: a private PostgreSQL on loopback (initdb in a temp dir),
+//!   stopped and started again for outage tests.
 //! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
 //!   the other side answers.
 //! - [`tunnel_client`]: raw tunnels to the server's TCP side, and a quinn
@@ -24,6 +26,7 @@ pub mod inproc;
 pub mod lab;
 pub mod nats;
 pub mod pair;
+pub mod postgres;
 pub mod proc;
 pub mod relay_tap;
 pub mod stall;

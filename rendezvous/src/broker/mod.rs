@@ -8,7 +8,8 @@
 //! server → caller   CallAccepted { call_id, fingerprint, candidates, probe_key, relay }
 //! server → callee   Dial { call_id, candidates, probe_key, relay }  (at the same moment)
 //!             or    Error { kind: invalid_name | not_registered | not_found | offline
-//!                                 | rate_limited | rejected | unreachable | protocol, .. }
+//!                                 | rate_limited | rejected | unreachable | unavailable
+//!                                 | protocol, .. }
 //! ```
 //!
 //! One [`CallBroker`] per call, driven in three steps:
@@ -125,6 +126,21 @@ impl CallBroker {
         request: CallRequest,
         now: Instant,
     ) -> Result<(Self, Ask), Message> {
+        let checked = Self::check(facts, config, request, now)?;
+        let owner = facts.owner(&checked.to);
+        checked.offer(owner, facts, now)
+    }
+
+    /// The checks before the store is asked (name, caller, call rate,
+    /// hidden addresses without a relay): a driver whose store is async
+    /// runs this, reads the owner of [`Checked::to`], then
+    /// [`Checked::offer`]. `Err` is the caller's reply.
+    pub fn check(
+        facts: &mut impl Facts,
+        config: &BrokerConfig,
+        request: CallRequest,
+        now: Instant,
+    ) -> Result<Checked, Message> {
         let CallRequest {
             to,
             candidates,
@@ -146,16 +162,61 @@ impl CallBroker {
                 "you asked to keep your addresses from the callee, but this server runs no relay (--relay off): such a call could never connect",
             ));
         }
-        let owner = match facts.owner(&to) {
+        Ok(Checked {
+            to,
+            candidates,
+            caller_hides,
+            caller,
+            config: *config,
+        })
+    }
+}
+
+/// A call that passed [`CallBroker::check`], waiting for its callee's owner.
+#[derive(Debug)]
+pub struct Checked {
+    to: String,
+    candidates: Vec<SocketAddr>,
+    caller_hides: bool,
+    caller: Caller,
+    config: BrokerConfig,
+}
+
+impl Checked {
+    /// The name called (whose owner the driver reads).
+    pub fn to(&self) -> &str {
+        &self.to
+    }
+
+    /// Takes the owner of the name (`Err`: the store could not tell) and
+    /// checks presence and the offer limits: the offer to make, or the
+    /// caller's reply.
+    pub fn offer(
+        self,
+        owner: Result<Option<Fingerprint>, String>,
+        facts: &mut impl Facts,
+        now: Instant,
+    ) -> Result<(CallBroker, Ask), Message> {
+        let Self {
+            to,
+            candidates,
+            caller_hides,
+            caller,
+            config,
+        } = self;
+        let config = &config;
+        let owner = match owner {
             Ok(Some(fp)) => fp,
             Ok(None) => {
                 let message = format!("no one has registered {to:?}");
                 return Err(Message::error(ErrorKind::NotFound, message));
             }
-            Err(e) => {
+            // Never `not_found` when the store could not tell (the
+            // driver logged why).
+            Err(_) => {
                 return Err(Message::error(
-                    ErrorKind::Internal,
-                    format!("name store: {e}"),
+                    ErrorKind::Unavailable,
+                    crate::replies::STORE_UNAVAILABLE,
                 ))
             }
         };
@@ -189,7 +250,7 @@ impl CallBroker {
             },
             deadline,
         };
-        let broker = Self {
+        let broker = CallBroker {
             call_id,
             to,
             owner,
@@ -202,7 +263,9 @@ impl CallBroker {
         };
         Ok((broker, ask))
     }
+}
 
+impl CallBroker {
     /// The call's id (in the offer, the `CallAccepted` and the `Dial`).
     pub fn call_id(&self) -> u64 {
         self.call_id

@@ -57,7 +57,14 @@ pub(crate) async fn handle(
         candidates,
         hide_addresses,
     };
-    let (broker, ask) = match CallBroker::start(&mut facts, &config, request, Instant::now()) {
+    // The cheap checks first, then the (async) owner, then the offer: a
+    // refused request costs no store read.
+    let checked = match CallBroker::check(&mut facts, &config, request, Instant::now()) {
+        Ok(checked) => checked,
+        Err(reply) => return reply,
+    };
+    let owner = owner_of(state, checked.to()).await;
+    let (broker, ask) = match checked.offer(owner, &mut facts, Instant::now()) {
         Ok(started) => started,
         Err(reply) => return reply,
     };
@@ -102,6 +109,19 @@ pub(crate) async fn handle(
     finish.reply
 }
 
+/// The key that owns `name`: an online name's from its presence (no store
+/// read, so calls to online peers work while the store is down), else the
+/// store's (`Err`: it could not tell; logged).
+async fn owner_of(state: &State, name: &str) -> Result<Option<Fingerprint>, String> {
+    if let Some(fingerprint) = state.online_owner(name) {
+        return Ok(Some(fingerprint));
+    }
+    state.store.owner(name).await.map_err(|e| {
+        tracing::warn!("name store failed: {e}");
+        e.to_string()
+    })
+}
+
 /// The broker's view of the server, for one request of session `id`; it
 /// keeps the connections it found, for the driver's actions.
 struct ServerFacts<'a> {
@@ -138,11 +158,13 @@ impl Facts for ServerFacts<'_> {
         self.state.allow(source, |r| &mut r.call)
     }
 
+    /// Only `CallBroker::start` asks this; `handle` reads the owner
+    /// between `check` and `offer` ([`owner_of`]), as the store is async.
     fn owner(&mut self, name: &str) -> Result<Option<Fingerprint>, String> {
-        if let Some(fingerprint) = self.state.online_owner(name) {
-            return Ok(Some(fingerprint));
-        }
-        self.state.store.owner(name).map_err(|e| e.to_string())
+        self.state
+            .online_owner(name)
+            .map(Some)
+            .ok_or_else(|| "owner not read".to_owned())
     }
 
     fn callee(&mut self, name: &str, caller: Fingerprint) -> Option<Callee> {

@@ -3,7 +3,7 @@
 //! ```text
 //! peer → server   Lookup { name: "alice" }
 //! server → peer   LookupResult { name, online, fingerprint }
-//!             or  Error { kind: not_found | invalid_name | rate_limited, .. }
+//!             or  Error { kind: not_found | invalid_name | rate_limited | unavailable, .. }
 //! ```
 //!
 //! Never an address: addresses go only to the two parties of a call the
@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::registry::SessionId;
 use crate::state::{lock, State};
 
-pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
+pub(crate) async fn handle(state: &State, id: SessionId, name: String) -> Message {
     if let Err(reply) = super::check_name(&name) {
         return reply;
     }
@@ -30,32 +30,27 @@ pub(crate) fn handle(state: &State, id: SessionId, name: String) -> Message {
             return super::rate_limited("lookups");
         }
     }
-    // An online name's key is known without the store (see `online_owner`).
-    if let Some(fingerprint) = state.online_owner(&name) {
-        state.metrics.lookups.inc();
-        return Message::LookupResult {
-            name,
-            online: true,
-            fingerprint,
-        };
-    }
-    let fingerprint = match state.store.owner(&name) {
-        Ok(Some(fp)) => fp,
-        Ok(None) => {
-            return Message::error(
-                ErrorKind::NotFound,
-                format!("no one has registered {name:?}"),
-            )
-        }
-        Err(e) => {
-            warn!("name store failed: {e}");
-            return Message::error(
-                ErrorKind::Internal,
-                "the server could not read its names; try again",
-            );
-        }
+    // An online name's key (here or at another node) is its presence's
+    // (the store confirmed it at registration): answered without the
+    // store, so lookups of online peers still work while the store is
+    // down. Only an offline name is read from the store.
+    let (online, fingerprint) = match state.online_owner(&name) {
+        Some(fp) => (true, fp),
+        None => match state.store.owner(&name).await {
+            Ok(Some(fp)) => (false, fp),
+            Ok(None) => {
+                return Message::error(
+                    ErrorKind::NotFound,
+                    format!("no one has registered {name:?}"),
+                )
+            }
+            Err(e) => {
+                // Never `not_found` for a name the store could not look up.
+                warn!("name store failed: {e}");
+                return super::store_failed(&e);
+            }
+        },
     };
-    let online = false;
     state.metrics.lookups.inc();
     Message::LookupResult {
         name,

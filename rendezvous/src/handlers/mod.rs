@@ -17,4 +17,4 @@ pub(crate) mod lookup;
 pub(crate) mod register;
 pub(crate) mod remote;
 
-pub(crate) use crate::replies::{check_name, rate_limited};
+pub(crate) use crate::replies::{check_name, rate_limited, store_failed};

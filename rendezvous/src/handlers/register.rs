@@ -4,7 +4,7 @@
 //! peer → server   Register { name: "alice", presence: true }
 //! server → peer   Registered { name, fingerprint, observed_addr }
 //!             or  Error { kind: name_taken | invalid_name | rate_limited
-//!                              | too_many_names | protocol, .. }
+//!                              | too_many_names | unavailable | protocol, .. }
 //! ```
 //!
 //! Everything that can refuse a registration is checked before the durable
@@ -13,6 +13,8 @@
 //! source's registration rate. The store then checks the name is free and
 //! the key holds fewer than [`crate::Limits::max_names_per_key`] names, in
 //! the claim's own transaction, and commits it before the answer is sent.
+//! A store that cannot answer (PostgreSQL down) gives `unavailable`: the
+//! peer tries again in a few seconds.
 //! With `presence`, this connection becomes the name's `listen` session; an
 //! older one is closed with [`common::error::close::REPLACED`].
 
@@ -104,34 +106,20 @@ fn already_registered(current: &str) -> Message {
 
 /// The durable claim; `Err(reply)` when the store refuses or fails.
 async fn claim(state: &State, name: &str, fingerprint: common::Fingerprint) -> Result<(), Message> {
-    let store = state.store.clone();
-    let claim_name = name.to_owned();
     let max = state.limits.max_names_per_key;
-    let claimed =
-        tokio::task::spawn_blocking(move || store.claim(&claim_name, fingerprint, max)).await;
-    let failed = || {
-        Message::error(
-            ErrorKind::Internal,
-            "the server could not store the name; try again",
-        )
-    };
-    match claimed {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(StoreError::NameTaken { name })) => Err(Message::error(
+    match state.store.claim(name, fingerprint, max).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NameTaken { name }) => Err(Message::error(
             ErrorKind::NameTaken,
             format!("the name {name:?} belongs to another key; choose another name"),
         )),
-        Ok(Err(StoreError::TooManyNames { max })) => Err(Message::error(
+        Err(StoreError::TooManyNames { max }) => Err(Message::error(
             ErrorKind::TooManyNames,
             format!("this key already holds {max} names, the most this server allows; register one of them"),
         )),
-        Ok(Err(e)) => {
-            warn!("name store failed: {e}");
-            Err(failed())
-        }
         Err(e) => {
-            warn!("name store task failed: {e}");
-            Err(failed())
+            warn!("name store failed: {e}");
+            Err(super::store_failed(&e))
         }
     }
 }

@@ -1,88 +1,23 @@
-//! Durable name bindings: which key owns which name.
+//! [`RedbStore`]: bindings in an embedded redb database (fsynced, group
+//! commits), the default store of a single node.
 //!
-//! Losing a binding lets someone steal a name, so a claim is acknowledged
-//! only after it is committed to disk. The protocol code sees only the
-//! [`NameStore`] trait, so a shared, replicated database can replace the
-//! embedded [`RedbStore`] later without touching it. [`MemoryStore`] is for
-//! tests. Presence (who is online) is not stored here: see [`crate::registry`].
-//!
-//! Names are never released, so each key may hold at most a few
-//! ([`crate::Limits::max_names_per_key`]); the store counts them per key and
-//! checks the cap in the same transaction as the claim.
+//! Its claims block on disk, so the async [`NameStore`] methods run the
+//! synchronous ones (kept as inherent fns, for the unit tests) on tokio's
+//! blocking pool.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ::redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use common::Fingerprint;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use thiserror::Error;
+
+use super::{check_claim, Claim, NameStore, StoreError};
 
 const NAMES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("names");
 /// Names held per key (derived from `names`; rebuilt if missing).
 const HELD: TableDefinition<&[u8; 32], u32> = TableDefinition::new("names_per_key");
-
-/// Outcome of a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The name was free and is now bound to the key.
-    New,
-    /// The key already owned the name.
-    Existing,
-}
-
-/// Why the store failed.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The name belongs to another key.
-    #[error("name {name:?} is taken by another key")]
-    NameTaken {
-        /// The name.
-        name: String,
-    },
-    /// The key already holds the most names allowed.
-    #[error("this key already holds {max} names, the most allowed")]
-    TooManyNames {
-        /// The cap.
-        max: usize,
-    },
-    /// The storage engine failed.
-    #[error("storage error: {0}")]
-    Backend(String),
-}
-
-/// Name → key bindings. Implementations must make a [`Claim::New`] durable
-/// before returning it.
-pub trait NameStore: Send + Sync + 'static {
-    /// Binds `name` to `key` if it is free and `key` holds fewer than
-    /// `max_names` names; succeeds if `key` already owns it.
-    fn claim(&self, name: &str, key: Fingerprint, max_names: usize) -> Result<Claim, StoreError>;
-    /// How many names `key` holds.
-    fn held(&self, key: Fingerprint) -> Result<usize, StoreError>;
-    /// The key that owns `name`, if any.
-    fn owner(&self, name: &str) -> Result<Option<Fingerprint>, StoreError>;
-}
-
-/// The pure rule behind every store: the first key to claim a name owns
-/// it, and a key holding `held` names gets a new one only below `max_names`.
-pub fn check_claim(
-    current: Option<Fingerprint>,
-    name: &str,
-    key: Fingerprint,
-    held: usize,
-    max_names: usize,
-) -> Result<Claim, StoreError> {
-    match current {
-        None if held >= max_names => Err(StoreError::TooManyNames { max: max_names }),
-        None => Ok(Claim::New),
-        Some(owner) if owner == key => Ok(Claim::Existing),
-        Some(_) => Err(StoreError::NameTaken {
-            name: name.to_owned(),
-        }),
-    }
-}
 
 /// Bindings in an embedded redb database (fsynced commits).
 ///
@@ -105,6 +40,11 @@ pub fn check_claim(
 /// that holds it is durable; a burst of registrations (a ramp, or a
 /// community's first day) costs one fsync per group instead of one each.
 pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+/// The database and its commit group, shared with the blocking tasks.
+struct Inner {
     db: Database,
     group: Mutex<Group>,
     committed: Condvar,
@@ -167,12 +107,69 @@ impl RedbStore {
         }
         tx.commit().map_err(backend)?;
         Ok(Self {
-            db,
-            group: Mutex::new(Group::default()),
-            committed: Condvar::new(),
+            inner: Arc::new(Inner {
+                db,
+                group: Mutex::new(Group::default()),
+                committed: Condvar::new(),
+            }),
         })
     }
 
+    /// [`NameStore::claim`], blocking until the claim's group is committed.
+    pub fn claim_blocking(
+        &self,
+        name: &str,
+        key: Fingerprint,
+        max_names: usize,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim(name, key, max_names)
+    }
+
+    /// [`NameStore::owner`], blocking.
+    pub fn owner_blocking(&self, name: &str) -> Result<Option<Fingerprint>, StoreError> {
+        self.inner.owner(name)
+    }
+
+    /// [`NameStore::held`], blocking.
+    pub fn held_blocking(&self, key: Fingerprint) -> Result<usize, StoreError> {
+        self.inner.held(key)
+    }
+
+    /// Runs `f` on the blocking pool (a lost task is a backend failure).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("name store task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl NameStore for RedbStore {
+    async fn claim(
+        &self,
+        name: &str,
+        key: Fingerprint,
+        max_names: usize,
+    ) -> Result<Claim, StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |s| s.claim(&name, key, max_names)).await
+    }
+
+    async fn held(&self, key: Fingerprint) -> Result<usize, StoreError> {
+        self.blocking(move |s| s.held(key)).await
+    }
+
+    async fn owner(&self, name: &str) -> Result<Option<Fingerprint>, StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |s| s.owner(&name)).await
+    }
+}
+
+impl Inner {
     fn group(&self) -> MutexGuard<'_, Group> {
         self.group.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -219,9 +216,7 @@ impl RedbStore {
                 .collect()
         })
     }
-}
 
-impl NameStore for RedbStore {
     fn claim(&self, name: &str, key: Fingerprint, max_names: usize) -> Result<Claim, StoreError> {
         if let Some(owner) = self.owner(name)? {
             return check_claim(Some(owner), name, key, 0, max_names);
@@ -291,31 +286,6 @@ impl NameStore for RedbStore {
     }
 }
 
-/// Bindings in memory only (tests; a server that may forget names).
-#[derive(Default)]
-pub struct MemoryStore {
-    names: Mutex<HashMap<String, Fingerprint>>,
-}
-
-impl NameStore for MemoryStore {
-    fn claim(&self, name: &str, key: Fingerprint, max_names: usize) -> Result<Claim, StoreError> {
-        let mut names = self.names.lock().map_err(backend)?;
-        let held = names.values().filter(|k| **k == key).count();
-        let claim = check_claim(names.get(name).copied(), name, key, held, max_names)?;
-        names.insert(name.to_owned(), key);
-        Ok(claim)
-    }
-
-    fn held(&self, key: Fingerprint) -> Result<usize, StoreError> {
-        let names = self.names.lock().map_err(backend)?;
-        Ok(names.values().filter(|k| **k == key).count())
-    }
-
-    fn owner(&self, name: &str) -> Result<Option<Fingerprint>, StoreError> {
-        Ok(self.names.lock().map_err(backend)?.get(name).copied())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,25 +293,26 @@ mod tests {
     /// No cap (for the tests of the other rules).
     const ANY: usize = usize::MAX;
 
-    fn exercise(store: &dyn NameStore) {
+    fn exercise(store: &RedbStore) {
         let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
-        assert_eq!(store.claim("alice", a, ANY).expect("claim"), Claim::New);
         assert_eq!(
-            store.claim("alice", a, ANY).expect("again"),
+            store.claim_blocking("alice", a, ANY).expect("claim"),
+            Claim::New
+        );
+        assert_eq!(
+            store.claim_blocking("alice", a, ANY).expect("again"),
             Claim::Existing
         );
         assert!(matches!(
-            store.claim("alice", b, ANY),
+            store.claim_blocking("alice", b, ANY),
             Err(StoreError::NameTaken { .. })
         ));
-        assert_eq!(store.owner("alice").expect("owner"), Some(a));
-        assert_eq!(store.owner("bob").expect("owner"), None);
-        assert_eq!(store.claim("bob", b, ANY).expect("bob"), Claim::New);
-    }
-
-    #[test]
-    fn memory_store_rules() {
-        exercise(&MemoryStore::default());
+        assert_eq!(store.owner_blocking("alice").expect("owner"), Some(a));
+        assert_eq!(store.owner_blocking("bob").expect("owner"), None);
+        assert_eq!(
+            store.claim_blocking("bob", b, ANY).expect("bob"),
+            Claim::New
+        );
     }
 
     #[test]
@@ -357,7 +328,10 @@ mod tests {
                     (0..20)
                         .map(|i| {
                             let name = format!("n{}-{i}", t / 2);
-                            (name.clone(), store.claim(&name, Fingerprint([t; 32]), ANY))
+                            (
+                                name.clone(),
+                                store.claim_blocking(&name, Fingerprint([t; 32]), ANY),
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
@@ -381,11 +355,11 @@ mod tests {
         let reopened = RedbStore::open(&path).expect("reopen");
         for name in wins.keys() {
             assert!(
-                reopened.owner(name).expect("owner").is_some(),
+                reopened.owner_blocking(name).expect("owner").is_some(),
                 "{name} lost"
             );
         }
-        assert!(reopened.group().done.is_empty());
+        assert!(reopened.inner.group().done.is_empty());
     }
 
     #[test]
@@ -395,47 +369,52 @@ mod tests {
         exercise(&RedbStore::open(&path).expect("open"));
         let reopened = RedbStore::open(&path).expect("reopen");
         assert_eq!(
-            reopened.owner("alice").expect("owner"),
+            reopened.owner_blocking("alice").expect("owner"),
             Some(Fingerprint([1; 32]))
         );
         assert!(matches!(
-            reopened.claim("alice", Fingerprint([2; 32]), ANY),
+            reopened.claim_blocking("alice", Fingerprint([2; 32]), ANY),
             Err(StoreError::NameTaken { .. })
         ));
     }
 
-    fn names_per_key_are_capped(store: &dyn NameStore) {
+    fn cap_rules(store: &RedbStore) {
         let (a, b) = (Fingerprint([5; 32]), Fingerprint([6; 32]));
         for i in 0..4 {
             assert_eq!(
-                store.claim(&format!("a{i}"), a, 4).expect("claim"),
+                store.claim_blocking(&format!("a{i}"), a, 4).expect("claim"),
                 Claim::New
             );
         }
         assert!(matches!(
-            store.claim("a4", a, 4),
+            store.claim_blocking("a4", a, 4),
             Err(StoreError::TooManyNames { max: 4 })
         ));
         assert_eq!(
-            store.owner("a4").expect("owner"),
+            store.owner_blocking("a4").expect("owner"),
             None,
             "a refused claim binds nothing"
         );
-        assert_eq!(store.claim("a2", a, 4).expect("own name"), Claim::Existing);
-        assert_eq!(store.claim("b0", b, 4).expect("another key"), Claim::New);
-        assert_eq!(store.held(a).expect("held"), 4);
-        assert_eq!(store.held(b).expect("held"), 1);
+        assert_eq!(
+            store.claim_blocking("a2", a, 4).expect("own name"),
+            Claim::Existing
+        );
+        assert_eq!(
+            store.claim_blocking("b0", b, 4).expect("another key"),
+            Claim::New
+        );
+        assert_eq!(store.held_blocking(a).expect("held"), 4);
+        assert_eq!(store.held_blocking(b).expect("held"), 1);
     }
 
     #[test]
-    fn names_per_key_are_capped_in_every_store() {
-        names_per_key_are_capped(&MemoryStore::default());
+    fn names_per_key_are_capped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("names.redb");
-        names_per_key_are_capped(&RedbStore::open(&path).expect("open"));
+        cap_rules(&RedbStore::open(&path).expect("open"));
         let reopened = RedbStore::open(&path).expect("reopen");
         assert!(matches!(
-            reopened.claim("a9", Fingerprint([5; 32]), 4),
+            reopened.claim_blocking("a9", Fingerprint([5; 32]), 4),
             Err(StoreError::TooManyNames { .. })
         ));
     }
@@ -447,7 +426,9 @@ mod tests {
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let store = store.clone();
-                std::thread::spawn(move || store.claim(&format!("k{i}"), Fingerprint([7; 32]), 4))
+                std::thread::spawn(move || {
+                    store.claim_blocking(&format!("k{i}"), Fingerprint([7; 32]), 4)
+                })
             })
             .collect();
         let won = threads
@@ -456,7 +437,7 @@ mod tests {
             .filter(|o| matches!(o, Ok(Claim::New)))
             .count();
         assert_eq!(won, 4);
-        assert_eq!(store.held(Fingerprint([7; 32])).expect("held"), 4);
+        assert_eq!(store.held_blocking(Fingerprint([7; 32])).expect("held"), 4);
     }
 
     #[test]
@@ -475,9 +456,9 @@ mod tests {
             tx.commit().expect("commit");
         }
         let store = RedbStore::open(&path).expect("open");
-        assert_eq!(store.held(Fingerprint([8; 32])).expect("held"), 5);
+        assert_eq!(store.held_blocking(Fingerprint([8; 32])).expect("held"), 5);
         assert!(matches!(
-            store.claim("x6", Fingerprint([8; 32]), 4),
+            store.claim_blocking("x6", Fingerprint([8; 32]), 4),
             Err(StoreError::TooManyNames { .. })
         ));
     }
