@@ -111,6 +111,8 @@ impl Server {
             },
             None => info!("relay off"),
         }
+        // Bindings never change: the ones seen are answered without the store.
+        let store: Arc<dyn NameStore> = Arc::new(crate::store::CachedStore::new(store));
         let mut state = State::new(limits, store);
         state.relay = relay;
         state.tcp = tcp_peers;

@@ -301,6 +301,12 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         register(&erin, "erin").await,
         Message::Registered { .. }
     ));
+    // Frank registered through another node: this one has never seen him.
+    let other_node = store(&pg).await;
+    other_node
+        .claim("frank", common::Fingerprint([7; 32]), 4)
+        .await
+        .expect("frank");
 
     pg.stop();
     let raw = RawClient::connect(&server).await;
@@ -320,10 +326,21 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         matches!(lookup, Message::LookupResult { online: true, .. }),
         "{lookup:?}"
     );
-    // ...an offline one cannot be resolved: unavailable, never not_found.
+    // ...an offline one this node has seen is answered from its cache
+    // (bindings never change)...
     let lookup = raw
         .request(&Message::Lookup {
             name: "dave".into(),
+        })
+        .await;
+    assert!(
+        matches!(lookup, Message::LookupResult { online: false, .. }),
+        "{lookup:?}"
+    );
+    // ...one it has not cannot be resolved: unavailable, never not_found.
+    let lookup = raw
+        .request(&Message::Lookup {
+            name: "frank".into(),
         })
         .await;
     assert_eq!(
@@ -331,9 +348,15 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         Some(ErrorKind::Unavailable),
         "{lookup:?}"
     );
+    // Erin re-registers (known binding) and calls: frank cannot be resolved.
+    let erin_again = RawClient::connect_with(&server, erin.identity.clone(), None).await;
+    assert!(matches!(
+        register(&erin_again, "erin").await,
+        Message::Registered { .. }
+    ));
     let call = erin
         .request(&Message::Call {
-            to: "dave".into(),
+            to: "frank".into(),
             candidates: vec![],
             hide_addresses: false,
         })

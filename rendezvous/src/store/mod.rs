@@ -16,10 +16,12 @@
 //! (retryable: the peer is told `unavailable`), never "no owner": a wrong
 //! "not found" or a second owner is worse than a late answer.
 
+mod cache;
 mod memory;
 mod postgres;
 mod redb;
 
+pub use self::cache::CachedStore;
 pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
 pub use self::redb::RedbStore;
