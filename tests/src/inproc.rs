@@ -102,14 +102,26 @@ impl TestServer {
         bus: &str,
         node_id: &str,
     ) -> Self {
+        Self::start_node_tuned(key_of, store, bus, node_id, |_| {}).await
+    }
+
+    /// [`TestServer::start_node`] with its config changed by `tune`.
+    pub async fn start_node_tuned(
+        key_of: &Path,
+        store: Arc<dyn rendezvous::store::NameStore>,
+        bus: &str,
+        node_id: &str,
+        tune: impl FnOnce(&mut rendezvous::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().to_owned();
         let key = rendezvous::server::key_path(key_of);
         if key.exists() {
             std::fs::copy(&key, rendezvous::server::key_path(&data_dir)).expect("copy key");
         }
-        let config =
+        let mut config =
             rendezvous::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.clone());
+        tune(&mut config);
         let server = rendezvous::Server::with_store(config, store).expect("server binds");
         let addr = server.local_addr().expect("addr");
         let cluster = rendezvous::cluster::ClusterConfig::new(bus.into(), node_id.into(), addr);
