@@ -294,3 +294,90 @@ async fn the_bus_needs_its_password_and_a_tls_certificate_from_the_cluster_ca() 
     let wrong = join(format!("tls://{user}:wrong@127.0.0.1:{port}"), Some(ca)).await;
     assert!(wrong.is_err(), "a wrong bus password was accepted");
 }
+
+/// Registers a raw client (a fresh key) as `name` at `server`.
+async fn raw_caller(server: &TestServer, name: &str) -> tests::inproc::RawClient {
+    let raw = tests::inproc::RawClient::connect(server).await;
+    let reply = raw
+        .request(&common::Message::Register {
+            name: name.into(),
+            presence: false,
+        })
+        .await;
+    assert!(
+        matches!(reply, common::Message::Registered { .. }),
+        "{reply:?}"
+    );
+    raw
+}
+
+async fn raw_call(raw: &tests::inproc::RawClient, to: &str) -> common::Message {
+    let call = common::Message::Call {
+        to: to.into(),
+        candidates: vec![],
+        hide_addresses: false,
+    };
+    within(T, "call", raw.request(&call)).await
+}
+
+#[tokio::test]
+async fn the_callees_offer_limit_is_kept_at_its_node_for_callers_at_every_node() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let store: Arc<dyn NameStore> = Arc::new(MemoryStore::default());
+    let keys = tempfile::tempdir().expect("tempdir");
+    let tight = |c: &mut rendezvous::Config| {
+        c.limits.offer_rate_per_callee = "2/0.001".parse().expect("rate");
+    };
+    let one =
+        TestServer::start_node_tuned(keys.path(), store.clone(), &nats.url(), "one", tight).await;
+    let two = TestServer::start_node_tuned(&one.data_dir, store, &nats.url(), "two", tight).await;
+    let (_alice, _serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let watcher = two.peer("watcher").await;
+    until_online(&watcher, "alice", true).await;
+    // Two offers in alice's budget: one from each node.
+    for (i, node) in [&one, &two].into_iter().enumerate() {
+        let raw = raw_caller(node, &format!("caller{i}")).await;
+        let reply = raw_call(&raw, "alice").await;
+        assert!(
+            matches!(reply, common::Message::CallAccepted { .. }),
+            "offer {i}: {reply:?}"
+        );
+    }
+    // The budget is alice's, wherever the caller is.
+    for (i, node) in [&two, &one].into_iter().enumerate() {
+        let raw = raw_caller(node, &format!("late{i}")).await;
+        let reply = raw_call(&raw, "alice").await;
+        assert!(
+            matches!(&reply, common::Message::Error { kind: ErrorKind::RateLimited, message }
+                if message.contains("too many calls")),
+            "late offer {i}: {reply:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_callee_at_another_node_who_refuses_gives_the_caller_no_address() {
+    let Some((_nats, one, two)) = cluster().await else {
+        return;
+    };
+    let only_carol = Policy::AllowList(vec!["carol".into()]);
+    let (_alice, _serve) = listening(&one, "alice", only_carol, Serve::Echo).await;
+    let raw = raw_caller(&two, "mallory").await;
+    let watcher = two.peer("watcher").await;
+    until_online(&watcher, "alice", true).await;
+    let reply = raw_call(&raw, "alice").await;
+    assert!(
+        matches!(
+            reply,
+            common::Message::Error {
+                kind: ErrorKind::Rejected,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let text = format!("{reply:?}");
+    assert!(!text.contains("127.0.0.1"), "an address leaked: {text}");
+}

@@ -442,12 +442,12 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
             seq,
         };
         let payload = Bytes::from(cluster.seal(&cluster.presence, body));
-        if let Err(e) = cluster
-            .client
-            .publish(cluster.presence.clone(), payload)
-            .await
-        {
-            debug!("heartbeat not published: {e}");
+        // While the bus is down a publish may wait for room: never past a beat.
+        let publish = cluster.client.publish(cluster.presence.clone(), payload);
+        match tokio::time::timeout(period, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("heartbeat not published: {e}"),
+            Err(_) => debug!("heartbeat not published: the bus is not taking messages"),
         }
     }
 }
