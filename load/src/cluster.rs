@@ -111,7 +111,6 @@ pub(crate) async fn run(args: &Args, nodes: usize, bus: &str) -> Result<()> {
     }
     let brokering = brokering(&clients, nodes, kinds, args.latency_calls).await;
     let counters: Vec<Vec<(String, f64)>> = procs.iter().map(|p| p.counters()).collect();
-    drop(meter);
     let _ = stop_tx.send(true);
     sessions.abort_all();
     for mut p in procs {
