@@ -26,15 +26,29 @@
 //! target/release/rendezvous-load --peers 10000
 //! ```
 //!
+//! With `--nodes N --bus nats://USER:PASS@127.0.0.1:PORT [--store URL]` it
+//! starts N cluster nodes instead (one `--identity` key, one bus, node ids
+//! `n1`…), spreads the peers round-robin over them, and measures lookups and
+//! calls at the caller's node and across nodes, the brokering time of each,
+//! and each node's CPU per operation (see `cluster`). `--baseline FILE`
+//! (the `--json-out` of a `--nodes 1` run) adds the ratio to one node;
+//! `scripts/cluster-bench.sh` runs both.
+//!
 //! # Layout
 //!
 //! - `server`: the server process (start, stop, RSS and CPU from `/proc`).
 //! - `swarm`: the load peers (keys, endpoints, sessions, requests).
 //! - `phases`: ramp, lookups, calls, restart drills.
 //! - `report`: the table and the JSON.
+//! - `cluster`, `report_cluster`: a cluster run and its table.
+//! - `plan`: the pure decisions of a cluster run (pairs, statistics).
 
+mod bus;
+mod cluster;
 mod phases;
+mod plan;
 mod report;
+mod report_cluster;
 mod server;
 mod swarm;
 
@@ -109,6 +123,38 @@ struct Args {
     /// The running server's pid (with `--server`), to read its RSS and CPU.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Start this many cluster nodes (needs `--bus`) and measure the
+    /// cluster: same-node and cross-node lookups and calls, CPU per node.
+    #[arg(long, requires = "bus", conflicts_with = "server")]
+    nodes: Option<usize>,
+    /// The NATS bus of the cluster (`nats://USER:PASS@127.0.0.1:PORT`).
+    #[arg(long, requires = "nodes")]
+    bus: Option<String>,
+    /// The shared name store, passed to every node (`postgres://…`).
+    #[arg(long, requires = "nodes")]
+    store: Option<String>,
+    /// Calls of each kind (same-node, cross-node) one at a time, for the
+    /// brokering times (with `--nodes`).
+    #[arg(long, default_value_t = 200)]
+    latency_calls: usize,
+    /// The bus's pid, for its CPU per operation (with `--nodes`).
+    #[arg(long, requires = "nodes")]
+    bus_pid: Option<u32>,
+    /// The bus's monitoring address (`nats-server -m PORT`), for its
+    /// messages per operation (with `--nodes`).
+    #[arg(long, requires = "nodes")]
+    bus_monitor: Option<SocketAddr>,
+    /// The `--json-out` of a `--nodes 1` run, for ratios (with `--nodes`).
+    #[arg(long, requires = "nodes")]
+    baseline: Option<PathBuf>,
+}
+
+/// `--server-args` split on whitespace.
+fn split_args(args: Option<&str>) -> Vec<String> {
+    args.unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A whole number of keep-alive intervals (8 s), long enough that the
@@ -124,18 +170,16 @@ async fn main() -> Result<()> {
     if args.peers < 2 || args.sources == 0 || args.lookup_batch == 0 {
         bail!("--peers must be at least 2, --sources and --lookup-batch at least 1");
     }
+    if let (Some(nodes), Some(bus)) = (args.nodes, args.bus.as_deref()) {
+        return cluster::run(&args, nodes, bus).await;
+    }
     let dir = tempfile::tempdir()?;
     let launch = Launch {
         bin: server::server_bin(args.server_bin.as_deref())?,
         data: dir.path().join("server"),
         peers: args.peers,
-        extra: args
-            .server_args
-            .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
+        extra: split_args(args.server_args.as_deref()),
+        label: "server".into(),
     };
     let mut server = match (args.server, args.fingerprint) {
         (Some(addr), Some(fp)) => ServerProc::external(addr, fp, args.server_pid),
@@ -181,7 +225,7 @@ async fn main() -> Result<()> {
     let mut sessions = tokio::task::JoinSet::new();
     let ramp = phases::ramp(
         &clients,
-        &server_addr,
+        std::slice::from_ref(&server_addr),
         &shared,
         &stop_rx,
         &mut sessions,

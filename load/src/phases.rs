@@ -80,10 +80,11 @@ pub(crate) struct Ramp {
 
 /// Starts every session, keeping at most `concurrency` registrations in
 /// flight; ends when all are registered, when nobody new registered for
-/// 30 s (the machine is saturated), or after 600 s.
+/// 30 s (the machine is saturated), or after 600 s. Session `i` uses
+/// `servers[i % servers.len()]` (one server, or the node round-robin gives it).
 pub(crate) async fn ramp(
     clients: &[Arc<Client>],
-    server: &Arc<Mutex<SocketAddr>>,
+    servers: &[Arc<Mutex<SocketAddr>>],
     shared: &Arc<Shared>,
     stop: &tokio::sync::watch::Receiver<bool>,
     sessions: &mut tokio::task::JoinSet<()>,
@@ -97,7 +98,8 @@ pub(crate) async fn ramp(
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let (server, shared, stop) = (server.clone(), shared.clone(), stop.clone());
+        let server = servers[i % servers.len().max(1)].clone();
+        let (shared, stop) = (shared.clone(), stop.clone());
         sessions.spawn(session(c.clone(), server, shared, stop));
     }
     let (mut last, mut progress_at) = (0, Instant::now());

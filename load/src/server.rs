@@ -19,8 +19,10 @@ pub(crate) struct Launch {
     pub(crate) data: PathBuf,
     /// Peers expected, to size its connection limits.
     pub(crate) peers: usize,
-    /// More arguments for it (`--server-args`).
+    /// More arguments for it (`--server-args`, and a cluster node's own).
     pub(crate) extra: Vec<String>,
+    /// What its log lines are shown with (`server`, `n1`, …).
+    pub(crate) label: String,
 }
 
 /// The server under test.
@@ -71,13 +73,14 @@ impl ServerProc {
             .with_context(|| format!("starting {}", launch.bin.display()))?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let label = launch.label.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
                 match serde_json::from_str::<serde_json::Value>(&line) {
                     Ok(v) if v["event"] == "listening" => {
                         let _ = tx.send(v);
                     }
-                    _ => eprintln!("server: {line}"),
+                    _ => eprintln!("{label}: {line}"),
                 }
             }
         });
@@ -174,14 +177,7 @@ impl Drop for ServerProc {
 }
 
 fn scrape(addr: SocketAddr) -> std::io::Result<Vec<(String, f64)>> {
-    use std::io::{Read, Write};
-    let limit = Duration::from_secs(5);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, limit)?;
-    s.set_read_timeout(Some(limit))?;
-    s.set_write_timeout(Some(limit))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-    let mut text = String::new();
-    s.take(1 << 20).read_to_string(&mut text)?;
+    let text = http_get(addr, "/metrics")?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("rendezvous_"))
@@ -190,6 +186,20 @@ fn scrape(addr: SocketAddr) -> std::io::Result<Vec<(String, f64)>> {
             Some((name.to_owned(), value.parse().ok()?))
         })
         .collect())
+}
+
+/// `GET path` over HTTP/1.0 from `addr` (bounded: 5 s, 1 MiB), headers
+/// and body as one text.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let limit = Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    s.take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// User + system CPU time of `pid` so far, in seconds (0 when unknown).
