@@ -23,26 +23,28 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut directory = Directory::new("me", std::time::Duration::from_secs(10));
     let now = Instant::now();
-    let from = envelope.from.as_str();
+    let (from, sent) = (envelope.from.as_str(), envelope.sent_ms);
     match envelope.body {
         Body::Alive {
             epoch,
             relay_addr,
             seq,
         } => {
-            directory.on_alive(from, epoch, relay_addr, seq, now);
+            directory.on_alive(from, (epoch, sent), relay_addr, seq, now);
         }
         Body::Up { epoch, seq, online } => {
             let name = online.name.clone();
-            directory.on_change(from, epoch, seq, Change::Up(online), now);
+            directory.on_change(from, (epoch, sent), seq, Change::Up(online), now);
             let _ = directory.find(&name, now);
         }
         Body::Down { epoch, seq, name } => {
-            directory.on_change(from, epoch, seq, Change::Down(name), now);
+            directory.on_change(from, (epoch, sent), seq, Change::Down(name), now);
         }
         Body::Snapshot { seq, names, more } => {
-            directory.on_alive(from, 1, "192.0.2.1:1".parse().expect("addr"), seq, now);
-            directory.on_page(from, 0, seq, names, more);
+            let addr = "192.0.2.1:1".parse().expect("addr");
+            directory.on_alive(from, (1, sent), addr, seq, now);
+            // Resync generations start at 1.
+            directory.on_page(from, 1, seq, names, more);
         }
         _ => {}
     }

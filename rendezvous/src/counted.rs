@@ -41,7 +41,10 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(id) = self.session.take() {
-            if let Some(name) = lock(&self.state.registry).close(id) {
+            // The departure is announced under the registry lock, as the
+            // arrival is (`handlers::register`), so the two keep their order.
+            let mut registry = lock(&self.state.registry);
+            if let Some(name) = registry.close(id) {
                 debug!(%name, "went offline");
                 if let Some(cluster) = self.state.cluster() {
                     cluster.went_offline(&name);

@@ -56,7 +56,7 @@ pub(crate) struct State {
     pub(crate) remote_dials: Mutex<std::collections::HashMap<(String, u64), quinn::SendStream>>,
     /// Offers from other nodes seen lately, by (node, call id): a replayed
     /// bus message rings nobody twice.
-    pub(crate) seen_offers: Mutex<std::collections::HashMap<(String, u64), Instant>>,
+    pub(crate) seen_offers: Mutex<crate::handlers::remote::SeenOffers>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:

@@ -4,7 +4,7 @@
 //! [`super::directory`] and [`super::wire`]; the server acts on what it
 //! hands over as [`Incoming`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,7 +78,8 @@ pub enum Incoming {
 /// This node's presence and the directory of the others.
 struct Books {
     seq: u64,
-    local: HashMap<String, Online>,
+    /// This node's names, in name order (pages are cut by cursor).
+    local: BTreeMap<String, Online>,
     directory: Directory,
 }
 
@@ -164,11 +165,13 @@ impl Cluster {
         let cluster = Arc::new(Self {
             books: Mutex::new(Books {
                 seq: 0,
-                local: HashMap::new(),
+                local: BTreeMap::new(),
                 directory: Directory::new(config.node_id.clone(), config.lease),
             }),
             key: BusKey::derive(secret),
-            epoch: rand::random(),
+            // Greater for a later start, so a replay of an older process
+            // is told apart from a restart.
+            epoch: (now_ms() << 16) | u64::from(rand::random::<u16>()),
             presence,
             client,
             config,
@@ -225,12 +228,16 @@ impl Cluster {
 
     /// `name` registered a `listen` here with `fingerprint`.
     pub fn went_online(&self, name: &str, fingerprint: Fingerprint) {
+        let mut books = lock(&self.books);
+        // Newer than any registration of it elsewhere, whatever the clocks
+        // say: this one is the latest, and it must replace the others.
+        let elsewhere = books.directory.newest_since(name, Instant::now());
+        let since_ms = elsewhere.map_or(0, |s| s.saturating_add(1)).max(now_ms());
         let online = Online {
             name: name.to_owned(),
             fingerprint,
-            since_ms: now_ms(),
+            since_ms,
         };
-        let mut books = lock(&self.books);
         books.local.insert(name.to_owned(), online.clone());
         self.announce(&mut books, Change::Up(online));
     }
@@ -263,7 +270,8 @@ impl Cluster {
         lock(&self.books).directory.counts(Instant::now())
     }
 
-    /// Asks `node` and waits up to `timeout` for its answer.
+    /// Asks `node` and waits up to `timeout` for its answer. Replies that
+    /// do not open (someone else on the bus answering) are skipped.
     pub async fn request(
         &self,
         node: &str,
@@ -271,10 +279,6 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Body, BusError> {
         let subject = format!("{}.node.{node}", self.config.prefix);
-        let payload = Bytes::from(self.seal(&subject, body));
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
         let no_answer = |why: String| BusError::NoAnswer {
             node: node.to_owned(),
             why,
@@ -283,17 +287,38 @@ impl Cluster {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(no_answer("the bus is down".into()));
         }
-        let answer = self
+        let deadline = tokio::time::Instant::now() + timeout;
+        let inbox = self.client.new_inbox();
+        let mut replies = self
             .client
-            .send_request(subject, request)
+            .subscribe(inbox.clone())
             .await
             .map_err(|e| no_answer(e.to_string()))?;
-        match self
-            .key
-            .open(answer.subject.as_str(), &answer.payload, now_ms())
-        {
-            Ok(envelope) if envelope.from == node => Ok(envelope.body),
-            _ => Err(BusError::BadAnswer(node.to_owned())),
+        let payload = Bytes::from(self.seal(&subject, body));
+        self.client
+            .publish_with_reply(subject, inbox, payload)
+            .await
+            .map_err(|e| no_answer(e.to_string()))?;
+        loop {
+            let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Err(no_answer("the bus closed".into())),
+                Err(_) => return Err(no_answer(format!("no answer within {timeout:?}"))),
+            };
+            if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(no_answer("no node listens on its subject".into()));
+            }
+            match self
+                .key
+                .open(reply.subject.as_str(), &reply.payload, now_ms())
+            {
+                Ok(envelope) if envelope.from == node => return Ok(envelope.body),
+                _ => {
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    debug!(%node, "skipped a reply not sealed by that node");
+                }
+            }
         }
     }
 
@@ -305,21 +330,19 @@ impl Cluster {
         }
     }
 
-    /// One page of this node's names.
-    fn page(&self, page: u32) -> Body {
+    /// This node's names after `after`, one page.
+    fn page(&self, after: Option<&str>) -> Body {
+        use std::ops::Bound;
         let books = lock(&self.books);
-        let mut names: Vec<&Online> = books.local.values().collect();
-        names.sort_by(|a, b| a.name.cmp(&b.name));
-        let start = (page as usize).saturating_mul(PAGE);
-        let chunk: Vec<Online> = names
-            .iter()
-            .skip(start)
-            .take(PAGE)
-            .map(|o| (*o).clone())
-            .collect();
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        let mut names = books.local.range::<str, _>((from, Bound::Unbounded));
+        let chunk: Vec<Online> = names.by_ref().take(PAGE).map(|(_, o)| o.clone()).collect();
         Body::Snapshot {
             seq: books.seq,
-            more: start.saturating_add(PAGE) < names.len(),
+            more: names.next().is_some(),
             names: chunk,
         }
     }
@@ -328,8 +351,12 @@ impl Cluster {
     fn act(self: &Arc<Self>, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Sync { node, page } => {
-                    tokio::spawn(sync(self.clone(), node, page));
+                Action::Sync {
+                    node,
+                    generation,
+                    after,
+                } => {
+                    tokio::spawn(sync(self.clone(), node, generation, after));
                 }
                 Action::Came { node, online } => {
                     let _ = self.incoming.try_send(Incoming::Came { node, online });
@@ -352,28 +379,39 @@ impl Cluster {
                 return;
             }
         };
-        let (from, now) = (envelope.from, Instant::now());
+        let (from, now, sent) = (envelope.from, Instant::now(), envelope.sent_ms);
+        let epoch_of = |body: &Body| match body {
+            Body::Alive { epoch, .. } | Body::Up { epoch, .. } | Body::Down { epoch, .. } => {
+                Some(*epoch)
+            }
+            _ => None,
+        };
+        if from == self.config.node_id && epoch_of(&envelope.body).is_some_and(|e| e != self.epoch)
+        {
+            warn!(node = %from, "another node announces itself with this node's id: give each node its own --node-id");
+        }
         let actions = {
             let mut books = lock(&self.books);
             let d = &mut books.directory;
-            match envelope.body {
+            let actions = match envelope.body {
                 Body::Alive {
                     epoch,
                     relay_addr,
                     seq,
-                } => d.on_alive(&from, epoch, relay_addr, seq, now),
+                } => d.on_alive(&from, (epoch, sent), relay_addr, seq, now),
                 Body::Up { epoch, seq, online } => {
-                    d.on_change(&from, epoch, seq, Change::Up(online), now)
+                    d.on_change(&from, (epoch, sent), seq, Change::Up(online), now)
                 }
                 Body::Down { epoch, seq, name } => {
-                    d.on_change(&from, epoch, seq, Change::Down(name), now)
+                    d.on_change(&from, (epoch, sent), seq, Change::Down(name), now)
                 }
                 body => {
                     drop(books);
                     self.on_request(from, body, message.reply);
                     return;
                 }
-            }
+            };
+            relevant(&books, actions)
         };
         self.act(actions);
     }
@@ -385,9 +423,9 @@ impl Cluster {
             return;
         };
         match body {
-            Body::SnapshotRequest { page } => {
+            Body::SnapshotRequest { after } => {
                 let this = self.clone();
-                let answer = self.page(page);
+                let answer = self.page(after.as_deref());
                 tokio::spawn(async move { this.reply(reply, answer).await });
             }
             body @ (Body::Offer { .. } | Body::Dial { .. }) => {
@@ -429,25 +467,23 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
         let Some(cluster) = cluster.upgrade() else {
             return;
         };
-        let (seq, dead) = {
+        let dead = {
             let mut books = lock(&cluster.books);
-            (books.seq, books.directory.expire(Instant::now()))
+            let dead = books.directory.expire(Instant::now());
+            // Through the ordered outbox, after every change it counts.
+            let body = Body::Alive {
+                epoch: cluster.epoch,
+                relay_addr: cluster.config.node_addr,
+                seq: books.seq,
+            };
+            let sealed = cluster.seal(&cluster.presence, body);
+            if cluster.outbox.try_send(sealed).is_err() {
+                debug!("heartbeat not queued: the bus is not taking messages");
+            }
+            dead
         };
         for node in dead {
             info!(%node, "node lease ran out: its names are offline");
-        }
-        let body = Body::Alive {
-            epoch: cluster.epoch,
-            relay_addr: cluster.config.node_addr,
-            seq,
-        };
-        let payload = Bytes::from(cluster.seal(&cluster.presence, body));
-        // While the bus is down a publish may wait for room: never past a beat.
-        let publish = cluster.client.publish(cluster.presence.clone(), payload);
-        match tokio::time::timeout(period, publish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!("heartbeat not published: {e}"),
-            Err(_) => debug!("heartbeat not published: the bus is not taking messages"),
         }
     }
 }
@@ -470,19 +506,35 @@ async fn receive(
     }
 }
 
-/// Fetches `node`'s names from `page` on.
-async fn sync(cluster: Arc<Cluster>, node: String, page: u32) {
-    let body = Body::SnapshotRequest { page };
+/// Keeps the actions the server must see: an announcement matters only
+/// for a name this node holds too (it may have to give it up).
+fn relevant(books: &Books, actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter(|a| match a {
+            Action::Came { online, .. } => books.local.contains_key(&online.name),
+            Action::Sync { .. } => true,
+        })
+        .collect()
+}
+
+/// Fetches one page of `node`'s names for resync `generation`.
+async fn sync(cluster: Arc<Cluster>, node: String, generation: u64, after: Option<String>) {
+    let body = Body::SnapshotRequest { after };
     match cluster.request(&node, body, SYNC_TIMEOUT).await {
         Ok(Body::Snapshot { seq, names, more }) => {
-            let actions = lock(&cluster.books)
-                .directory
-                .on_page(&node, page, seq, names, more);
+            let actions = {
+                let mut books = lock(&cluster.books);
+                let actions = books.directory.on_page(&node, generation, seq, names, more);
+                relevant(&books, actions)
+            };
             cluster.act(actions);
         }
         other => {
             debug!(%node, "resync failed: {other:?}");
-            lock(&cluster.books).directory.sync_failed(&node);
+            lock(&cluster.books)
+                .directory
+                .sync_failed(&node, generation);
         }
     }
 }

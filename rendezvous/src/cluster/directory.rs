@@ -3,18 +3,23 @@
 //! Every node announces its own names on the presence subject, each change
 //! with the next number of its sequence ([`super::wire::Body::Up`] /
 //! `Down`), and a heartbeat with its current number every
-//! [`super::ClusterConfig::heartbeat`] (`Alive`). A node is alive for
-//! [`Directory::new`]'s lease after its last message: a node that dies
-//! (SIGKILL, a cut network) takes its names offline when its lease runs
-//! out. The lease is per node, not per name, so keeping it costs one
-//! small message per node and heartbeat, whatever the number of names.
+//! [`super::ClusterConfig::heartbeat`] (`Alive`), all in one ordered
+//! stream. A node is alive for [`Directory::new`]'s lease after its last
+//! message: a node that dies (SIGKILL, a cut network) takes its names
+//! offline when its lease runs out. The lease is per node, not per name, so
+//! keeping it costs one small message per node and heartbeat, whatever the
+//! number of names.
 //!
-//! A receiver that sees a node for the first time, a new process of it
-//! (another `epoch`), or a gap in its sequence (NATS core delivers at most
-//! once) asks that node for its names, page by page ([`Action::Sync`]),
-//! keeps the changes that arrive meanwhile, and replays those newer than
-//! the first page on top of the pages. A message from before the node's
-//! current number (a replay from the bus) changes nothing.
+//! A receiver that sees a node for the first time, a newer process of it
+//! (a greater `epoch`: its start time, then random bits), or a gap in its
+//! sequence (NATS core delivers at most once) asks that node for its names,
+//! page by page from a cursor ([`Action::Sync`]), keeps the changes that
+//! arrive meanwhile, and replays those newer than the first page on top of
+//! the pages. Each resync has a generation: a page of an older one is
+//! dropped. Anything older than what was applied (an older epoch, an older
+//! sequence number, an older send time) changes nothing, so a message
+//! replayed from the bus can neither revive a name nor extend a dead
+//! node's lease.
 //!
 //! A name online at two nodes at once (a `listen` moved, and the old
 //! node has not yet seen the new one) resolves to the newest
@@ -29,12 +34,15 @@ use super::wire::Online;
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Ask `node` for this page of its names.
+    /// Ask `node` for its names after `after` (from the start: `None`),
+    /// for resync `generation`.
     Sync {
         /// The node.
         node: String,
-        /// The page (from 0).
-        page: u32,
+        /// Which resync (hand it back with the page).
+        generation: u64,
+        /// The last name of the previous page.
+        after: Option<String>,
     },
     /// `node` announced `online`: if this node holds the name from an older
     /// registration, the newer one replaces it (close the local session).
@@ -66,20 +74,32 @@ pub struct Found {
     pub online: Online,
 }
 
+/// Where a message stands against what was applied from its node.
+#[derive(Debug)]
+struct Stamp {
+    epoch: u64,
+    sent_ms: u64,
+}
+
 #[derive(Debug)]
 struct Node {
     epoch: u64,
     relay_addr: Option<SocketAddr>,
     /// The last sequence number applied.
     seq: u64,
+    /// The newest send time seen (older messages do not extend the lease).
+    sent_ms: u64,
     expires: Instant,
     names: HashMap<String, Online>,
     sync: Option<Sync>,
+    /// A resync failed: the next heartbeat starts another.
+    stale: bool,
 }
 
 /// A resync in progress.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sync {
+    generation: u64,
     /// The sequence number of the first page.
     base: Option<u64>,
     names: HashMap<String, Online>,
@@ -93,6 +113,7 @@ pub struct Directory {
     me: String,
     lease: Duration,
     nodes: HashMap<String, Node>,
+    generations: u64,
 }
 
 /// Most changes kept while a resync runs (past it the resync starts over).
@@ -105,54 +126,91 @@ impl Directory {
             me: me.into(),
             lease,
             nodes: HashMap::new(),
+            generations: 0,
         }
     }
 
-    /// The node entry for a message from `node` in `epoch`, created (or
-    /// reset, for a new epoch) as needed; `None` for this node's own.
-    fn node(&mut self, node: &str, epoch: u64, now: Instant) -> Option<(&mut Node, bool)> {
-        if node == self.me {
+    /// The entry of `node` for a message stamped `stamp`, created or reset
+    /// for a newer epoch; `None` for this node's own messages and for
+    /// anything from an older epoch. The flag says it is new.
+    fn node<'a>(
+        nodes: &'a mut HashMap<String, Node>,
+        (me, lease): (&str, Duration),
+        node: &str,
+        stamp: &Stamp,
+        now: Instant,
+    ) -> Option<(&'a mut Node, bool)> {
+        if node == me {
             return None;
         }
-        let expires = now + self.lease;
-        let fresh = match self.nodes.get(node) {
-            Some(n) => n.epoch != epoch,
+        let fresh = match nodes.get(node) {
+            Some(n) if stamp.epoch < n.epoch => return None,
+            Some(n) => n.epoch != stamp.epoch,
             None => true,
         };
         if fresh {
-            self.nodes.insert(
+            nodes.insert(
                 node.to_owned(),
                 Node {
-                    epoch,
+                    epoch: stamp.epoch,
                     relay_addr: None,
                     seq: 0,
-                    expires,
+                    sent_ms: 0,
+                    expires: now,
                     names: HashMap::new(),
                     sync: None,
+                    stale: false,
                 },
             );
         }
-        let entry = self.nodes.get_mut(node)?;
-        entry.expires = expires;
+        let entry = nodes.get_mut(node)?;
+        if stamp.sent_ms >= entry.sent_ms {
+            entry.sent_ms = stamp.sent_ms;
+            entry.expires = now + lease;
+        }
         Some((entry, fresh))
     }
 
-    /// A heartbeat from `node`.
+    /// Starts a resync of `node` (its entry is `entry`), with `pending` kept.
+    fn start_sync(
+        generations: &mut u64,
+        node: &str,
+        entry: &mut Node,
+        pending: Vec<(u64, Change)>,
+    ) -> Action {
+        *generations += 1;
+        entry.stale = false;
+        entry.sync = Some(Sync {
+            generation: *generations,
+            base: None,
+            names: HashMap::new(),
+            pending,
+        });
+        Action::Sync {
+            node: node.to_owned(),
+            generation: *generations,
+            after: None,
+        }
+    }
+
+    /// A heartbeat from `node`, sent at `sent_ms` by its process `epoch`.
     pub fn on_alive(
         &mut self,
         node: &str,
-        epoch: u64,
+        (epoch, sent_ms): (u64, u64),
         relay_addr: SocketAddr,
         seq: u64,
         now: Instant,
     ) -> Vec<Action> {
-        let Some((entry, fresh)) = self.node(node, epoch, now) else {
+        let stamp = Stamp { epoch, sent_ms };
+        let Some((entry, fresh)) =
+            Self::node(&mut self.nodes, (&self.me, self.lease), node, &stamp, now)
+        else {
             return vec![];
         };
         entry.relay_addr = Some(relay_addr);
-        if entry.sync.is_none() && (fresh || entry.seq != seq) {
-            entry.sync = Some(Sync::default());
-            return vec![sync(node, 0)];
+        if entry.sync.is_none() && (fresh || entry.stale || seq > entry.seq) {
+            return vec![Self::start_sync(&mut self.generations, node, entry, vec![])];
         }
         vec![]
     }
@@ -161,28 +219,32 @@ impl Directory {
     pub fn on_change(
         &mut self,
         node: &str,
-        epoch: u64,
+        (epoch, sent_ms): (u64, u64),
         seq: u64,
         change: Change,
         now: Instant,
     ) -> Vec<Action> {
-        let Some((entry, fresh)) = self.node(node, epoch, now) else {
+        let stamp = Stamp { epoch, sent_ms };
+        let Some((entry, fresh)) =
+            Self::node(&mut self.nodes, (&self.me, self.lease), node, &stamp, now)
+        else {
             return vec![];
         };
         if let Some(sync_state) = &mut entry.sync {
             if sync_state.pending.len() >= MAX_PENDING {
-                entry.sync = Some(Sync::default());
-                return vec![sync(node, 0)];
+                return vec![Self::start_sync(&mut self.generations, node, entry, vec![])];
             }
             sync_state.pending.push((seq, change));
             return vec![];
         }
-        if fresh || seq > entry.seq + 1 {
-            entry.sync = Some(Sync {
-                pending: vec![(seq, change)],
-                ..Sync::default()
-            });
-            return vec![sync(node, 0)];
+        if fresh || entry.stale || seq > entry.seq.saturating_add(1) {
+            let pending = vec![(seq, change)];
+            return vec![Self::start_sync(
+                &mut self.generations,
+                node,
+                entry,
+                pending,
+            )];
         }
         if seq <= entry.seq {
             return vec![]; // a duplicate or a replay
@@ -201,7 +263,7 @@ impl Directory {
     pub fn on_page(
         &mut self,
         node: &str,
-        page: u32,
+        generation: u64,
         seq: u64,
         names: Vec<Online>,
         more: bool,
@@ -209,15 +271,20 @@ impl Directory {
         let Some(entry) = self.nodes.get_mut(node) else {
             return vec![];
         };
-        let Some(sync_state) = &mut entry.sync else {
-            return vec![];
+        let Some(sync_state) = entry.sync.as_mut().filter(|s| s.generation == generation) else {
+            return vec![]; // an older resync's page
         };
         sync_state.base.get_or_insert(seq);
+        let last = names.last().map(|o| o.name.clone());
         for online in names {
             sync_state.names.insert(online.name.clone(), online);
         }
-        if more {
-            return vec![sync(node, page.saturating_add(1))];
+        if let (true, Some(after)) = (more, last) {
+            return vec![Action::Sync {
+                node: node.to_owned(),
+                generation,
+                after: Some(after),
+            }];
         }
         let Some(sync_state) = entry.sync.take() else {
             return vec![];
@@ -227,34 +294,39 @@ impl Directory {
         entry.seq = base;
         let mut pending = sync_state.pending;
         pending.sort_by_key(|(s, _)| *s);
-        let mut actions = Vec::new();
         for (s, change) in pending.into_iter().filter(|(s, _)| *s > base) {
             entry.seq = entry.seq.max(s);
-            if let Some(online) = apply(&mut entry.names, change) {
-                actions.push(Action::Came {
-                    node: node.to_owned(),
-                    online,
-                });
-            }
+            apply(&mut entry.names, change);
         }
-        for online in entry.names.values() {
-            actions.push(Action::Came {
+        entry
+            .names
+            .values()
+            .map(|online| Action::Came {
                 node: node.to_owned(),
                 online: online.clone(),
-            });
-        }
-        actions
+            })
+            .collect()
     }
 
-    /// A resync of `node` failed (no answer): the next heartbeat retries.
-    pub fn sync_failed(&mut self, node: &str) {
+    /// Resync `generation` of `node` failed (no answer): the next heartbeat
+    /// starts another.
+    pub fn sync_failed(&mut self, node: &str, generation: u64) {
         if let Some(entry) = self.nodes.get_mut(node) {
-            entry.sync = None;
-            // Make the next heartbeat see a gap.
-            entry.seq = u64::MAX;
+            if entry
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.generation == generation)
+            {
+                entry.sync = None;
+                entry.stale = true;
+            }
         }
     }
 
+    /// The newest `since_ms` any other live node announced for `name`.
+    pub fn newest_since(&self, name: &str, now: Instant) -> Option<u64> {
+        self.find(name, now).map(|f| f.online.since_ms)
+    }
     /// Forgets nodes whose lease ran out (and with them their names);
     /// returns their ids.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
@@ -295,13 +367,6 @@ impl Directory {
     }
 }
 
-fn sync(node: &str, page: u32) -> Action {
-    Action::Sync {
-        node: node.to_owned(),
-        page,
-    }
-}
-
 /// Applies a change; the announcement if it was an `Up`.
 fn apply(names: &mut HashMap<String, Online>, change: Change) -> Option<Online> {
     match change {
@@ -322,6 +387,8 @@ mod tests {
     use common::Fingerprint;
 
     const LEASE: Duration = Duration::from_secs(10);
+    /// Epoch 1, sent at 1,000 ms.
+    const E1: (u64, u64) = (1, 1000);
 
     fn online(name: &str, since_ms: u64) -> Online {
         Online {
@@ -335,11 +402,23 @@ mod tests {
         SocketAddr::from(([192, 0, 2, 1], port))
     }
 
+    /// The generation of the one `Sync` in `actions`, which starts from the top.
+    fn sync_of(actions: &[Action], node: &str) -> u64 {
+        match actions {
+            [Action::Sync {
+                node: n,
+                generation,
+                after: None,
+            }] if n == node => *generation,
+            other => panic!("expected a resync of {node}: {other:?}"),
+        }
+    }
+
     /// A directory that has synced node n2 (epoch 1) at sequence 0.
     fn synced(now: Instant) -> Directory {
         let mut d = Directory::new("n1", LEASE);
-        assert_eq!(d.on_alive("n2", 1, addr(2), 0, now), vec![sync("n2", 0)]);
-        d.on_page("n2", 0, 0, vec![], false);
+        let g = sync_of(&d.on_alive("n2", E1, addr(2), 0, now), "n2");
+        d.on_page("n2", g, 0, vec![], false);
         d
     }
 
@@ -347,30 +426,39 @@ mod tests {
     fn changes_in_order_apply_and_a_replay_changes_nothing() {
         let now = Instant::now();
         let mut d = synced(now);
-        let up = d.on_change("n2", 1, 1, Change::Up(online("alice", 5)), now);
+        let up = d.on_change("n2", E1, 1, Change::Up(online("alice", 5)), now);
         assert!(matches!(&up[..], [Action::Came { node, .. }] if node == "n2"));
         assert_eq!(d.find("alice", now).map(|f| f.relay_addr), Some(addr(2)));
-        d.on_change("n2", 1, 2, Change::Down("alice".into()), now);
+        d.on_change("n2", E1, 2, Change::Down("alice".into()), now);
         assert_eq!(d.find("alice", now), None);
         // The Up replayed from the bus: older than the node's number.
         assert!(d
-            .on_change("n2", 1, 1, Change::Up(online("alice", 5)), now)
+            .on_change("n2", E1, 1, Change::Up(online("alice", 5)), now)
             .is_empty());
         assert_eq!(d.find("alice", now), None);
+        // A replayed heartbeat from before: no resync, no longer lease.
+        assert!(d.on_alive("n2", E1, addr(2), 1, now).is_empty());
     }
 
     #[test]
-    fn a_gap_resyncs_and_changes_heard_meanwhile_are_replayed_on_the_pages() {
+    fn a_gap_resyncs_by_cursor_and_changes_heard_meanwhile_are_replayed_on_the_pages() {
         let now = Instant::now();
         let mut d = synced(now);
         // Sequence 1 was lost: 2 shows the gap.
-        let a = d.on_change("n2", 1, 2, Change::Up(online("bob", 2)), now);
-        assert_eq!(a, vec![sync("n2", 0)]);
+        let a = d.on_change("n2", E1, 2, Change::Up(online("bob", 2)), now);
+        let g = sync_of(&a, "n2");
         // While syncing: carol goes down (4) after the first page (cut at 3).
-        d.on_change("n2", 1, 4, Change::Down("carol".into()), now);
-        let next = d.on_page("n2", 0, 3, vec![online("alice", 1), online("bob", 2)], true);
-        assert_eq!(next, vec![sync("n2", 1)]);
-        d.on_page("n2", 1, 4, vec![online("carol", 3)], false);
+        d.on_change("n2", E1, 4, Change::Down("carol".into()), now);
+        let next = d.on_page("n2", g, 3, vec![online("alice", 1), online("bob", 2)], true);
+        assert_eq!(
+            next,
+            vec![Action::Sync {
+                node: "n2".into(),
+                generation: g,
+                after: Some("bob".into())
+            }]
+        );
+        d.on_page("n2", g, 4, vec![online("carol", 3)], false);
         assert!(d.find("alice", now).is_some());
         assert!(d.find("bob", now).is_some());
         assert_eq!(
@@ -379,19 +467,40 @@ mod tests {
             "the change after page 0 applies"
         );
         // In step again: 5 applies directly.
-        let a = d.on_change("n2", 1, 5, Change::Down("bob".into()), now);
+        let a = d.on_change("n2", E1, 5, Change::Down("bob".into()), now);
         assert!(a.is_empty());
         assert_eq!(d.find("bob", now), None);
+    }
+
+    #[test]
+    fn a_page_of_an_older_resync_is_dropped() {
+        let now = Instant::now();
+        let mut d = synced(now);
+        let old = sync_of(
+            &d.on_change("n2", E1, 3, Change::Up(online("a", 1)), now),
+            "n2",
+        );
+        // The node restarts (a newer epoch) while the old resync runs.
+        let new = sync_of(&d.on_alive("n2", (2, 2000), addr(2), 0, now), "n2");
+        assert_ne!(old, new);
+        assert!(d
+            .on_page("n2", old, 9, vec![online("ghost", 1)], false)
+            .is_empty());
+        assert_eq!(d.find("ghost", now), None);
+        d.on_page("n2", new, 0, vec![online("b", 2)], false);
+        assert!(d.find("b", now).is_some());
     }
 
     #[test]
     fn a_dead_node_takes_its_names_offline_at_the_end_of_its_lease() {
         let now = Instant::now();
         let mut d = synced(now);
-        d.on_change("n2", 1, 1, Change::Up(online("alice", 1)), now);
+        d.on_change("n2", E1, 1, Change::Up(online("alice", 1)), now);
         let later = now + Duration::from_secs(5);
-        d.on_alive("n2", 1, addr(2), 1, later);
+        d.on_alive("n2", (1, 6000), addr(2), 1, later);
         assert!(d.find("alice", later + Duration::from_secs(9)).is_some());
+        // A heartbeat replayed from before the last one extends nothing.
+        d.on_alive("n2", (1, 3000), addr(2), 1, later + Duration::from_secs(9));
         let end = later + LEASE;
         assert_eq!(d.find("alice", end), None, "lease over: offline");
         assert_eq!(d.expire(end), vec!["n2".to_owned()]);
@@ -399,34 +508,55 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_node_is_synced_again_and_a_heartbeat_gap_resyncs() {
+    fn a_restarted_node_is_synced_again_and_its_old_process_is_ignored() {
         let now = Instant::now();
         let mut d = synced(now);
-        d.on_change("n2", 1, 1, Change::Up(online("alice", 1)), now);
+        d.on_change("n2", E1, 1, Change::Up(online("alice", 1)), now);
         // A new process (epoch 2): its old names are forgotten, it is synced.
-        assert_eq!(d.on_alive("n2", 2, addr(2), 0, now), vec![sync("n2", 0)]);
+        let g = sync_of(&d.on_alive("n2", (2, 5000), addr(2), 0, now), "n2");
         assert_eq!(d.find("alice", now), None);
-        d.on_page("n2", 0, 0, vec![], false);
-        assert!(d.on_alive("n2", 2, addr(2), 0, now).is_empty(), "in step");
-        assert_eq!(
-            d.on_alive("n2", 2, addr(2), 3, now),
-            vec![sync("n2", 0)],
-            "missed changes"
+        d.on_page("n2", g, 0, vec![], false);
+        assert!(
+            d.on_alive("n2", (2, 5001), addr(2), 0, now).is_empty(),
+            "in step"
         );
+        // The old process's messages (a replay) change nothing now.
+        assert!(d.on_alive("n2", (1, 9000), addr(2), 7, now).is_empty());
+        assert!(d
+            .on_change("n2", (1, 9000), 2, Change::Up(online("zombie", 1)), now)
+            .is_empty());
+        assert_eq!(d.find("zombie", now), None);
+        // Missed changes: the heartbeat's number is ahead.
+        sync_of(&d.on_alive("n2", (2, 5002), addr(2), 3, now), "n2");
+    }
+
+    #[test]
+    fn a_failed_resync_is_retried_at_the_next_heartbeat_without_overflow() {
+        let now = Instant::now();
+        let mut d = synced(now);
+        let g = sync_of(
+            &d.on_change("n2", E1, 5, Change::Up(online("a", 1)), now),
+            "n2",
+        );
+        d.sync_failed("n2", g);
+        // A change before the retry starts one (no arithmetic on a sentinel).
+        let again = d.on_change("n2", E1, 6, Change::Up(online("b", 1)), now);
+        sync_of(&again, "n2");
     }
 
     #[test]
     fn the_newest_registration_wins_and_own_messages_are_ignored() {
         let now = Instant::now();
         let mut d = synced(now);
-        d.on_alive("n3", 1, addr(3), 0, now);
-        d.on_page("n3", 0, 0, vec![], false);
-        d.on_change("n2", 1, 1, Change::Up(online("alice", 10)), now);
-        d.on_change("n3", 1, 1, Change::Up(online("alice", 20)), now);
+        let g = sync_of(&d.on_alive("n3", E1, addr(3), 0, now), "n3");
+        d.on_page("n3", g, 0, vec![], false);
+        d.on_change("n2", E1, 1, Change::Up(online("alice", 10)), now);
+        d.on_change("n3", E1, 1, Change::Up(online("alice", 20)), now);
         assert_eq!(d.find("alice", now).map(|f| f.node), Some("n3".into()));
-        assert!(d.on_alive("n1", 1, addr(1), 0, now).is_empty());
+        assert_eq!(d.newest_since("alice", now), Some(20));
+        assert!(d.on_alive("n1", E1, addr(1), 0, now).is_empty());
         assert!(d
-            .on_change("n1", 1, 1, Change::Up(online("zed", 1)), now)
+            .on_change("n1", E1, 1, Change::Up(online("zed", 1)), now)
             .is_empty());
         assert_eq!(d.find("zed", now), None);
     }

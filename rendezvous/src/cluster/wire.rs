@@ -73,7 +73,8 @@ pub enum Body {
     /// A node's heartbeat (presence subject): it is alive, where other
     /// nodes send relay frames to it, and its last presence sequence.
     Alive {
-        /// Its process's random epoch (a restart starts a new sequence).
+        /// Its process's epoch (start time in ms, then random bits: a
+        /// restart has a greater one and starts a new sequence).
         epoch: u64,
         /// Its UDP address for node-to-node relay frames.
         relay_addr: SocketAddr,
@@ -98,10 +99,11 @@ pub enum Body {
         /// The name.
         name: String,
     },
-    /// Request (node subject): one page of the names online there.
+    /// Request (node subject): a page of the names online there, in
+    /// name order, after a cursor.
     SnapshotRequest {
-        /// Which page (from 0).
-        page: u32,
+        /// The last name of the previous page (`None`: from the start).
+        after: Option<String>,
     },
     /// Reply: a page of names and the sequence number it is at.
     Snapshot {

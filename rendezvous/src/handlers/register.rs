@@ -69,7 +69,17 @@ pub(crate) async fn handle(
     if let Err(reply) = claim(state, &name, fingerprint).await {
         return reply;
     }
-    let registered = lock(&state.registry).register(id, &name, presence);
+    let registered = {
+        let mut registry = lock(&state.registry);
+        let registered = registry.register(id, &name, presence);
+        // Announced under the registry lock, as `Counted` announces the
+        // departure: a session closing meanwhile cannot leave the name
+        // announced online after its Down.
+        if let (Ok(_), true, Some(cluster)) = (&registered, presence, state.cluster()) {
+            cluster.went_online(&name, fingerprint);
+        }
+        registered
+    };
     match registered {
         Ok(reg) => {
             if let Some((_, old)) = reg.replaced {
@@ -78,11 +88,6 @@ pub(crate) async fn handle(
                     close::REPLACED.into(),
                     b"replaced by a newer listen session for this name",
                 );
-            }
-            if presence {
-                if let Some(cluster) = state.cluster() {
-                    cluster.went_online(&name, fingerprint);
-                }
             }
             state.metrics.registrations.inc();
             Message::Registered {

@@ -286,20 +286,40 @@ async fn offered(state: &Arc<State>, from_node: &str, body: Body) -> OfferAnswer
 /// Offers remembered (past it the oldest are forgotten first).
 const SEEN_OFFERS: usize = 100_000;
 
+/// The offers other nodes made lately, by (node, call id), oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct SeenOffers {
+    order: std::collections::VecDeque<(Instant, (String, u64))>,
+    keys: std::collections::HashSet<(String, u64)>,
+}
+
+impl SeenOffers {
+    /// Notes an offer; false if it was seen within the bus's message
+    /// lifetime (a replay). Entries older than twice that are forgotten;
+    /// when full, the oldest goes first.
+    fn first(&mut self, key: (String, u64), now: Instant) -> bool {
+        let keep = crate::cluster::wire::MAX_AGE * 2;
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < keep && self.order.len() < SEEN_OFFERS {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((now, key));
+        true
+    }
+}
+
 /// Whether this is the first time `node` offers `call_id` within the bus's
 /// message lifetime ([`crate::cluster::wire::MAX_AGE`]): a replay of a
 /// sealed offer rings the callee again otherwise.
 fn first_offer(state: &State, node: &str, call_id: u64) -> bool {
-    let now = Instant::now();
-    let mut seen = lock(&state.seen_offers);
-    if seen.len() >= SEEN_OFFERS {
-        let keep = crate::cluster::wire::MAX_AGE * 2;
-        seen.retain(|_, at| now.duration_since(*at) < keep);
-        if seen.len() >= SEEN_OFFERS {
-            return false;
-        }
-    }
-    seen.insert((node.to_owned(), call_id), now).is_none()
+    lock(&state.seen_offers).first((node.to_owned(), call_id), Instant::now())
 }
 
 /// Keeps an accepted offer's stream for the `Dial`, for a while.
@@ -343,5 +363,26 @@ mod tests {
         assert!(first_offer(&state, "n1", 7));
         assert!(!first_offer(&state, "n1", 7), "the replay");
         assert!(first_offer(&state, "n2", 7), "another node's call 7");
+    }
+
+    #[test]
+    fn the_memory_of_offers_is_bounded_and_forgets_the_oldest_first() {
+        let mut seen = SeenOffers::default();
+        let start = Instant::now();
+        for i in 0..SEEN_OFFERS as u64 + 10 {
+            assert!(seen.first(("n".into(), i), start));
+        }
+        assert_eq!(seen.order.len(), SEEN_OFFERS, "bounded");
+        assert!(
+            seen.first(("n".into(), 0), start),
+            "the oldest was forgotten"
+        );
+        assert!(
+            !seen.first(("n".into(), SEEN_OFFERS as u64), start),
+            "a recent one is kept"
+        );
+        let later = start + crate::cluster::wire::MAX_AGE * 2;
+        assert!(seen.first(("m".into(), 1), later));
+        assert_eq!(seen.order.len(), 1, "old entries expire");
     }
 }
