@@ -332,19 +332,8 @@ impl Cluster {
 
     /// This node's names after `after`, one page.
     fn page(&self, after: Option<&str>) -> Body {
-        use std::ops::Bound;
         let books = lock(&self.books);
-        let from = match after {
-            Some(name) => Bound::Excluded(name),
-            None => Bound::Unbounded,
-        };
-        let mut names = books.local.range::<str, _>((from, Bound::Unbounded));
-        let chunk: Vec<Online> = names.by_ref().take(PAGE).map(|(_, o)| o.clone()).collect();
-        Body::Snapshot {
-            seq: books.seq,
-            more: names.next().is_some(),
-            names: chunk,
-        }
+        page_of(&books.local, books.seq, after, PAGE)
     }
 
     /// Performs the directory's actions (resyncs run as their own tasks).
@@ -506,6 +495,23 @@ async fn receive(
     }
 }
 
+/// The names of `local` after `after` (in name order), at most `size`,
+/// as a snapshot page at sequence `seq`.
+fn page_of(local: &BTreeMap<String, Online>, seq: u64, after: Option<&str>, size: usize) -> Body {
+    use std::ops::Bound;
+    let from = match after {
+        Some(name) => Bound::Excluded(name),
+        None => Bound::Unbounded,
+    };
+    let mut names = local.range::<str, _>((from, Bound::Unbounded));
+    let chunk: Vec<Online> = names.by_ref().take(size).map(|(_, o)| o.clone()).collect();
+    Body::Snapshot {
+        seq,
+        more: names.next().is_some(),
+        names: chunk,
+    }
+}
+
 /// Keeps the actions the server must see: an announcement matters only
 /// for a name this node holds too (it may have to give it up).
 fn relevant(books: &Books, actions: Vec<Action>) -> Vec<Action> {
@@ -536,5 +542,38 @@ async fn sync(cluster: Arc<Cluster>, node: String, generation: u64, after: Optio
                 .directory
                 .sync_failed(&node, generation);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_the_cursor_so_a_name_leaving_mid_resync_skips_no_other() {
+        let online = |n: &str| Online {
+            name: n.into(),
+            fingerprint: Fingerprint([1; 32]),
+            since_ms: 1,
+        };
+        let mut local: BTreeMap<String, Online> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| (n.to_string(), online(n)))
+            .collect();
+        let names = |body: &Body| match body {
+            Body::Snapshot { names, more, .. } => (
+                names.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+                *more,
+            ),
+            _ => panic!("not a page"),
+        };
+        let first = page_of(&local, 7, None, 2);
+        assert_eq!(names(&first), (vec!["a".to_string(), "b".into()], true));
+        // "a" leaves between pages: the next page still starts after "b".
+        local.remove("a");
+        let second = page_of(&local, 8, Some("b"), 2);
+        assert_eq!(names(&second), (vec!["c".to_string(), "d".into()], true));
+        let last = page_of(&local, 8, Some("d"), 2);
+        assert_eq!(names(&last), (vec!["e".to_string()], false));
     }
 }
