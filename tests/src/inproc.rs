@@ -19,6 +19,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tempfile::TempDir;
 use tokio::sync::{broadcast, oneshot};
 
+/// The kind of an `Error` reply; `None` for any other message.
+pub fn error_kind(reply: &Message) -> Option<common::ErrorKind> {
+    match reply {
+        Message::Error { kind, .. } => Some(*kind),
+        _ => None,
+    }
+}
+
 /// A server running inside the test.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -342,6 +350,20 @@ impl RawClient {
     }
 
     /// One request, one answer.
+    /// `Register { name, presence: false }`, and the reply.
+    pub async fn register(&self, name: &str) -> Message {
+        let msg = Message::Register {
+            name: name.into(),
+            presence: false,
+        };
+        self.request(&msg).await
+    }
+
+    /// `Lookup { name }`, and the reply.
+    pub async fn lookup(&self, name: &str) -> Message {
+        self.request(&Message::Lookup { name: name.into() }).await
+    }
+
     pub async fn request(&self, msg: &Message) -> Message {
         let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
         write_frame(&mut send, msg, MAX_FRAME).await.expect("write");

@@ -207,20 +207,8 @@ impl PgServer {
     /// Fast shutdown (SIGINT: clients are disconnected, the data is
     /// flushed); waits for the server to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + READY;
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("postgres did not stop within {READY:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            assert!(shutdown(child), "postgres did not stop within {READY:?}");
         }
     }
 
@@ -232,19 +220,27 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // A fast shutdown ends the backends too (SIGKILL of the postmaster
-        // alone would leave them behind); SIGKILL only if it hangs.
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + READY;
-        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            shutdown(child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// A fast shutdown (SIGINT: clients disconnected, data flushed, backends
+/// ended with the postmaster), SIGKILL past [`READY`]; whether it stopped
+/// by itself.
+fn shutdown(mut child: Child) -> bool {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + READY;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }

@@ -352,6 +352,18 @@ impl PeerHome {
     }
 
     /// Spawns `peer` with [`PeerHome::cmd`].
+    /// The config dir `dir/who` of a peer given the nodes `servers` (all
+    /// of one cluster: one fingerprint), as `--server A,B,…`.
+    pub fn for_nodes(dir: &Path, who: &str, servers: &[&ServerProc]) -> Self {
+        let mut home = Self::new(dir.join(who), servers[0]);
+        home.server = servers
+            .iter()
+            .map(|s| s.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        home
+    }
+
     pub fn spawn(&self, label: &str, name: Option<&str>, args: &[&str]) -> Proc {
         Proc::spawn(label, self.cmd(name, args))
     }

@@ -40,16 +40,6 @@ fn node(dir: &Path, id: &str, key: &Path, store: &str, bus: &str) -> ServerProc 
     )
 }
 
-fn home(dir: &Path, who: &str, servers: &[&ServerProc]) -> PeerHome {
-    let mut home = PeerHome::new(dir.join(who), servers[0]);
-    home.server = servers
-        .iter()
-        .map(|s| s.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    home
-}
-
 #[test]
 fn a_killed_nodes_listen_is_registered_and_callable_at_the_other_within_20_s() {
     let (Some(pg), Some(nats)) = (PgServer::start(), NatsServer::start()) else {
@@ -61,11 +51,11 @@ fn a_killed_nodes_listen_is_registered_and_callable_at_the_other_within_20_s() {
     let b = node(dir.path(), "b", &key, &pg.url(), &nats.url());
     assert_eq!(a.fingerprint, b.fingerprint);
 
-    let alice = home(dir.path(), "alice", &[&a, &b]);
+    let alice = PeerHome::for_nodes(dir.path(), "alice", &[&a, &b]);
     let mut listen = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
     listen.wait_for(T, "registered");
     // Through B, alice (at A) is online: the directory, not a local session.
-    let via_b = home(dir.path(), "bob", &[&b]);
+    let via_b = PeerHome::for_nodes(dir.path(), "bob", &[&b]);
     let started = Instant::now();
     loop {
         let out = via_b.run(None, &["lookup", "alice"], T);

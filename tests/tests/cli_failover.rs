@@ -27,17 +27,6 @@ fn node(dir: &Path, name: &str, identity: &Path) -> ServerProc {
     )
 }
 
-/// `peer` as `who`, trusting `fingerprint`, given the nodes `servers`.
-fn home(dir: &Path, who: &str, servers: &[&ServerProc]) -> PeerHome {
-    let mut home = PeerHome::new(dir.join(who), servers[0]);
-    home.server = servers
-        .iter()
-        .map(|s| s.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    home
-}
-
 #[test]
 fn two_nodes_with_one_identity_file_have_one_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,14 +74,14 @@ fn a_listen_moves_to_the_next_node_within_20_s_of_a_kill() {
     let b = node(dir.path(), "b", &key);
     let (a_addr, b_addr) = (a.addr.clone(), b.addr.clone());
 
-    let alice = home(dir.path(), "alice", &[&a, &b]);
+    let alice = PeerHome::for_nodes(dir.path(), "alice", &[&a, &b]);
     let mut listen = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
     listen.wait_for(T, "registered");
     // On A: a lookup through A alone finds alice online, through B not at all.
-    let bob_a = home(dir.path(), "bob", &[&a]);
+    let bob_a = PeerHome::for_nodes(dir.path(), "bob", &[&a]);
     let out = bob_a.run(None, &["lookup", "alice"], T);
     assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
-    let bob_b = home(dir.path(), "bob", &[&b]);
+    let bob_b = PeerHome::for_nodes(dir.path(), "bob", &[&b]);
     let out = bob_b.run(None, &["lookup", "alice"], T);
     assert_eq!(out.error_kind(), Some("not_found"), "{}", out.log);
 
@@ -109,7 +98,7 @@ fn a_listen_moves_to_the_next_node_within_20_s_of_a_kill() {
     eprintln!("failover: registered on the next node {took:?} after the kill");
 
     // One-shot commands given the dead node first use the live one.
-    let bob = home(dir.path(), "bob", &[&a, &b]);
+    let bob = PeerHome::for_nodes(dir.path(), "bob", &[&a, &b]);
     let out = bob.run(None, &["lookup", "alice"], T);
     assert!(out.status.success(), "{}", out.log);
     assert_eq!(out.event("lookup")["online"], true, "{}", out.log);
@@ -130,13 +119,13 @@ fn a_one_shot_command_skips_a_dead_first_node() {
     let mut dead = node(dir.path(), "dead", &key);
     let live = node(dir.path(), "live", &key);
     let (_, mut l) = {
-        let alice = home(dir.path(), "alice", &[&live]);
+        let alice = PeerHome::for_nodes(dir.path(), "alice", &[&live]);
         let mut l = alice.spawn("alice", Some("alice"), &["listen", "--echo"]);
         l.wait_for(T, "registered");
         (alice, l)
     };
     dead.proc.kill();
-    let bob = home(dir.path(), "bob", &[&dead, &live]);
+    let bob = PeerHome::for_nodes(dir.path(), "bob", &[&dead, &live]);
     let started = Instant::now();
     let out = bob.run(None, &["lookup", "alice"], T);
     assert!(out.status.success(), "{}", out.log);
@@ -172,7 +161,7 @@ fn a_garbled_server_list_is_a_usage_error() {
         format!("{},,{}", a.addr, a.addr),
         format!("{},nohost", a.addr),
     ] {
-        let mut home = home(dir.path(), "bob", &[&a]);
+        let mut home = PeerHome::for_nodes(dir.path(), "bob", &[&a]);
         home.server = bad.clone();
         let out = home.run(None, &["lookup", "alice"], T);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", out.log);

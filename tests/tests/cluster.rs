@@ -298,12 +298,7 @@ async fn the_bus_needs_its_password_and_a_tls_certificate_from_the_cluster_ca() 
 /// Registers a raw client (a fresh key) as `name` at `server`.
 async fn raw_caller(server: &TestServer, name: &str) -> tests::inproc::RawClient {
     let raw = tests::inproc::RawClient::connect(server).await;
-    let reply = raw
-        .request(&common::Message::Register {
-            name: name.into(),
-            presence: false,
-        })
-        .await;
+    let reply = raw.register(name).await;
     assert!(
         matches!(reply, common::Message::Registered { .. }),
         "{reply:?}"

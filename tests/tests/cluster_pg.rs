@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{ErrorKind, Message};
 use peer::{CallOptions, Policy};
 use rendezvous::store::{NameStore, PgStore};
-use tests::inproc::{echo_roundtrip, listening, within, RawClient, Serve, TestServer};
+use tests::inproc::{echo_roundtrip, error_kind, listening, within, RawClient, Serve, TestServer};
 use tests::nats::NatsServer;
 use tests::postgres::PgServer;
 
@@ -32,19 +32,7 @@ async fn node(pg: &PgServer, nats: &NatsServer, key_of: &Path, id: &str) -> Test
 }
 
 async fn register(server: &TestServer, name: &str) -> Message {
-    let client = RawClient::connect(server).await;
-    let msg = Message::Register {
-        name: name.into(),
-        presence: false,
-    };
-    client.request(&msg).await
-}
-
-fn kind(reply: &Message) -> Option<ErrorKind> {
-    match reply {
-        Message::Error { kind, .. } => Some(*kind),
-        _ => None,
-    }
+    RawClient::connect(server).await.register(name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +52,7 @@ async fn one_name_claimed_through_both_nodes_at_once_has_one_owner_50_times() {
             .count();
         let taken = [&a, &b]
             .iter()
-            .filter(|r| kind(r) == Some(ErrorKind::NameTaken))
+            .filter(|r| error_kind(r) == Some(ErrorKind::NameTaken))
             .count();
         assert_eq!((won, taken), (1, 1), "round {round}: {a:?} / {b:?}");
     }
@@ -110,7 +98,7 @@ async fn every_binding_survives_restarting_every_node() {
             );
         }
         assert_eq!(
-            kind(&register(&two, name).await),
+            error_kind(&register(&two, name).await),
             Some(ErrorKind::NameTaken)
         );
     }
@@ -151,12 +139,16 @@ async fn without_postgres_online_peers_are_found_and_called_and_new_names_wait()
     assert_eq!(echo_roundtrip(&call, b"still here").await, b"still here");
     drop(call);
     let reply = register(&two, "carol").await;
-    assert_eq!(kind(&reply), Some(ErrorKind::Unavailable), "{reply:?}");
+    assert_eq!(
+        error_kind(&reply),
+        Some(ErrorKind::Unavailable),
+        "{reply:?}"
+    );
     pg.start_again();
     let back = within(T, "carol after the store's return", async {
         loop {
             let reply = register(&two, "carol").await;
-            if kind(&reply) != Some(ErrorKind::Unavailable) {
+            if error_kind(&reply) != Some(ErrorKind::Unavailable) {
                 return reply;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

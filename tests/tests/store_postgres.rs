@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{ErrorKind, Fingerprint, Message};
 use peer::{Event, Policy};
 use rendezvous::store::{Claim, NameStore, PgStore, StoreError};
-use tests::inproc::{within, RawClient, TestServer};
+use tests::inproc::{error_kind, within, RawClient, TestServer};
 use tests::postgres::PgServer;
 
 const ANY: usize = usize::MAX;
@@ -263,19 +263,7 @@ async fn a_database_that_is_not_there_fails_the_start_quickly() {
 }
 
 async fn register(client: &RawClient, name: &str) -> Message {
-    client
-        .request(&Message::Register {
-            name: name.into(),
-            presence: false,
-        })
-        .await
-}
-
-fn error_kind(reply: &Message) -> Option<ErrorKind> {
-    match reply {
-        Message::Error { kind, .. } => Some(*kind),
-        _ => None,
-    }
+    client.register(name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,32 +305,20 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         "{reply:?}"
     );
     // An online peer is still found (its key is its session's)...
-    let lookup = raw
-        .request(&Message::Lookup {
-            name: "alice".into(),
-        })
-        .await;
+    let lookup = raw.lookup("alice").await;
     assert!(
         matches!(lookup, Message::LookupResult { online: true, .. }),
         "{lookup:?}"
     );
     // ...an offline one this node has seen is answered from its cache
     // (bindings never change)...
-    let lookup = raw
-        .request(&Message::Lookup {
-            name: "dave".into(),
-        })
-        .await;
+    let lookup = raw.lookup("dave").await;
     assert!(
         matches!(lookup, Message::LookupResult { online: false, .. }),
         "{lookup:?}"
     );
     // ...one it has not cannot be resolved: unavailable, never not_found.
-    let lookup = raw
-        .request(&Message::Lookup {
-            name: "frank".into(),
-        })
-        .await;
+    let lookup = raw.lookup("frank").await;
     assert_eq!(
         error_kind(&lookup),
         Some(ErrorKind::Unavailable),
@@ -376,11 +352,7 @@ async fn a_server_on_postgres_says_unavailable_while_it_is_down_and_recovers() {
         .await;
     let reply = register(&raw, "carol").await;
     assert!(matches!(reply, Message::Registered { .. }), "{reply:?}");
-    let lookup = raw
-        .request(&Message::Lookup {
-            name: "alice".into(),
-        })
-        .await;
+    let lookup = raw.lookup("alice").await;
     assert!(
         matches!(lookup, Message::LookupResult { online: true, .. }),
         "{lookup:?}"
