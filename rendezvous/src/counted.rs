@@ -46,9 +46,7 @@ impl Drop for Counted {
             let mut registry = lock(&self.state.registry);
             if let Some(name) = registry.close(id) {
                 debug!(%name, "went offline");
-                if let Some(cluster) = self.state.cluster() {
-                    cluster.went_offline(&name);
-                }
+                self.state.presence().went_offline(&name);
             }
         }
         lock(&self.state.rates)

@@ -11,13 +11,18 @@
 //! - [`config`]: every limit and timing, with defaults.
 //! - [`server`]: the QUIC driver (bind, admit connections, shut down).
 //! - `connection`: one connection's task (handshake, dispatch request streams).
-//! - `handlers/`: one file per request (`register`, `lookup`, `call`, `approve`);
+//! - `handlers/`: one file per request (`register`, `lookup`, `call`, `approve`),
+//!   and `remote` (both halves of a call between nodes);
 //!   thin drivers around the sans-IO decisions.
 //! - [`broker`]: the call brokering as a sans-IO state machine (checks,
 //!   offer, answer, relay, introductions), driven by `handlers/call`.
 //! - `state`: what every task shares (limits, registry, rates, metrics, relay).
 //! - [`error`]: [`ServerError`], why the server could not start.
 //! - [`registry`]: sessions and presence (pure, unit-tested).
+//! - [`presence`]: presence beyond this node (the [`presence::Presence`]
+//!   trait: one node's [`presence::LocalPresence`], a cluster's).
+//! - [`cluster`]: several nodes over NATS: the presence directory, sealed
+//!   bus messages, calls between nodes.
 //! - [`store`]: durable name → key bindings behind the async [`store::NameStore`]
 //!   trait: embedded redb (default) or PostgreSQL (shared by several nodes).
 //! - [`ratelimit`]: per-source token buckets (pure).
@@ -57,6 +62,7 @@ mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod offers;
+pub mod presence;
 pub mod ratelimit;
 pub mod registry;
 pub mod relay;

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::admission::Sources;
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::presence::LocalPresence;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, SessionId};
 use crate::relay::driver::Relay;
@@ -99,7 +100,16 @@ impl State {
         let local = lock(&self.registry)
             .present(name)
             .map(|(_, s)| s.fingerprint);
-        local.or_else(|| Some(self.cluster()?.find(name)?.online.fingerprint))
+        local.or_else(|| Some(self.presence().find(name)?.online.fingerprint))
+    }
+
+    /// Presence beyond this node: the cluster's, or [`LocalPresence`] on
+    /// a single node.
+    pub(crate) fn presence(&self) -> &dyn crate::presence::Presence {
+        match self.cluster.get() {
+            Some(cluster) => cluster.as_ref(),
+            None => &LocalPresence,
+        }
     }
 
     /// The cluster, when this node is one of several.

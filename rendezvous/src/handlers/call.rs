@@ -178,7 +178,7 @@ impl Facts for ServerFacts<'_> {
         }
         drop(registry);
         // Online at another node: that node knows whom it approved.
-        self.remote = Some(self.state.cluster()?.find(name)?);
+        self.remote = Some(self.state.presence().find(name)?);
         Some(Callee {
             session: REMOTE,
             approved: false,

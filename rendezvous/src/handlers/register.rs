@@ -75,8 +75,8 @@ pub(crate) async fn handle(
         // Announced under the registry lock, as `Counted` announces the
         // departure: a session closing meanwhile cannot leave the name
         // announced online after its Down.
-        if let (Ok(_), true, Some(cluster)) = (&registered, presence, state.cluster()) {
-            cluster.went_online(&name, fingerprint);
+        if let (Ok(_), true) = (&registered, presence) {
+            state.presence().went_online(&name, fingerprint);
         }
         registered
     };
