@@ -376,3 +376,24 @@ async fn a_callee_at_another_node_who_refuses_gives_the_caller_no_address() {
     let text = format!("{reply:?}");
     assert!(!text.contains("127.0.0.1"), "an address leaked: {text}");
 }
+
+#[tokio::test]
+async fn a_request_to_a_node_that_is_gone_fails_at_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    let config = rendezvous::cluster::ClusterConfig::new(nats.url(), "n1".into(), addr);
+    let (cluster, _incoming) = rendezvous::cluster::Cluster::connect(config, [1; 32])
+        .await
+        .expect("joins");
+    let started = std::time::Instant::now();
+    let body = rendezvous::cluster::wire::Body::Dialed(true);
+    let answer = cluster.request("gone", body, Duration::from_secs(10)).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "nobody serves that subject: no need to wait out the timeout ({:?})",
+        started.elapsed()
+    );
+}
