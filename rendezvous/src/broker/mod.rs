@@ -82,8 +82,9 @@ pub struct Ask {
     pub deadline: Instant,
 }
 
-/// What came of an [`Ask`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What came of an [`Ask`] (also carried between nodes, in
+/// [`crate::cluster::wire::OfferAnswer`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// The callee's answer frame.
     Reply(Message),

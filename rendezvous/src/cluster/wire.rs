@@ -37,17 +37,6 @@ pub struct Online {
     pub since_ms: u64,
 }
 
-/// What came of asking the callee (the wire form of [`crate::broker::Answer`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Asked {
-    /// The callee's answer frame (`Accept`, `Reject`, or anything else).
-    Reply(Message),
-    /// The stream failed (what failed).
-    Failed(String),
-    /// No answer by the deadline.
-    TimedOut,
-}
-
 /// What a callee's node answers to an [`Body::Offer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OfferAnswer {
@@ -56,7 +45,7 @@ pub enum OfferAnswer {
     /// (the callee's ticket, then the caller's; `None`: no relay there).
     Asked {
         /// The callee's answer.
-        answer: Asked,
+        answer: crate::broker::Answer,
         /// Where the callee's node sees it now.
         observed: SocketAddr,
         /// The relay tickets, callee's then caller's.

@@ -69,7 +69,8 @@ pub(crate) async fn handle(
         Err(reply) => return reply,
     };
     let call_id = broker.call_id();
-    let remote = facts.remote.clone().filter(|_| ask.callee == REMOTE);
+    // Set by `Facts::callee` only for a callee at another node.
+    let remote = facts.remote.clone();
     let (send, answer) = match (&remote, facts.conns.get(&ask.callee)) {
         (Some(found), _) => match super::remote::ask(state, found, &broker, &ask).await {
             Ok((answer, observed, tickets)) => {

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{offer_refused, Allocating, Answer, Ask, CallBroker, Offer};
 use crate::cluster::directory::Found;
-use crate::cluster::wire::{Asked, Body, OfferAnswer, Online};
+use crate::cluster::wire::{Body, OfferAnswer, Online};
 use crate::cluster::{BusError, Cluster, Incoming};
 use crate::relay::{Allocation, PartySpec, Tickets};
 use crate::state::{lock, State};
@@ -91,11 +91,6 @@ pub(crate) async fn ask(
             observed,
             relay,
         })) => {
-            let answer = match answer {
-                Asked::Reply(m) => Answer::Reply(m),
-                Asked::Failed(e) => Answer::Failed(e),
-                Asked::TimedOut => Answer::TimedOut,
-            };
             let tickets = relay.map(|(callee, caller)| Tickets { caller, callee });
             Ok((answer, observed, tickets))
         }
@@ -271,11 +266,6 @@ async fn offered(state: &Arc<State>, from_node: &str, body: Body) -> OfferAnswer
     if let (true, Some(send)) = (accepted, send) {
         keep_for_dial(state, from_node, call_id, send);
     }
-    let answer = match answer {
-        Answer::Reply(m) => Asked::Reply(m),
-        Answer::Failed(e) => Asked::Failed(e),
-        Answer::TimedOut => Asked::TimedOut,
-    };
     OfferAnswer::Asked {
         answer,
         observed,
