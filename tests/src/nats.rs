@@ -39,6 +39,28 @@ impl NatsServer {
     /// Starts one, or (outside CI, without the binary) prints why not and
     /// returns `None`.
     pub fn start() -> Option<Self> {
+        let mut server = Self::new()?;
+        server.start_again();
+        Some(server)
+    }
+
+    /// Like [`NatsServer::start`], serving TLS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Self> {
+        let mut server = Self::new()?;
+        let (cert, key) = (
+            server.dir.path().join("cert.pem"),
+            server.dir.path().join("key.pem"),
+        );
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        std::fs::write(&key, key_pem).expect("write key");
+        server.tls = Some((cert, key));
+        server.start_again();
+        Some(server)
+    }
+
+    /// One not started yet: a free port and a temp dir (`None`, said why,
+    /// without the binary outside CI).
+    fn new() -> Option<Self> {
         let Some(binary) = binary() else {
             let why = "nats-server is not installed (Debian package nats-server)";
             assert!(
@@ -52,30 +74,13 @@ impl NatsServer {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut server = Self {
+        Some(Self {
             binary,
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             tls: None,
-        };
-        server.start_again();
-        Some(server)
-    }
-
-    /// Like [`NatsServer::start`], serving TLS with this certificate and key (PEM).
-    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Self> {
-        let mut server = Self::start()?;
-        server.stop();
-        let (cert, key) = (
-            server.dir.path().join("cert.pem"),
-            server.dir.path().join("key.pem"),
-        );
-        std::fs::write(&cert, cert_pem).expect("write cert");
-        std::fs::write(&key, key_pem).expect("write key");
-        server.tls = Some((cert, key));
-        server.start_again();
-        Some(server)
+        })
     }
 
     /// The URL nodes connect with (credentials included).

@@ -74,13 +74,6 @@ pub struct Found {
     pub online: Online,
 }
 
-/// Where a message stands against what was applied from its node.
-#[derive(Debug)]
-struct Stamp {
-    epoch: u64,
-    sent_ms: u64,
-}
-
 #[derive(Debug)]
 struct Node {
     epoch: u64,
@@ -130,29 +123,30 @@ impl Directory {
         }
     }
 
-    /// The entry of `node` for a message stamped `stamp`, created or reset
-    /// for a newer epoch; `None` for this node's own messages and for
-    /// anything from an older epoch. The flag says it is new.
+    /// The entry of `node` for a message from its process `epoch`, sent at
+    /// `sent_ms`, created or reset for a newer epoch; `None` for this
+    /// node's own messages and for anything from an older epoch. The flag
+    /// says it is new.
     fn node<'a>(
         nodes: &'a mut HashMap<String, Node>,
         (me, lease): (&str, Duration),
         node: &str,
-        stamp: &Stamp,
+        (epoch, sent_ms): (u64, u64),
         now: Instant,
     ) -> Option<(&'a mut Node, bool)> {
         if node == me {
             return None;
         }
         let fresh = match nodes.get(node) {
-            Some(n) if stamp.epoch < n.epoch => return None,
-            Some(n) => n.epoch != stamp.epoch,
+            Some(n) if epoch < n.epoch => return None,
+            Some(n) => n.epoch != epoch,
             None => true,
         };
         if fresh {
             nodes.insert(
                 node.to_owned(),
                 Node {
-                    epoch: stamp.epoch,
+                    epoch,
                     relay_addr: None,
                     seq: 0,
                     sent_ms: 0,
@@ -164,8 +158,8 @@ impl Directory {
             );
         }
         let entry = nodes.get_mut(node)?;
-        if stamp.sent_ms >= entry.sent_ms {
-            entry.sent_ms = stamp.sent_ms;
+        if sent_ms >= entry.sent_ms {
+            entry.sent_ms = sent_ms;
             entry.expires = now + lease;
         }
         Some((entry, fresh))
@@ -193,18 +187,17 @@ impl Directory {
         }
     }
 
-    /// A heartbeat from `node`, sent at `sent_ms` by its process `epoch`.
+    /// A heartbeat from `node`, stamped (its process's epoch, sent at ms).
     pub fn on_alive(
         &mut self,
         node: &str,
-        (epoch, sent_ms): (u64, u64),
+        stamp: (u64, u64),
         relay_addr: SocketAddr,
         seq: u64,
         now: Instant,
     ) -> Vec<Action> {
-        let stamp = Stamp { epoch, sent_ms };
         let Some((entry, fresh)) =
-            Self::node(&mut self.nodes, (&self.me, self.lease), node, &stamp, now)
+            Self::node(&mut self.nodes, (&self.me, self.lease), node, stamp, now)
         else {
             return vec![];
         };
@@ -215,18 +208,17 @@ impl Directory {
         vec![]
     }
 
-    /// A change at `node` with its sequence number.
+    /// A change at `node` with its sequence number, stamped as a heartbeat is.
     pub fn on_change(
         &mut self,
         node: &str,
-        (epoch, sent_ms): (u64, u64),
+        stamp: (u64, u64),
         seq: u64,
         change: Change,
         now: Instant,
     ) -> Vec<Action> {
-        let stamp = Stamp { epoch, sent_ms };
         let Some((entry, fresh)) =
-            Self::node(&mut self.nodes, (&self.me, self.lease), node, &stamp, now)
+            Self::node(&mut self.nodes, (&self.me, self.lease), node, stamp, now)
         else {
             return vec![];
         };
