@@ -68,6 +68,7 @@ mod router;
 mod server_link;
 pub mod server_list;
 mod shared;
+pub mod stdio_pipe;
 mod tcp;
 mod udp;
 

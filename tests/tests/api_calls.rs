@@ -45,6 +45,47 @@ async fn one_megabyte_echoes_back_identical() {
     );
 }
 
+/// A `Write` the test can read back after the pipe's thread is done with it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The CLI's stdin/stdout pipe (`peer::stdio_pipe`, one thread each way)
+/// through a real call: 8 MiB out, the echo back in, every byte in order.
+#[tokio::test]
+async fn the_cli_pipe_threads_move_every_byte_both_ways() {
+    let server = TestServer::start().await;
+    let (_alice, _t) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = server.peer("bob").await;
+    let call = within(T, "call", bob.peer.call("alice", CallOptions::default()))
+        .await
+        .expect("call");
+    let mut data = vec![0u8; 8 << 20];
+    rand::thread_rng().fill_bytes(&mut data);
+    let (send, recv) = call.open(&PeerMessage::Pipe).await.expect("stream");
+    let out = Shared::default();
+    let input = std::io::Cursor::new(data.clone());
+    let (sent, received) = within(
+        T,
+        "pipe",
+        peer::stdio_pipe::pipe_threads(send, recv, input, out.clone()),
+    )
+    .await
+    .expect("pipe");
+    assert_eq!((sent, received), (data.len() as u64, data.len() as u64));
+    assert!(*out.0.lock().unwrap() == data, "the echo came back different");
+}
+
 #[tokio::test]
 async fn not_found_offline_and_rejected() {
     let server = TestServer::start().await;

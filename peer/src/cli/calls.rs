@@ -34,8 +34,7 @@ fn ended(call: &Call, sent: u64, received: u64) -> Event {
 pub(crate) async fn call(peer: &Peer, name: &str, flags: &CallFlags, out: Out) -> Result<()> {
     let call = peer.call(name, flags.options()).await?;
     let (send, recv) = call.open(&PeerMessage::Pipe).await?;
-    let (sent, received) =
-        peer::app::pipe(send, recv, tokio::io::stdin(), tokio::io::stdout()).await?;
+    let (sent, received) = peer::stdio_pipe::pipe_stdio(send, recv).await?;
     out.event(&ended(&call, sent, received));
     call.close();
     Ok(())

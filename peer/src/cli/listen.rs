@@ -169,8 +169,7 @@ async fn serve_stream(
                     "stdin/stdout already serve another call".into(),
                 ));
             }
-            let (s, r) =
-                peer::app::pipe(send, recv, tokio::io::stdin(), tokio::io::stdout()).await?;
+            let (s, r) = peer::stdio_pipe::pipe_stdio(send, recv).await?;
             add(s, r);
         }
         (header @ PeerMessage::SendFile { .. }, Mode::Receive(dir, max)) => {
