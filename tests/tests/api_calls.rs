@@ -83,7 +83,10 @@ async fn the_cli_pipe_threads_move_every_byte_both_ways() {
     .await
     .expect("pipe");
     assert_eq!((sent, received), (data.len() as u64, data.len() as u64));
-    assert!(*out.0.lock().unwrap() == data, "the echo came back different");
+    assert!(
+        *out.0.lock().unwrap() == data,
+        "the echo came back different"
+    );
 }
 
 #[tokio::test]

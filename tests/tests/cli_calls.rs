@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rand::RngCore;
-use tests::proc::{LocalWorld as World, PeerHome, Proc};
+use tests::proc::{LocalWorld as World, PeerHome, Proc, ServerProc};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -72,6 +72,57 @@ fn one_megabyte_through_listen_echo_and_the_connected_event() {
     // bob recorded alice's key after the first call.
     let known = std::fs::read_to_string(bob.dir.join("peer/known_peers")).unwrap();
     assert!(known.contains(&format!("alice {alice_fp}")), "{known}");
+}
+
+/// A caller exits as soon as its last byte is acknowledged (it does not
+/// wait out the connection's draining period), and nothing is lost by it:
+/// the callee has every byte of 1 MiB, 50 times over.
+#[test]
+fn a_fast_exiting_caller_loses_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut generous = vec![];
+    for flag in [
+        "--register-rate",
+        "--call-rate",
+        "--offer-rate-per-source",
+        "--offer-rate-per-callee",
+    ] {
+        generous.extend([flag, "1000/1000"]);
+    }
+    let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &generous);
+    let got = dir.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    // Each call's bytes go to a file of its own. Its stdout is closed at
+    // once, so the callee finishes its side first: only the caller's wait
+    // for its own bytes' acknowledgement keeps them from being lost.
+    let exec = format!("exec >&-; cat > \"$(mktemp -p '{}')\"", got.display());
+    let alice = PeerHome::new(dir.path().join("alice"), &server);
+    let mut listener = alice.spawn("alice", Some("alice"), &["listen", "--exec", &exec]);
+    listener.wait_for(T, "registered");
+    let bob = PeerHome::new(dir.path().join("bob"), &server);
+    let data = random(1 << 20);
+    const CALLS: usize = 50;
+    for i in 0..CALLS {
+        let (mut call, _) = call_with(&bob, "bob", "alice", data.clone());
+        assert!(call.wait_exit(T).success(), "call {i}: {}", call.log());
+        // The caller is gone; the callee still gets every byte it sent.
+        let ended = listener.wait_for(T, "call_ended");
+        assert_eq!(
+            ended["bytes_received"],
+            data.len() as u64,
+            "call {i}: {ended}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(&got).unwrap().collect();
+    assert_eq!(files.len(), CALLS);
+    for f in files {
+        let path = f.unwrap().path();
+        assert!(
+            std::fs::read(&path).unwrap() == data,
+            "{} differs",
+            path.display()
+        );
+    }
 }
 
 #[test]
