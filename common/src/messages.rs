@@ -15,6 +15,9 @@
 //!  | <--- CallAccepted / Error    |
 //!  | Approve{fingerprints} -----> |   a listen's pre-approved callers (known
 //!  | <--- Approved{count} / Error |   contacts): their calls skip the per-callee limits
+//!  | CallAs{from,to,cands} -----> |   a one-shot call's first request: Register
+//!  | <--- Registered / Error      |   and Call in one (no round trip between)
+//!  | <--- CallAccepted / Error    |
 //! ```
 //!
 //! A call, with the callee's `listen` session (server-opened stream):
@@ -177,6 +180,22 @@ pub enum Message {
         /// Details for a person.
         message: String,
     },
+    /// Caller → server, as the first request of a one-shot connection:
+    /// `Register { name: from, presence: false }` and `Call { to, .. }` in
+    /// one, so a fresh `peer call` costs no registration round trip. The
+    /// server answers two frames on the stream: `Registered` (or the
+    /// `Error` that refused the registration, then nothing more), then the
+    /// call's answer, as for [`Message::Call`].
+    CallAs {
+        /// The caller's name, claimed for its key as `Register` would.
+        from: String,
+        /// Callee name.
+        to: String,
+        /// As in [`Message::Call`].
+        candidates: Vec<SocketAddr>,
+        /// As in [`Message::Call`].
+        hide_addresses: bool,
+    },
 }
 
 impl Message {
@@ -196,6 +215,7 @@ impl Message {
             Self::Approve { .. } => "Approve",
             Self::Approved { .. } => "Approved",
             Self::Error { .. } => "Error",
+            Self::CallAs { .. } => "CallAs",
         }
     }
 

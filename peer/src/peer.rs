@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::relay_frame::Party;
-use common::{validate_name, Fingerprint, Identity, Message};
+use common::{validate_name, ErrorKind, Fingerprint, Identity, Message};
 use tokio::sync::{broadcast, Mutex};
 use tracing::debug;
 
@@ -23,7 +23,7 @@ use crate::known_peers::{Check, KnownPeers};
 use crate::path::PathMode;
 use crate::path_task::{PathHandle, TaskContext};
 use crate::router::CallSpec;
-use crate::server_link::{unexpected, ServerLink};
+use crate::server_link::{unexpected, Registration, ServerLink};
 use crate::shared::Inner;
 use crate::Event;
 
@@ -114,6 +114,7 @@ impl Peer {
             events,
             known,
             link: Mutex::new(None),
+            registering: Mutex::new(()),
             approve_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
@@ -162,16 +163,117 @@ impl Peer {
         if register {
             let name = self.name()?;
             let reg = link.register(&name, false).await?;
-            self.inner.socket.set_observed(reg.observed_addr);
-            self.emit(Event::Registered {
-                name,
-                fingerprint: reg.fingerprint.to_string(),
-                observed_addr: reg.observed_addr.to_string(),
-                transport: link.transport().as_str().to_owned(),
-            });
+            self.on_registered(&link, name, &reg);
         }
         *slot = Some((link.clone(), register));
         Ok((link, took))
+    }
+
+    /// The one-shot link for a call: the current one, registered or not, or
+    /// a new one, not registered (the call registers with `CallAs`).
+    /// Returns the link, how long connecting took now, and whether it is
+    /// registered.
+    async fn call_link(&self) -> Result<(ServerLink, Duration, bool)> {
+        {
+            let slot = self.inner.link.lock().await;
+            if let Some((link, registered)) = slot.as_ref() {
+                if link.conn.close_reason().is_none() {
+                    return Ok((link.clone(), Duration::ZERO, *registered));
+                }
+            }
+        }
+        let (link, took) = self.link(false).await?;
+        let registered = self.is_registered(&link).await;
+        Ok((link, took, registered))
+    }
+
+    /// `link` is registered as `name`: note the address the server sees,
+    /// say so, and let the next one-shot request on it skip registering.
+    fn on_registered(&self, link: &ServerLink, name: String, reg: &Registration) {
+        self.inner.socket.set_observed(reg.observed_addr);
+        self.emit(Event::Registered {
+            name,
+            fingerprint: reg.fingerprint.to_string(),
+            observed_addr: reg.observed_addr.to_string(),
+            transport: link.transport().as_str().to_owned(),
+        });
+    }
+
+    /// Marks the current one-shot link registered, if it is still `link`.
+    async fn mark_registered(&self, link: &ServerLink) {
+        if let Some((current, registered)) = self.inner.link.lock().await.as_mut() {
+            if current.conn.stable_id() == link.conn.stable_id() {
+                *registered = true;
+            }
+        }
+    }
+
+    /// Asks the server for the call: `Call` on a registered link, else
+    /// `CallAs` (registering in the same request). `Ok(None)`: the server
+    /// is older than `CallAs` (it refused it as a bad request).
+    async fn ask(
+        &self,
+        link: &ServerLink,
+        to: &str,
+        candidates: Vec<SocketAddr>,
+        hide_addresses: bool,
+        registered: bool,
+    ) -> Result<Option<Message>> {
+        let plain = |candidates| Message::Call {
+            to: to.to_owned(),
+            candidates,
+            hide_addresses,
+        };
+        if registered {
+            return Ok(Some(link.request(&plain(candidates)).await?));
+        }
+        let name = self.name()?;
+        // One registration in flight per link (the server refuses a second):
+        // a call made meanwhile waits for it, then needs only `Call`.
+        let registering = self.inner.registering.lock().await;
+        if self.is_registered(link).await {
+            drop(registering);
+            return Ok(Some(link.request(&plain(candidates)).await?));
+        }
+        let call = Message::CallAs {
+            from: name.clone(),
+            to: to.to_owned(),
+            candidates,
+            hide_addresses,
+        };
+        let (first, mut answers) = link.request_first(&call).await?;
+        match first {
+            Message::Registered {
+                fingerprint,
+                observed_addr,
+                ..
+            } => {
+                let reg = Registration {
+                    fingerprint,
+                    observed_addr,
+                };
+                self.on_registered(link, name, &reg);
+                self.mark_registered(link).await;
+                drop(registering);
+                Ok(Some(link.next_answer("CallAs", &mut answers).await?))
+            }
+            // A server older than `CallAs` cannot decode it.
+            Message::Error {
+                kind: ErrorKind::Protocol,
+                message,
+            } if message.starts_with("bad request") => Ok(None),
+            first => Err(unexpected(first, "CallAs")),
+        }
+    }
+
+    /// Whether the current one-shot link is `link` and registered.
+    async fn is_registered(&self, link: &ServerLink) -> bool {
+        self.inner
+            .link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|(l, r)| *r && l.conn.stable_id() == link.conn.stable_id())
     }
 
     pub(crate) fn name(&self) -> Result<String> {
@@ -213,8 +315,20 @@ impl Peer {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + options.timeout);
         let attempt = async {
-            let (link, server_time) = self.link(true).await?;
-            let mut call = self.call_over(&link, to, &options, deadline).await?;
+            let (link, server_time, registered) = self.call_link().await?;
+            let mut call = match self
+                .call_over(&link, to, &options, deadline, registered)
+                .await?
+            {
+                Some(call) => call,
+                None => {
+                    debug!("the server does not know CallAs: registering first");
+                    let (link, _) = self.link(true).await?;
+                    self.call_over(&link, to, &options, deadline, true)
+                        .await?
+                        .ok_or_else(|| Error::Protocol("the server refused a Call".into()))?
+                }
+            };
             call.server_time = server_time;
             Ok::<_, Error>(call)
         };
@@ -237,7 +351,8 @@ impl Peer {
         to: &str,
         options: &CallOptions,
         deadline: tokio::time::Instant,
-    ) -> Result<Call> {
+        registered: bool,
+    ) -> Result<Option<Call>> {
         // Read known_peers before asking: a file that cannot be read or has
         // a bad line stops the call (fail closed), never makes `to` "new".
         let known = &self.inner.known;
@@ -249,13 +364,9 @@ impl Peer {
             self.inner.socket.local_candidates()
         };
         let state = CallState::start_with(to, Instant::now(), options.path);
-        let answer = link
-            .request(&Message::Call {
-                to: to.to_owned(),
-                candidates,
-                hide_addresses: hide,
-            })
-            .await?;
+        let Some(answer) = self.ask(link, to, candidates, hide, registered).await? else {
+            return Ok(None);
+        };
         let server = link.conn.remote_address();
         let state = state
             .on_answer(
@@ -327,7 +438,13 @@ impl Peer {
         }
         let settled = handle.settled(&self.inner.socket.router, SETTLE_WAIT).await;
         let paths = handle.call_paths(&self.inner.socket.router, settled);
-        Ok(Call::new(conn, to.to_owned(), fingerprint, *setup, paths))
+        Ok(Some(Call::new(
+            conn,
+            to.to_owned(),
+            fingerprint,
+            *setup,
+            paths,
+        )))
     }
 
     /// Dials the call's virtual address until the handshake is done, the

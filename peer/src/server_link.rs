@@ -66,25 +66,55 @@ impl ServerLink {
 
     /// Sends `msg` on a new stream and waits for the one answer.
     pub(crate) async fn request(&self, msg: &Message) -> Result<Message> {
+        Ok(self.request_first(msg).await?.0)
+    }
+
+    /// Sends `msg` on a new stream and waits for its first answer; more may
+    /// follow on the stream ([`Self::next_answer`]), as for `CallAs`.
+    pub(crate) async fn request_first(
+        &self,
+        msg: &Message,
+    ) -> Result<(Message, quinn::RecvStream)> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.lost(e))?;
             write_frame(&mut send, msg, MAX_FRAME)
                 .await
                 .map_err(|e| self.stream_error(e))?;
             let _ = send.finish();
-            read_frame::<Message, _>(&mut recv, MAX_FRAME)
+            let first = read_frame::<Message, _>(&mut recv, MAX_FRAME)
+                .await
+                .map_err(|e| self.stream_error(e))?;
+            Ok((first, recv))
+        };
+        self.within(msg.kind_name(), exchange).await
+    }
+
+    /// The next answer on a request's stream.
+    pub(crate) async fn next_answer(
+        &self,
+        request: &str,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Message> {
+        let read = async {
+            read_frame::<Message, _>(recv, MAX_FRAME)
                 .await
                 .map_err(|e| self.stream_error(e))
         };
+        self.within(request, read).await
+    }
+
+    /// `exchange`, or `server_unreachable` when the server takes longer
+    /// than the request timeout.
+    async fn within<T>(
+        &self,
+        request: &str,
+        exchange: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Error::ServerUnreachable {
                 server: self.server.clone(),
-                reason: format!(
-                    "no answer to {} within {} s",
-                    msg.kind_name(),
-                    self.timeout.as_secs()
-                ),
+                reason: format!("no answer to {request} within {} s", self.timeout.as_secs()),
             }),
         }
     }

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) nodes: std::sync::Mutex<crate::ServerList>,
     /// The one-shot server link (lookup, call), made on first use.
     pub(crate) link: Mutex<Option<(ServerLink, bool)>>,
+    /// Held while a `CallAs` registers the one-shot link.
+    pub(crate) registering: Mutex<()>,
     /// The server refused [`common::Message::Approve`] (it predates it): not sent again.
     pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
     /// Where accepted calls go while listening.

@@ -113,7 +113,6 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = state.limits.max_frame;
     let request = match tokio::time::timeout(
         state.limits.request_timeout,
         read_frame::<Message, _>(&mut recv, state.limits.max_request_frame),
@@ -146,23 +145,52 @@ async fn serve_stream(
             hide_addresses,
         } => handlers::call::handle(state, id, to, candidates, hide_addresses).await,
         Message::Approve { fingerprints } => handlers::approve::handle(state, id, fingerprints),
+        Message::CallAs {
+            from,
+            to,
+            candidates,
+            hide_addresses,
+        } => {
+            // Two answers on one stream: the registration's, then (only if
+            // it succeeded, and was sent) the call's.
+            let registered = handlers::register::handle(state, id, from, false).await;
+            if !matches!(registered, Message::Registered { .. }) {
+                registered
+            } else if write_reply(state, id, &mut send, &registered).await {
+                handlers::call::handle(state, id, to, candidates, hide_addresses).await
+            } else {
+                return;
+            }
+        }
         other => {
             let reason = format!("unexpected message {} as a request", other.kind_name());
             return refuse(state, conn, &mut send, &reason).await;
         }
     };
-    if let Message::Error { kind, .. } = &reply {
+    if write_reply(state, id, &mut send, &reply).await {
+        let _ = send.finish();
+    }
+}
+
+/// Writes one answer frame within the reply timeout (a peer that grants no
+/// credit must not park this task); false if it was not (the stream reset
+/// when it timed out).
+async fn write_reply(
+    state: &State,
+    id: SessionId,
+    send: &mut quinn::SendStream,
+    reply: &Message,
+) -> bool {
+    if let Message::Error { kind, .. } = reply {
         state.metrics.error(*kind);
     }
-    // A peer that grants no credit must not park this task.
-    match tokio::time::timeout(
-        state.limits.reply_timeout,
-        write_frame(&mut send, &reply, max),
-    )
-    .await
-    {
-        Ok(_) => {
-            let _ = send.finish();
+    let max = state.limits.max_frame;
+    match tokio::time::timeout(state.limits.reply_timeout, write_frame(send, reply, max)).await {
+        Ok(Ok(())) => true,
+        // The stream or the connection is gone: nobody to answer.
+        Ok(Err(e)) => {
+            debug!(id, "reply not written: {e}");
+            false
         }
         Err(_) => {
             debug!(
@@ -170,6 +198,7 @@ async fn serve_stream(
                 "reply not taken within {:?}; resetting the stream", state.limits.reply_timeout
             );
             let _ = send.reset(0u32.into());
+            false
         }
     }
 }

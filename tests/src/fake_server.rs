@@ -66,6 +66,37 @@ impl FakeServer {
         config
     }
 
+    /// Takes the next peer connection and its first request, unanswered:
+    /// the connection, the request's stream halves, and the request.
+    pub async fn accept_request(
+        &self,
+    ) -> (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        Message,
+    ) {
+        let incoming = within(T, "peer connects", self.endpoint.accept())
+            .await
+            .expect("incoming");
+        let conn = incoming.await.expect("handshake");
+        let (send, recv, msg) = Self::next_request(&conn).await;
+        (conn, send, recv, msg)
+    }
+
+    /// The next request on `conn`, unanswered.
+    pub async fn next_request(
+        conn: &quinn::Connection,
+    ) -> (quinn::SendStream, quinn::RecvStream, Message) {
+        let (send, mut recv) = within(T, "request stream", conn.accept_bi())
+            .await
+            .expect("request stream");
+        let msg: Message = within(T, "request", read_frame(&mut recv, MAX_FRAME))
+            .await
+            .expect("request");
+        (send, recv, msg)
+    }
+
     /// Takes the listener's connection and answers its `Register` with the
     /// key its handshake showed.
     pub async fn accept_listener(&self) -> quinn::Connection {
