@@ -15,6 +15,8 @@
 //!  | <--- CallAccepted / Error    |
 //!  | Approve{fingerprints} -----> |   a listen's pre-approved callers (known
 //!  | <--- Approved{count} / Error |   contacts): their calls skip the per-callee limits
+//!  | AcceptApproved{cands} -----> |   ...and accept their calls without asking
+//!  | <--- Approved{count} / Error |   (the server sends Preapproved, then Dial)
 //!  | CallAs{from,to,cands} -----> |   a one-shot call's first request: Register
 //!  | <--- Registered / Error      |   and Call in one (no round trip between)
 //!  | <--- CallAccepted / Error    |
@@ -196,6 +198,28 @@ pub enum Message {
         /// As in [`Message::Call`].
         hide_addresses: bool,
     },
+    /// Listener → server, after [`Message::Approve`]: the callers it
+    /// approved need not be asked; accept their calls at once with these
+    /// (what its `Accept` would say). The server answers `Approved`.
+    AcceptApproved {
+        /// As in [`Message::Accept`].
+        candidates: Vec<SocketAddr>,
+        /// As in [`Message::Accept`].
+        hide_addresses: bool,
+    },
+    /// Server → callee, on a new stream: a call from a caller it approved
+    /// with [`Message::AcceptApproved`]. No answer is wanted: the call's
+    /// `Dial` (or an `Error`) follows on the same stream at once, while the
+    /// caller already has its `CallAccepted`. The callee still checks the
+    /// caller against its own policy, and lets in only this key.
+    Preapproved {
+        /// As in [`Message::IncomingCall`].
+        call_id: u64,
+        /// The caller's registered name.
+        from: String,
+        /// The caller's key.
+        fingerprint: Fingerprint,
+    },
 }
 
 impl Message {
@@ -216,6 +240,8 @@ impl Message {
             Self::Approved { .. } => "Approved",
             Self::Error { .. } => "Error",
             Self::CallAs { .. } => "CallAs",
+            Self::AcceptApproved { .. } => "AcceptApproved",
+            Self::Preapproved { .. } => "Preapproved",
         }
     }
 

@@ -9,6 +9,10 @@
 //! entries come (known_peers: oldest first), so strangers accepted later
 //! cannot push early contacts out of the list. The server still holds each
 //! approved key to its own per-(key, callee) offer bucket.
+//!
+//! Then [`Message::AcceptApproved`]: the server introduces these callers at
+//! once, without offering their calls (it sends `Preapproved`, then `Dial`),
+//! which saves each such call the round trip to the callee.
 
 use std::sync::atomic::Ordering;
 
@@ -16,6 +20,7 @@ use common::messages::MAX_APPROVED;
 use common::{ErrorKind, Fingerprint, Message};
 use tracing::debug;
 
+use crate::path::PathMode;
 use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::server_link::ServerLink;
@@ -68,9 +73,47 @@ pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
         }) => {
             debug!("the server does not take approvals ({message}); not sending them again");
             unsupported.store(true, Ordering::Relaxed);
+            return;
         }
-        Ok(other) => debug!("the server answered Approve with {}", other.kind_name()),
-        Err(e) => debug!("approvals not sent: {e}"),
+        Ok(other) => return debug!("the server answered Approve with {}", other.kind_name()),
+        Err(e) => return debug!("approvals not sent: {e}"),
+    }
+    accept_approved(peer, link).await;
+}
+
+/// Tells the server to accept the approved callers' calls without asking
+/// (`AcceptApproved`, with what our `Accept` would say), so their calls
+/// save the round trip to us. We still check each against the policy, and
+/// let in only its key. Like [`send`], a server that predates it is not
+/// asked again.
+async fn accept_approved(peer: &Peer, link: &ServerLink) {
+    let unsupported = &peer.inner.standing_unsupported;
+    if unsupported.load(Ordering::Relaxed) {
+        return;
+    }
+    let hide = peer.inner.config.listen_path == PathMode::Relay;
+    let candidates = match hide {
+        true => vec![],
+        false => peer.inner.socket.local_candidates(),
+    };
+    let standing = Message::AcceptApproved {
+        candidates,
+        hide_addresses: hide,
+    };
+    match link.request(&standing).await {
+        Ok(Message::Approved { count }) => debug!(count, "approved callers are accepted at once"),
+        Ok(Message::Error {
+            kind: ErrorKind::Protocol,
+            message,
+        }) => {
+            debug!("the server does not take standing answers ({message}); not sending them again");
+            unsupported.store(true, Ordering::Relaxed);
+        }
+        Ok(other) => debug!(
+            "the server answered AcceptApproved with {}",
+            other.kind_name()
+        ),
+        Err(e) => debug!("standing answer not sent: {e}"),
     }
 }
 

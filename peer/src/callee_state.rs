@@ -108,10 +108,15 @@ pub enum Answer {
 }
 
 impl CalleeState {
-    /// The server's offer. Anything but an `IncomingCall` is ignored.
+    /// The server's offer: an `IncomingCall`, or a `Preapproved` (a caller
+    /// we approved, introduced without asking: decided the same way, but
+    /// the answer is not sent). Anything else is ignored.
     pub fn on_offer(offer: Message, now: Instant) -> Result<Self, OfferIgnored> {
         match offer {
             Message::IncomingCall {
+                from, fingerprint, ..
+            }
+            | Message::Preapproved {
                 from, fingerprint, ..
             } => Ok(Self::Offered {
                 from,

@@ -156,3 +156,26 @@ fn no_dial_is_no_call() {
         .on_dial(Message::Lookup { name: "x".into() }, AT)
         .is_err());
 }
+
+#[test]
+fn a_preapproved_call_is_decided_by_the_same_policy() {
+    let t0 = Instant::now();
+    let preapproved = |fp: u8| Message::Preapproved {
+        call_id: 3,
+        from: "bob".into(),
+        fingerprint: Fingerprint([fp; 32]),
+    };
+    let bob = Policy::AllowList(vec!["bob".into()]);
+    let state = CalleeState::on_offer(preapproved(4), t0).expect("offered");
+    assert!(matches!(
+        state.decide(&bob, Ok(Check::Known), vec![], PathMode::Auto),
+        Answer::Accept(CalleeState::Accepted { .. }, _)
+    ));
+    // Another key than the one pinned for bob: refused, as an offer would be.
+    let state = CalleeState::on_offer(preapproved(9), t0).expect("offered");
+    let changed = Check::Changed(Fingerprint([4; 32]));
+    assert!(matches!(
+        state.decide(&bob, Ok(changed), vec![], PathMode::Auto),
+        Answer::Reject { .. }
+    ));
+}

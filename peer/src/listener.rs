@@ -199,8 +199,14 @@ async fn answer_offer(
         read_frame::<Message, _>(&mut recv, MAX_FRAME),
     )
     .await;
+    // A caller we approved, introduced without asking us: no answer is
+    // read, the Dial follows at once.
+    let mut preapproved = false;
     let state = match offer {
-        Ok(Ok(msg)) => CalleeState::on_offer(msg, Instant::now()),
+        Ok(Ok(msg)) => {
+            preapproved = matches!(msg, Message::Preapproved { .. });
+            CalleeState::on_offer(msg, Instant::now())
+        }
         _ => Err(OfferIgnored::NotAnOffer("nothing")),
     };
     let Ok(state) = state else {
@@ -219,11 +225,16 @@ async fn answer_offer(
             from,
             reason,
         } => {
-            let _ = write_answer(&peer, &mut send, &message).await;
+            if !preapproved {
+                let _ = write_answer(&peer, &mut send, &message).await;
+            }
             let _ = send.finish();
             peer.emit(Event::CallRefused { from, reason });
         }
-        Answer::Accept(state, accept) => accepted(&peer, send, recv, state, accept).await,
+        Answer::Accept(state, accept) => {
+            let answer = (!preapproved).then_some(accept);
+            accepted(&peer, send, recv, state, answer).await;
+        }
     }
 }
 
@@ -247,15 +258,16 @@ async fn write_answer(peer: &Peer, send: &mut quinn::SendStream, msg: &Message) 
     }
 }
 
-/// An offer we accept: expect the caller, answer, then start the call's
-/// path task on `Dial`. The caller's key is recorded in known_peers only
-/// if its entry is still what the check saw ([`crate::KnownPeers::record_if`]).
+/// An offer we accept: expect the caller, answer (`None`: a `Preapproved`
+/// call, not answered), then start the call's path task on `Dial`. The
+/// caller's key is recorded in known_peers only if its entry is still what
+/// the check saw ([`crate::KnownPeers::record_if`]).
 async fn accepted(
     peer: &Peer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     state: CalleeState,
-    accept: Message,
+    accept: Option<Message>,
 ) {
     let CalleeState::Accepted {
         from,
@@ -281,8 +293,10 @@ async fn accepted(
     };
     socket.expected.add(expected.clone());
     let _held = socket.router.hold_initials();
-    if write_answer(peer, &mut send, &accept).await.is_err() {
-        return;
+    if let Some(accept) = accept {
+        if write_answer(peer, &mut send, &accept).await.is_err() {
+            return;
+        }
     }
     let _ = send.finish();
     let dial = tokio::time::timeout(

@@ -116,6 +116,7 @@ impl Peer {
             link: Mutex::new(None),
             registering: Mutex::new(()),
             approve_unsupported: Default::default(),
+            standing_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::accept::accept_loop(Arc::downgrade(&inner)));

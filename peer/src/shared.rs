@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) registering: Mutex<()>,
     /// The server refused [`common::Message::Approve`] (it predates it): not sent again.
     pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
+    /// Set once the server refused `AcceptApproved` (it predates it).
+    pub(crate) standing_unsupported: std::sync::atomic::AtomicBool,
     /// Where accepted calls go while listening.
     pub(crate) incoming: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Result<Call>>>>,
 }

@@ -145,6 +145,16 @@ async fn serve_stream(
             hide_addresses,
         } => handlers::call::handle(state, id, to, candidates, hide_addresses).await,
         Message::Approve { fingerprints } => handlers::approve::handle(state, id, fingerprints),
+        Message::AcceptApproved {
+            candidates,
+            hide_addresses,
+        } => {
+            let standing = crate::registry::Standing {
+                candidates,
+                hide_addresses,
+            };
+            handlers::approve::handle_standing(state, id, standing)
+        }
         Message::CallAs {
             from,
             to,

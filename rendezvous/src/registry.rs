@@ -43,9 +43,25 @@ pub struct Session<H> {
     /// calls skip the per-callee offer limits. At most
     /// [`common::messages::MAX_APPROVED`].
     pub approved: Vec<Fingerprint>,
+    /// What the session answers the approved callers without being asked
+    /// ([`Registry::accept_approved`]); `None`: it is asked every time.
+    pub standing: Option<Standing>,
     /// How the driver reaches this session.
     pub handle: H,
 }
+
+/// A listener's standing answer to its approved callers
+/// (`AcceptApproved`): the `Accept` it would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Its local candidates (the broker forwards the vetted few).
+    pub candidates: Vec<SocketAddr>,
+    /// Whether the caller is given none of its addresses.
+    pub hide_addresses: bool,
+}
+
+/// Most candidates a [`Standing`] keeps (the broker forwards fewer).
+pub const MAX_STANDING_CANDIDATES: usize = 16;
 
 /// A registry rule was broken.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -100,6 +116,7 @@ impl<H: Clone> Registry<H> {
             observed,
             name: None,
             approved: Vec::new(),
+            standing: None,
             handle,
         };
         self.sessions.insert(id, session);
@@ -168,6 +185,28 @@ impl<H: Clone> Registry<H> {
             session.approved = keys;
         }
         Ok(count)
+    }
+
+    /// Sets what session `id` answers its approved callers without being
+    /// asked (replacing the last). Only a session that holds its name's
+    /// presence may; returns how many callers it covers (its approved keys).
+    pub fn accept_approved(
+        &mut self,
+        id: SessionId,
+        mut standing: Standing,
+    ) -> Result<usize, RegistryError> {
+        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
+        let present = session
+            .name
+            .as_ref()
+            .is_some_and(|name| self.presence.get(name) == Some(&id));
+        if !present {
+            return Err(RegistryError::NotRegistered);
+        }
+        standing.candidates.truncate(MAX_STANDING_CANDIDATES);
+        let session = self.sessions.get_mut(&id).ok_or(RegistryError::NoSession)?;
+        session.standing = Some(standing);
+        Ok(session.approved.len())
     }
 
     /// Notes that session `id` is now seen at `observed` (a NAT rebinding,
@@ -319,5 +358,31 @@ mod tests {
         let (_, s) = r.present("alice").expect("online");
         assert!(s.approved.contains(&Fingerprint([0; 32])));
         assert_eq!(r.approve(id, vec![fp, fp]), Ok(1));
+    }
+
+    #[test]
+    fn only_a_listen_session_accepts_its_approved_callers_and_keeps_a_few_candidates() {
+        let mut r: Registry<()> = Registry::default();
+        let id = r.open(Fingerprint([1; 32]), addr(1), ());
+        let standing = Standing {
+            candidates: (0..40).map(addr).collect(),
+            hide_addresses: false,
+        };
+        assert_eq!(
+            r.accept_approved(id, standing.clone()),
+            Err(RegistryError::NotRegistered)
+        );
+        r.register(id, "alice", false).expect("register");
+        assert_eq!(
+            r.accept_approved(id, standing.clone()),
+            Err(RegistryError::NotRegistered),
+            "not a listen session"
+        );
+        r.register(id, "alice", true).expect("listen");
+        r.approve(id, vec![Fingerprint([2; 32])]).expect("approve");
+        assert_eq!(r.accept_approved(id, standing), Ok(1));
+        let (_, s) = r.present("alice").expect("online");
+        let kept = s.standing.as_ref().expect("standing");
+        assert_eq!(kept.candidates.len(), MAX_STANDING_CANDIDATES);
     }
 }

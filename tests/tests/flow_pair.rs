@@ -220,6 +220,7 @@ impl Facts for Books {
         Some(Callee {
             session: 2,
             approved: false,
+            standing: None,
         })
     }
     fn check_offer(&mut self, _: Offer, _: Instant) -> Result<(), OfferRefused> {

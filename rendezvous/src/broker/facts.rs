@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::Fingerprint;
 
 use crate::offers::{Offer, OfferRefused};
-use crate::registry::SessionId;
+use crate::registry::{SessionId, Standing};
 
 /// What the broker needs to know of the server it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub enum NoCaller {
 }
 
 /// The callee's listening session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callee {
     /// The session the offer goes to; [`crate::registry::REMOTE`] for a
     /// callee at another node (which checks the offer limits itself, and
@@ -61,6 +61,9 @@ pub struct Callee {
     pub session: SessionId,
     /// Whether the callee pre-approved the caller's key.
     pub approved: bool,
+    /// The callee's standing answer to the callers it approved
+    /// (`AcceptApproved`), if it gave one.
+    pub standing: Option<Standing>,
 }
 
 /// The server's books, as the broker asks them (in this order, each only

@@ -5,6 +5,9 @@
 //! caller → server   Call { to: "alice", candidates, hide_addresses }
 //! server → callee   IncomingCall { call_id, from: "bob", fingerprint }   (new stream, no addresses)
 //! callee → server   Accept { candidates, hide_addresses }  |  Reject { reason }
+//!    (a caller the callee approved and accepts without asking, `AcceptApproved`:
+//!     Preapproved { call_id, from, fingerprint } instead, and its standing
+//!     Accept is the answer, with no round trip to the callee)
 //! server → caller   CallAccepted { call_id, fingerprint, candidates, probe_key, relay }
 //! server → callee   Dial { call_id, candidates, probe_key, relay }  (at the same moment)
 //!             or    Error { kind: invalid_name | not_registered | not_found | offline
@@ -80,6 +83,10 @@ pub struct Ask {
     pub offer: Message,
     /// When to stop waiting for the answer ([`Answer::TimedOut`]).
     pub deadline: Instant,
+    /// The callee's standing answer for this caller, which it approved
+    /// (`AcceptApproved`): then `offer` is a `Preapproved`, nothing is read
+    /// back, and this `Accept` is the answer to feed [`CallBroker::on_answer`].
+    pub standing: Option<Message>,
 }
 
 /// What came of an [`Ask`] (also carried between nodes, in
@@ -242,14 +249,33 @@ impl Checked {
         }
         let call_id = facts.next_call_id();
         let deadline = deadline(now, config.answer_timeout);
-        let ask = Ask {
-            callee: callee.session,
-            offer: Message::IncomingCall {
-                call_id,
-                from: caller.name.clone(),
-                fingerprint: caller.fingerprint,
+        let (from, fingerprint) = (caller.name.clone(), caller.fingerprint);
+        let standing = callee.standing.filter(|_| callee.approved);
+        let ask = match standing {
+            // Consent given in advance: introduce both sides now.
+            Some(standing) => Ask {
+                callee: callee.session,
+                offer: Message::Preapproved {
+                    call_id,
+                    from,
+                    fingerprint,
+                },
+                deadline,
+                standing: Some(Message::Accept {
+                    candidates: standing.candidates,
+                    hide_addresses: standing.hide_addresses,
+                }),
             },
-            deadline,
+            None => Ask {
+                callee: callee.session,
+                offer: Message::IncomingCall {
+                    call_id,
+                    from,
+                    fingerprint,
+                },
+                deadline,
+                standing: None,
+            },
         };
         let broker = CallBroker {
             call_id,

@@ -11,13 +11,25 @@
 //! contacts out; each key is held to its own per-(key, callee) bucket
 //! instead. At most [`MAX_APPROVED`] keys; each list replaces the last,
 //! and it lives as long as the session.
+//!
+//! ```text
+//! listener → server   AcceptApproved { candidates, hide_addresses }   (after Approve)
+//! server → listener   Approved { count }
+//!             or      Error { kind: not_registered, .. }
+//! ```
+//!
+//! With it, the approved callers' calls are not offered: the broker takes
+//! this standing `Accept` as the callee's answer, introduces both sides at
+//! once and tells the callee with `Preapproved` then `Dial` (a round trip to
+//! the callee saved). It replaces the last one, and lives as long as the
+//! session.
 
 use std::sync::Arc;
 
 use common::messages::MAX_APPROVED;
 use common::{ErrorKind, Fingerprint, Message};
 
-use crate::registry::{RegistryError, SessionId};
+use crate::registry::{RegistryError, SessionId, Standing};
 use crate::state::{lock, State};
 
 pub(crate) fn handle(state: &Arc<State>, id: SessionId, fingerprints: Vec<Fingerprint>) -> Message {
@@ -37,6 +49,21 @@ pub(crate) fn handle(state: &Arc<State>, id: SessionId, fingerprints: Vec<Finger
         Err(RegistryError::NotRegistered) => Message::error(
             ErrorKind::NotRegistered,
             "only a listen session (Register with presence) may approve callers",
+        ),
+        Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+/// `AcceptApproved`: session `id` accepts its approved callers without
+/// being asked.
+pub(crate) fn handle_standing(state: &Arc<State>, id: SessionId, standing: Standing) -> Message {
+    match lock(&state.registry).accept_approved(id, standing) {
+        Ok(count) => Message::Approved {
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+        },
+        Err(RegistryError::NotRegistered) => Message::error(
+            ErrorKind::NotRegistered,
+            "only a listen session (Register with presence) may accept callers without being asked",
         ),
         Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
     }

@@ -69,6 +69,9 @@ pub(crate) async fn handle(
         Err(reply) => return reply,
     };
     let call_id = broker.call_id();
+    if ask.standing.is_some() {
+        state.metrics.calls_preapproved.inc();
+    }
     // Set by `Facts::callee` only for a callee at another node.
     let remote = facts.remote.clone();
     let (send, answer) = match (&remote, facts.conns.get(&ask.callee)) {
@@ -172,9 +175,11 @@ impl Facts for ServerFacts<'_> {
         let registry = lock(&self.state.registry);
         if let Some((session, s)) = registry.present(name) {
             self.conns.insert(session, s.handle.clone());
+            let approved = s.approved.contains(&caller);
             return Some(Callee {
                 session,
-                approved: s.approved.contains(&caller),
+                approved,
+                standing: s.standing.clone().filter(|_| approved),
             });
         }
         drop(registry);
@@ -183,6 +188,7 @@ impl Facts for ServerFacts<'_> {
         Some(Callee {
             session: REMOTE,
             approved: false,
+            standing: None,
         })
     }
 
@@ -227,8 +233,8 @@ impl Facts for ServerFacts<'_> {
 }
 
 /// Performs an [`Ask`]: opens a stream to the callee, writes the offer and
-/// reads the answer, all by the ask's deadline. The stream is kept for the
-/// Dial.
+/// reads the answer (or takes its standing one), all by the ask's
+/// deadline. The stream is kept for the Dial.
 pub(crate) async fn offer(
     state: &State,
     callee: &quinn::Connection,
@@ -240,6 +246,11 @@ pub(crate) async fn offer(
         write_frame(&mut send, &ask.offer, max)
             .await
             .map_err(|e| e.to_string())?;
+        // A `Preapproved` is not answered: the callee's standing answer is.
+        if let Some(standing) = &ask.standing {
+            let _ = recv.stop(0u32.into());
+            return Ok((send, standing.clone()));
+        }
         let answer: Message = read_frame(&mut recv, max)
             .await
             .map_err(|e| e.to_string())?;

@@ -249,6 +249,9 @@ async fn offered(state: &Arc<State>, from_node: &str, body: Body) -> OfferAnswer
             fingerprint,
         },
         deadline: now + answer_in,
+        // Callers at other nodes are always asked (a standing answer is
+        // kept by the callee's own node for its own callers).
+        standing: None,
     };
     let (send, answer) = super::call::offer(state, &conn, &ask).await;
     let raw = conn.remote_address();

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub calls_accepted: IntCounter,
     /// Calls the callee rejected.
     pub calls_rejected: IntCounter,
+    /// Calls introduced at once on the callee's standing answer
+    /// (`AcceptApproved`), without asking it (also in `calls_accepted`).
+    pub calls_preapproved: IntCounter,
     /// Requests refused by a rate limit.
     pub rate_limited: IntCounter,
     /// Calls offered to a callee at another node of the cluster.
@@ -213,6 +216,11 @@ impl Default for Metrics {
                 "rendezvous_calls_accepted_total",
                 "Calls accepted by the callee.",
             ),
+            calls_preapproved: counter(
+                &r,
+                "rendezvous_calls_preapproved_total",
+                "Calls from approved callers introduced without asking the callee.",
+            ),
             calls_rejected: counter(
                 &r,
                 "rendezvous_calls_rejected_total",
@@ -331,6 +339,7 @@ mod tests {
             "rendezvous_lookups_total",
             "rendezvous_calls_requested_total",
             "rendezvous_calls_accepted_total",
+            "rendezvous_calls_preapproved_total",
             "rendezvous_calls_rejected_total",
             "rendezvous_rate_limited_total",
             "rendezvous_frames_refused_total",

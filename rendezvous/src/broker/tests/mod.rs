@@ -55,6 +55,7 @@ impl Books {
                 Callee {
                     session: CALLEE,
                     approved: false,
+                    standing: None,
                 },
             )]),
             calls: RateLimiter::new(limits.call_rate),
@@ -95,7 +96,7 @@ impl Facts for Books {
 
     fn callee(&mut self, name: &str, _caller: Fingerprint) -> Option<Callee> {
         self.asked.push("callee");
-        self.online.get(name).copied()
+        self.online.get(name).cloned()
     }
 
     fn check_offer(&mut self, offer: Offer, now: Instant) -> Result<(), OfferRefused> {

@@ -126,6 +126,7 @@ fn offers_are_limited_per_source_per_callee_and_per_contact() {
         Callee {
             session: CALLEE,
             approved: true,
+            standing: None,
         },
     );
     assert!(offered(&mut books), "a contact is locked out");
@@ -167,10 +168,83 @@ fn a_callee_at_another_node_is_asked_without_this_node_checking_its_offer_limits
         Callee {
             session: crate::registry::REMOTE,
             approved: false,
+            standing: None,
         },
     );
     let (_, ask) = CallBroker::start(&mut books, &config(true), request("alice"), Instant::now())
         .expect("offered");
     assert_eq!(ask.callee, crate::registry::REMOTE);
     assert!(!books.asked.contains(&"check_offer"), "{:?}", books.asked);
+}
+
+fn standing(candidates: &[&str]) -> crate::registry::Standing {
+    crate::registry::Standing {
+        candidates: candidates.iter().map(|c| addr(c)).collect(),
+        hide_addresses: false,
+    }
+}
+
+#[test]
+fn an_approved_caller_of_a_callee_with_a_standing_answer_is_not_asked() {
+    let mut books = Books::new();
+    books.online.insert(
+        "alice".into(),
+        Callee {
+            session: CALLEE,
+            approved: true,
+            standing: Some(standing(&["10.0.0.5:5000"])),
+        },
+    );
+    let (broker, ask) =
+        CallBroker::start(&mut books, &config(false), request("alice"), Instant::now())
+            .expect("offered");
+    assert_eq!(
+        ask.offer,
+        Message::Preapproved {
+            call_id: 8,
+            from: "bob".into(),
+            fingerprint: BOB,
+        }
+    );
+    let accept = ask.standing.clone().expect("the standing answer");
+    assert_eq!(
+        accept,
+        Message::Accept {
+            candidates: vec![addr("10.0.0.5:5000")],
+            hide_addresses: false,
+        }
+    );
+    // The standing answer introduces both sides at once.
+    let Step::Finish(done) = broker.on_answer(Answer::Reply(accept), &mut books) else {
+        panic!("no relay here");
+    };
+    assert!(
+        matches!(done.reply, Message::CallAccepted { call_id: 8, .. }),
+        "{done:?}"
+    );
+    assert!(
+        matches!(done.to_callee, Some(Message::Dial { call_id: 8, .. })),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_caller_the_callee_did_not_approve_is_asked_despite_its_standing_answer() {
+    let mut books = Books::new();
+    books.online.insert(
+        "alice".into(),
+        Callee {
+            session: CALLEE,
+            approved: false,
+            standing: Some(standing(&["10.0.0.5:5000"])),
+        },
+    );
+    let (_, ask) = CallBroker::start(&mut books, &config(true), request("alice"), Instant::now())
+        .expect("offered");
+    assert!(
+        matches!(ask.offer, Message::IncomingCall { .. }),
+        "{:?}",
+        ask.offer
+    );
+    assert_eq!(ask.standing, None);
 }
