@@ -3,9 +3,10 @@
 //! `setup_ms` over N calls (default 20), the RTT floor measured with ping in
 //! the same run — RTT(A,S) + RTT(S,B) + RTT(A,B) — and median ÷ floor
 //! (goal ≤ 1.2; relayed pairs: 2 × (RTT(A,S) + RTT(S,B))), then path
-//! switches in one ping session ([`switches`]). Prints markdown tables.
+//! switches in one ping session ([`switches`]), then fresh `peer call`
+//! processes as a user runs them ([`fresh`]). Prints markdown tables.
 //!
-//! `cargo run --release -p tests --bin lab-bench [-- --calls N]`, as root
+//! `cargo run --release -p tests --bin lab-bench [-- --calls N] [--fresh-only]`, as root
 //! (see `tests/LAB.md`). Not a test: it prints why and exits 1 when the
 //! machine cannot run the lab.
 
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use tests::lab::{Host, Lab, Nat};
 
+#[path = "lab-bench/fresh.rs"]
+mod fresh;
 #[path = "lab-bench/switches.rs"]
 mod switches;
 
@@ -170,8 +173,15 @@ fn main() -> ExitCode {
             }
         }),
     ];
+    // `--fresh-only`: just the fresh-call table (a quicker run).
+    let fresh_only = std::env::args().any(|a| a == "--fresh-only");
+    let topologies = if fresh_only {
+        &topologies[..0]
+    } else {
+        &topologies[..]
+    };
     let mut rows = vec![];
-    for (topology, build) in topologies {
+    for &(topology, build) in topologies {
         // Lab::new prints why when the lab cannot run here.
         let Some(mut lab) = Lab::new("lab-bench") else {
             return ExitCode::FAILURE;
@@ -187,11 +197,24 @@ fn main() -> ExitCode {
     };
     lab.with_delay(Duration::from_millis(20));
     lab.start_server();
-    eprintln!("lab-bench: path switches");
-    let switches = switches::measure(&mut lab);
+    let switches = (!fresh_only).then(|| {
+        eprintln!("lab-bench: path switches");
+        switches::measure(&mut lab)
+    });
     drop(lab);
-    print_table(&rows);
-    switches::print(&switches);
+    let Some(mut lab) = Lab::new("lab-bench") else {
+        return ExitCode::FAILURE;
+    };
+    lab.with_delay(Duration::from_millis(20));
+    lab.start_server();
+    eprintln!("lab-bench: fresh calls, {calls} of each kind");
+    let fresh = fresh::measure(&mut lab, calls);
+    drop(lab);
+    if let Some(switches) = switches {
+        print_table(&rows);
+        switches::print(&switches);
+    }
+    fresh::print(&fresh);
     ExitCode::SUCCESS
 }
 
