@@ -146,6 +146,10 @@ async fn serve_stream(
             hide_addresses,
         } => handlers::call::handle(state, id, to, candidates, hide_addresses).await,
         Message::Approve { fingerprints } => handlers::approve::handle(state, id, fingerprints),
+        // A watch keeps its stream: it answers as things change.
+        Message::Watch { names } => {
+            return handlers::watch::serve(state, id, send, recv, names).await
+        }
         other => {
             let reason = format!("unexpected message {} as a request", other.kind_name());
             return refuse(state, conn, &mut send, &reason).await;

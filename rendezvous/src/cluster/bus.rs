@@ -95,7 +95,12 @@ pub struct Cluster {
     incoming: mpsc::Sender<Incoming>,
     /// Bus messages refused (unsealed, another key, another subject, stale).
     refused: std::sync::atomic::AtomicU64,
+    /// Told which names may have changed at the other nodes (`None`: any).
+    on_change: std::sync::OnceLock<OnChange>,
 }
+
+/// What [`Cluster::on_change`] calls (never under the cluster's locks).
+type OnChange = Box<dyn Fn(Option<&[String]>) + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +183,7 @@ impl Cluster {
             outbox,
             incoming,
             refused: std::sync::atomic::AtomicU64::new(0),
+            on_change: std::sync::OnceLock::new(),
         });
         info!(node = %cluster.config.node_id, relay = %cluster.config.node_addr, "joined the cluster bus");
         tokio::spawn(publish(
@@ -188,6 +194,19 @@ impl Cluster {
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
         tokio::spawn(receive(Arc::downgrade(&cluster), presence_sub, node_sub));
         Ok((cluster, incoming_rx))
+    }
+
+    /// Calls `f` after the directory changed, with the names that may
+    /// have changed (`None`: any, after a resync or a node's lease ran
+    /// out): the watchers' feed. Set once; later calls are ignored.
+    pub fn on_change(&self, f: impl Fn(Option<&[String]>) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
+
+    fn changed(&self, names: Option<&[String]>) {
+        if let Some(f) = self.on_change.get() {
+            f(names);
+        }
     }
 
     /// This node's id.
@@ -379,6 +398,11 @@ impl Cluster {
         {
             warn!(node = %from, "another node announces itself with this node's id: give each node its own --node-id");
         }
+        let touched = match &envelope.body {
+            Body::Up { online, .. } => Some(online.name.clone()),
+            Body::Down { name, .. } => Some(name.clone()),
+            _ => None,
+        };
         let actions = {
             let mut books = lock(&self.books);
             let d = &mut books.directory;
@@ -402,6 +426,9 @@ impl Cluster {
             };
             relevant(&books, actions)
         };
+        if let Some(name) = touched {
+            self.changed(Some(std::slice::from_ref(&name)));
+        }
         self.act(actions);
     }
 
@@ -471,6 +498,9 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
             }
             dead
         };
+        if !dead.is_empty() {
+            cluster.changed(None);
+        }
         for node in dead {
             info!(%node, "node lease ran out: its names are offline");
         }
@@ -534,6 +564,7 @@ async fn sync(cluster: Arc<Cluster>, node: String, generation: u64, after: Optio
                 let actions = books.directory.on_page(&node, generation, seq, names, more);
                 relevant(&books, actions)
             };
+            cluster.changed(None);
             cluster.act(actions);
         }
         other => {

@@ -77,6 +77,8 @@ pub(crate) async fn handle(
         // announced online after its Down.
         if let (Ok(_), true) = (&registered, presence) {
             state.presence().went_online(&name, fingerprint);
+            // A newer listen of the same key changes nothing a watcher sees.
+            state.touch(&registry, Some(std::slice::from_ref(&name)));
         }
         registered
     };
