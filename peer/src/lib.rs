@@ -43,6 +43,7 @@
 //!   the UDP-first race).
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
 //! - [`known_peers`]: contacts' pinned keys.
+//! - `watch`: other names' presence, pushed by the server ([`Watcher`]).
 //! - [`events`], [`error`], [`config`].
 
 mod accept;
@@ -70,6 +71,7 @@ pub mod server_list;
 mod shared;
 mod tcp;
 mod udp;
+mod watch;
 
 pub use call::{Call, Path, PathStatus};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
@@ -82,3 +84,4 @@ pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
 pub use proxy::ProxyConfig;
 pub use server_list::{ServerList, ServerListError};
+pub use watch::{PresenceUpdate, Watcher};

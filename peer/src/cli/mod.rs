@@ -2,6 +2,7 @@
 
 pub(crate) mod calls;
 pub(crate) mod listen;
+pub(crate) mod watch;
 
 use std::process::ExitCode;
 
@@ -123,7 +124,8 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             out.event(&e);
         }
     });
-    let is_listen = matches!(cli.command, Command::Listen(_));
+    // Long-running commands end normally on a signal.
+    let is_listen = matches!(cli.command, Command::Listen(_) | Command::Watch { .. });
     let work = async {
         match cli.command {
             Command::Id => Ok(()),
@@ -139,6 +141,7 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             Command::Send { target, file, opts } => {
                 calls::send(&peer, &target, &file, &opts, out).await
             }
+            Command::Watch { names } => watch::run(&peer, names).await,
         }
     };
     // SIGINT/SIGTERM: close every connection cleanly (the server marks a
