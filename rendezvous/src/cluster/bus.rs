@@ -398,9 +398,9 @@ impl Cluster {
         {
             warn!(node = %from, "another node announces itself with this node's id: give each node its own --node-id");
         }
-        let touched = match &envelope.body {
-            Body::Up { online, .. } => Some(online.name.clone()),
-            Body::Down { name, .. } => Some(name.clone()),
+        let mut touched = match &envelope.body {
+            Body::Up { online, .. } => Some(Some(vec![online.name.clone()])),
+            Body::Down { name, .. } => Some(Some(vec![name.clone()])),
             _ => None,
         };
         let actions = {
@@ -411,7 +411,15 @@ impl Cluster {
                     epoch,
                     relay_addr,
                     seq,
-                } => d.on_alive(&from, (epoch, sent), relay_addr, seq, now),
+                } => {
+                    let had = d.has_relay(&from);
+                    let actions = d.on_alive(&from, (epoch, sent), relay_addr, seq, now);
+                    // Its names are findable from its first heartbeat on.
+                    if !had && d.has_relay(&from) {
+                        touched = Some(None);
+                    }
+                    actions
+                }
                 Body::Up { epoch, seq, online } => {
                     d.on_change(&from, (epoch, sent), seq, Change::Up(online), now)
                 }
@@ -426,8 +434,8 @@ impl Cluster {
             };
             relevant(&books, actions)
         };
-        if let Some(name) = touched {
-            self.changed(Some(std::slice::from_ref(&name)));
+        if let Some(names) = touched {
+            self.changed(names.as_deref());
         }
         self.act(actions);
     }
