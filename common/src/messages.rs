@@ -221,6 +221,14 @@ pub enum Message {
         /// The key it is bound to; `None`: no one has registered it.
         fingerprint: Option<Fingerprint>,
     },
+    /// Peer → server: [`Message::Register`] with `presence: true` for a
+    /// `listen --invisible`: callable, but lookups and watchers are told
+    /// it is offline (as any offline name: with its key). Answered as
+    /// `Register` is. (A server older than this refuses it as malformed.)
+    RegisterInvisible {
+        /// The name to claim.
+        name: String,
+    },
 }
 
 impl Message {
@@ -243,6 +251,7 @@ impl Message {
             Self::Watch { .. } => "Watch",
             Self::Watching { .. } => "Watching",
             Self::Presence { .. } => "Presence",
+            Self::RegisterInvisible { .. } => "RegisterInvisible",
         }
     }
 
@@ -324,6 +333,7 @@ mod tests {
                 Message::Watch { names: names.clone() },
                 Message::Watching { count },
                 Message::Presence { name: first.clone(), online, fingerprint: key.map(Fingerprint) },
+                Message::RegisterInvisible { name: first.clone() },
             ] {
                 let bytes = postcard::to_allocvec(&msg).expect("encode");
                 let back: Message = postcard::from_bytes(&bytes).expect("decode");

@@ -137,7 +137,10 @@ async fn serve_stream(
     debug!(id, request = request.kind_name(), "request");
     let reply = match request {
         Message::Register { name, presence } => {
-            handlers::register::handle(state, id, name, presence).await
+            handlers::register::handle(state, id, name, presence, false).await
+        }
+        Message::RegisterInvisible { name } => {
+            handlers::register::handle(state, id, name, true, true).await
         }
         Message::Lookup { name } => handlers::lookup::handle(state, id, name).await,
         Message::Call {

@@ -43,6 +43,9 @@ pub struct Session<H> {
     /// calls skip the per-callee offer limits. At most
     /// [`common::messages::MAX_APPROVED`].
     pub approved: Vec<Fingerprint>,
+    /// `listen --invisible`: its presence is callable, but lookups and
+    /// watchers are told it is offline ([`Registry::set_invisible`]).
+    pub invisible: bool,
     /// How the driver reaches this session.
     pub handle: H,
 }
@@ -100,6 +103,7 @@ impl<H: Clone> Registry<H> {
             observed,
             name: None,
             approved: Vec::new(),
+            invisible: false,
             handle,
         };
         self.sessions.insert(id, session);
@@ -168,6 +172,17 @@ impl<H: Clone> Registry<H> {
             session.approved = keys;
         }
         Ok(count)
+    }
+
+    /// Marks session `id` invisible (or not); false if it is closed.
+    pub fn set_invisible(&mut self, id: SessionId, invisible: bool) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(session) => {
+                session.invisible = invisible;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Notes that session `id` is now seen at `observed` (a NAT rebinding,
@@ -265,6 +280,18 @@ mod tests {
             r.register(new, "alice", true).expect("again").replaced,
             None
         );
+    }
+
+    #[test]
+    fn an_invisible_listen_is_present_and_says_so() {
+        let mut r = Registry::<()>::default();
+        let id = r.open(Fingerprint([1; 32]), addr(1), ());
+        r.register(id, "alice", true).expect("listen");
+        assert!(r.set_invisible(id, true));
+        let (_, s) = r.present("alice").expect("still callable");
+        assert!(s.invisible);
+        r.close(id);
+        assert!(!r.set_invisible(id, true));
     }
 
     #[test]

@@ -115,8 +115,12 @@ impl State {
         registry: &Registry<quinn::Connection>,
         name: &str,
     ) -> Option<common::Fingerprint> {
-        let local = registry.present(name).map(|(_, s)| s.fingerprint);
-        local.or_else(|| Some(self.presence().find(name)?.online.fingerprint))
+        // An invisible listen here hides the name, whatever other nodes say.
+        if let Some((_, session)) = registry.present(name) {
+            return (!session.invisible).then_some(session.fingerprint);
+        }
+        let found = self.presence().find(name)?;
+        (!found.online.invisible).then_some(found.online.fingerprint)
     }
 
     /// Tells the watchers of `names` their states now (after the registry

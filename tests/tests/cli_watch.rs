@@ -1,8 +1,9 @@
 //! `peer watch` through the real binaries on loopback: the state now, a
 //! `listen` coming online, going offline on a clean stop (within 1 s) and
 //! on a SIGKILL (within the server link's idle timeout), a `listen`
-//! replaced by a newer one without a flap, and a watch that survives its
-//! server restarting.
+//! replaced by a newer one without a flap, a watch that survives its
+//! server restarting, and `listen --invisible` (offline to lookups and
+//! watchers, callable all the same).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -134,4 +135,36 @@ fn watch_refuses_bad_names_and_too_many_as_usage_errors() {
     args.extend(many.iter().map(String::as_str));
     let out = home.run(None, &args, T);
     assert_eq!(out.status.code(), Some(2), "{}", out.log);
+}
+
+#[test]
+fn an_invisible_listen_is_offline_to_lookup_and_watch_but_takes_calls() {
+    let w = World::new();
+    let (alice, _l) = w.listen("alice", &["--echo", "--invisible"]);
+    let fp = fingerprint_of(&alice);
+    let mut watcher = watch(&w, &["alice"]);
+    let seen = presence(&mut watcher, "alice", T);
+    assert_eq!(seen["online"], false, "{seen}");
+    assert_eq!(seen["fingerprint"], fp.as_str());
+
+    let bob = w.home("bob");
+    let looked = bob.run(None, &["lookup", "alice"], T);
+    assert!(looked.status.success(), "{}", looked.log);
+    let ev = looked.event("lookup");
+    assert_eq!(ev["online"], false, "{ev}");
+    assert_eq!(ev["fingerprint"], fp.as_str());
+
+    let mut cmd = bob.cmd(Some("bob"), &["call", "alice"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut call = Proc::spawn("bob call alice", cmd);
+    let mut stdin = call.take_stdin();
+    std::io::Write::write_all(&mut stdin, b"still there?\n").unwrap();
+    drop(stdin);
+    assert_eq!(call.read_stdout(T), b"still there?\n");
+    assert!(call.wait_exit(T).success(), "{}", call.log());
+    assert!(
+        watcher.drain("presence").is_empty(),
+        "the call showed nothing to the watcher"
+    );
 }

@@ -1,7 +1,8 @@
 //! `watch` across the nodes of a cluster (a shared name store, a real
 //! nats-server as the bus): a watcher at one node sees a name at the other
-//! come online and go offline, and a `listen` moving between the nodes
-//! does not flap.
+//! come online and go offline, a `listen` moving between the nodes
+//! does not flap, and an invisible `listen` is offline to the other node's
+//! lookups and watchers but callable from there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,4 +99,33 @@ async fn a_listen_moving_to_the_other_node_does_not_flap() {
         ("carol", true),
         "alice flapped: {update:?}"
     );
+}
+
+#[tokio::test]
+async fn an_invisible_listen_at_one_node_is_offline_at_the_other_but_callable() {
+    let Some((_nats, one, two)) = cluster().await else {
+        return;
+    };
+    let (alice, _l) = listening_tuned(&two, "alice", Policy::AcceptAll, Serve::Echo, |c| {
+        c.invisible = true;
+    })
+    .await;
+    let bob = one.peer("bob").await;
+    // Callable from node one once it knows of alice (its first resync).
+    let call = within(T, "a call across nodes", async {
+        loop {
+            match bob.peer.call("alice", peer::CallOptions::default()).await {
+                Ok(call) => return call,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(call.fingerprint, alice.peer.fingerprint());
+    let info = bob.peer.lookup("alice").await.expect("lookup");
+    assert!(!info.online, "invisible: {info:?}");
+    assert_eq!(info.fingerprint, alice.peer.fingerprint());
+    let mut watcher = bob.peer.watch(vec!["alice".into()]).expect("watch");
+    let seen = next(&mut watcher).await;
+    assert!(!seen.online, "{seen:?}");
 }

@@ -110,6 +110,7 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
     };
     if let Command::Listen(args) = &cli.command {
         config.listen_path = args.path.into();
+        config.invisible = args.invisible;
     }
     let peer = match Peer::new(config).await {
         Ok(p) => p,

@@ -246,7 +246,7 @@ impl Cluster {
     }
 
     /// `name` registered a `listen` here with `fingerprint`.
-    pub fn went_online(&self, name: &str, fingerprint: Fingerprint) {
+    pub fn went_online(&self, name: &str, fingerprint: Fingerprint, invisible: bool) {
         let mut books = lock(&self.books);
         // Newer than any registration of it elsewhere, whatever the clocks
         // say: this one is the latest, and it must replace the others.
@@ -256,6 +256,7 @@ impl Cluster {
             name: name.to_owned(),
             fingerprint,
             since_ms,
+            invisible,
         };
         books.local.insert(name.to_owned(), online.clone());
         self.announce(&mut books, Change::Up(online));
@@ -594,6 +595,7 @@ mod tests {
             name: n.into(),
             fingerprint: Fingerprint([1; 32]),
             since_ms: 1,
+            invisible: false,
         };
         let mut local: BTreeMap<String, Online> = ["a", "b", "c", "d", "e"]
             .iter()

@@ -393,6 +393,7 @@ mod tests {
             name: name.into(),
             fingerprint: Fingerprint([1; 32]),
             since_ms,
+            invisible: false,
         }
     }
 
