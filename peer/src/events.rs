@@ -236,10 +236,7 @@ impl Event {
                 online,
                 fingerprint,
             } => match fingerprint {
-                Some(fp) => format!(
-                    "{name} {} {fp}",
-                    if *online { "online" } else { "offline" }
-                ),
+                Some(fp) => format!("{name} {} {fp}", if *online { "online" } else { "offline" }),
                 None => format!("{name} offline (not registered)"),
             },
             Self::CallEnded {

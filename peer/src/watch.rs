@@ -61,7 +61,10 @@ impl Peer {
     /// [`MAX_WATCHED`] names.
     pub fn watch(&self, names: Vec<String>) -> Result<Watcher> {
         let mut seen = HashSet::new();
-        let names: Vec<String> = names.into_iter().filter(|n| seen.insert(n.clone())).collect();
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| seen.insert(n.clone()))
+            .collect();
         if names.is_empty() {
             return Err(Error::Usage("name at least one name to watch".into()));
         }
@@ -179,7 +182,11 @@ async fn ask(
         }
         loop {
             let frame = tokio::time::timeout(
-                peer.inner.config.timing.server_connect_timeout.max(Duration::from_secs(5)),
+                peer.inner
+                    .config
+                    .timing
+                    .server_connect_timeout
+                    .max(Duration::from_secs(5)),
                 read_frame::<Message, _>(recv, MAX_FRAME),
             )
             .await

@@ -77,7 +77,8 @@ fn the_cap_is_per_session_over_all_its_watches_and_all_or_nothing() {
     let rest: Vec<_> = many[half..].iter().map(|n| (n.clone(), state)).collect();
     w.add(one, first.clone()).expect("first half");
     assert_eq!(w.check(one, &many[..half]), Ok(0));
-    w.add(one, first).expect("the same names again cost nothing");
+    w.add(one, first)
+        .expect("the same names again cost nothing");
     w.add(two, rest).expect("second half");
     assert_eq!(
         w.add(two, names(&["one-more", "n0"], state)),
@@ -101,8 +102,7 @@ fn closing_every_watch_empties_the_table() {
     let b = w.open(2, ());
     w.add(a, names(&["alice", "bob"], Visible::online(A)))
         .expect("a");
-    w.add(b, names(&["alice"], Visible::online(A)))
-        .expect("b");
+    w.add(b, names(&["alice"], Visible::online(A))).expect("b");
     assert_eq!(w.subscriptions(), 3);
     w.close(a);
     assert_eq!(w.watched(), vec!["alice".to_owned()]);

@@ -164,7 +164,10 @@ async fn each_watched_name_costs_a_lookup() {
     let mut watch = WatchStream::open(&client).await;
     watch.ask(names("a", 40)).await;
     let (_, answer) = watch.answer().await;
-    assert!(matches!(answer, Message::Watching { count: 40 }), "{answer:?}");
+    assert!(
+        matches!(answer, Message::Watching { count: 40 }),
+        "{answer:?}"
+    );
     watch.ask(names("b", 20)).await;
     let (states, answer) = watch.answer().await;
     assert!(states.is_empty(), "nothing added");
@@ -176,9 +179,15 @@ async fn each_watched_name_costs_a_lookup() {
     }
     // The names it watches cost nothing again; the 10 tokens left buy 10.
     watch.ask(names("a", 40)).await;
-    assert!(matches!(watch.answer().await.1, Message::Watching { count: 40 }));
+    assert!(matches!(
+        watch.answer().await.1,
+        Message::Watching { count: 40 }
+    ));
     watch.ask(names("b", 10)).await;
-    assert!(matches!(watch.answer().await.1, Message::Watching { count: 50 }));
+    assert!(matches!(
+        watch.answer().await.1,
+        Message::Watching { count: 50 }
+    ));
     // A lookup shares the bucket: it is empty now.
     let looked = client.lookup("a0").await;
     assert!(
@@ -248,11 +257,17 @@ async fn a_stalled_watcher_does_not_hold_up_another() {
             })
             .await;
         let up = within(quick, "online, stalled or not", w.next()).await;
-        assert!(matches!(up, Message::Presence { online: true, .. }), "{up:?}");
+        assert!(
+            matches!(up, Message::Presence { online: true, .. }),
+            "{up:?}"
+        );
         listener.abort();
         alice.peer.shutdown().await;
         let down = within(quick, "offline, stalled or not", w.next()).await;
-        assert!(matches!(down, Message::Presence { online: false, .. }), "{down:?}");
+        assert!(
+            matches!(down, Message::Presence { online: false, .. }),
+            "{down:?}"
+        );
     }
     // The stalled watcher lost its stream; the live one keeps its own.
     until_metric(&server, "rendezvous_watch_streams", 1).await;
@@ -276,12 +291,16 @@ async fn the_library_watcher_yields_states_and_presence_events() {
     assert!(up.online);
     assert_eq!(up.fingerprint, Some(alice.peer.fingerprint()));
     watcher_peer
-        .wait_event(T, |e| {
-            matches!(e, Event::Presence { online: true, name, .. } if name == "alice")
-        })
+        .wait_event(
+            T,
+            |e| matches!(e, Event::Presence { online: true, name, .. } if name == "alice"),
+        )
         .await;
     assert!(
-        watcher_peer.peer.watch(names("n", MAX_WATCHED + 1)).is_err(),
+        watcher_peer
+            .peer
+            .watch(names("n", MAX_WATCHED + 1))
+            .is_err(),
         "more than the cap is refused before asking"
     );
 }

@@ -63,7 +63,8 @@ async fn a_listen_moving_to_the_other_node_does_not_flap() {
     let keys = tempfile::tempdir().expect("dir");
     let key = keys.path().join("identity.pem");
     let same_key = |c: &mut peer::PeerConfig| c.identity = key.clone();
-    let (_old, old_listen) = listening_tuned(&one, "alice", Policy::AcceptAll, Serve::Echo, same_key).await;
+    let (_old, old_listen) =
+        listening_tuned(&one, "alice", Policy::AcceptAll, Serve::Echo, same_key).await;
     let watching = two.peer("watcher").await;
     let mut watcher = watching
         .peer

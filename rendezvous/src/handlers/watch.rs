@@ -115,7 +115,10 @@ async fn add(
         ));
     }
     let mut seen = HashSet::new();
-    let names: Vec<String> = names.into_iter().filter(|n| seen.insert(n.clone())).collect();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect();
     for name in &names {
         super::check_name(name)?;
     }

@@ -54,7 +54,9 @@ async fn main() {
     for _ in 0..rounds {
         // From alice's `registered` event (the server answered her
         // registration) to the watcher's state.
-        let mut alice = server.peer_tuned("alice", |c| c.identity = key.clone()).await;
+        let mut alice = server
+            .peer_tuned("alice", |c| c.identity = key.clone())
+            .await;
         let listener = alice.peer.listen(Policy::AcceptAll).expect("listen");
         alice
             .wait_event(T, |e| matches!(e, Event::Registered { .. }))
