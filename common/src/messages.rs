@@ -22,6 +22,15 @@
 //!  | <--- CallAccepted / Error    |
 //! ```
 //!
+//! Presence (`peer watch`), on one stream the peer opens and keeps:
+//!
+//! ```text
+//!  | Watch{names} --------------> |   ≤ MAX_WATCH_BATCH names a frame; repeat to add
+//!  | <--- Presence{..} per name   |   each name's state now, then
+//!  | <--- Watching{count} / Error |   the frame is in force (or refused, nothing added)
+//!  | <--- Presence{..} ...        |   every change, until the stream or connection goes
+//! ```
+//!
 //! A call, with the callee's `listen` session (server-opened stream):
 //!
 //! ```text
@@ -53,6 +62,15 @@ use crate::{ErrorKind, Fingerprint};
 /// 100 × 32 bytes = 3.2 KiB, inside a small (4 KiB) request frame, and the
 /// most a server keeps per listening session.
 pub const MAX_APPROVED: usize = 100;
+
+/// Most names one [`Message::Watch`] frame may carry: 100 × (32 + 1) bytes
+/// fits a small (4 KiB) request frame. A watch of more names sends several
+/// `Watch` frames on its stream.
+pub const MAX_WATCH_BATCH: usize = 100;
+
+/// Most names one connection may watch in all (the server refuses more
+/// with `too_many_names`).
+pub const MAX_WATCHED: usize = 256;
 
 /// One party's part of a relayed call ([`crate::relay_frame`]): what it
 /// puts in the header of every frame it sends to the relay, which is the
@@ -220,6 +238,40 @@ pub enum Message {
         /// The caller's key.
         fingerprint: Fingerprint,
     },
+    /// Peer → server, first on a stream the peer opens and keeps (then
+    /// again on it to add names): tell me these names' presence now and
+    /// every change. At most [`MAX_WATCH_BATCH`] names per frame,
+    /// [`MAX_WATCHED`] per connection. No registration needed.
+    Watch {
+        /// The names to watch.
+        names: Vec<String>,
+    },
+    /// Server → watcher, after each [`Message::Watch`] frame's names are
+    /// in force (their states were sent before it). A refused frame gets
+    /// an [`Message::Error`] instead (`rate_limited`, `too_many_names`,
+    /// `invalid_name`) and adds nothing; the stream stays.
+    Watching {
+        /// How many names this stream watches now.
+        count: u32,
+    },
+    /// Server → watcher: a watched name's state (first its state now, then
+    /// each change). As much as a lookup tells: never an address.
+    Presence {
+        /// The name.
+        name: String,
+        /// Whether a (visible) `listen` holds it now.
+        online: bool,
+        /// The key it is bound to; `None`: no one has registered it.
+        fingerprint: Option<Fingerprint>,
+    },
+    /// Peer → server: [`Message::Register`] with `presence: true` for a
+    /// `listen --invisible`: callable, but lookups and watchers are told
+    /// it is offline (as any offline name: with its key). Answered as
+    /// `Register` is. (A server older than this refuses it as malformed.)
+    RegisterInvisible {
+        /// The name to claim.
+        name: String,
+    },
 }
 
 impl Message {
@@ -242,6 +294,10 @@ impl Message {
             Self::CallAs { .. } => "CallAs",
             Self::AcceptApproved { .. } => "AcceptApproved",
             Self::Preapproved { .. } => "Preapproved",
+            Self::Watch { .. } => "Watch",
+            Self::Watching { .. } => "Watching",
+            Self::Presence { .. } => "Presence",
+            Self::RegisterInvisible { .. } => "RegisterInvisible",
         }
     }
 
@@ -308,6 +364,46 @@ mod tests {
                 prop_assert_eq!(back, msg);
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn watch_and_presence_round_trip(
+            names in proptest::collection::vec("[a-z0-9-]{1,32}", 0..=MAX_WATCH_BATCH),
+            online in any::<bool>(),
+            key in proptest::option::of(any::<[u8; 32]>()),
+            count in any::<u32>(),
+        ) {
+            let first = names.first().cloned().unwrap_or_default();
+            for msg in [
+                Message::Watch { names: names.clone() },
+                Message::Watching { count },
+                Message::Presence { name: first.clone(), online, fingerprint: key.map(Fingerprint) },
+                Message::RegisterInvisible { name: first.clone() },
+            ] {
+                let bytes = postcard::to_allocvec(&msg).expect("encode");
+                let back: Message = postcard::from_bytes(&bytes).expect("decode");
+                prop_assert_eq!(back, msg);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_watch_fits_in_a_small_frame() {
+        let msg = Message::Watch {
+            names: vec!["x".repeat(crate::names::MAX_NAME_LEN); MAX_WATCH_BATCH],
+        };
+        let len = postcard::to_allocvec(&msg).expect("encode").len();
+        assert!(len <= 4 * 1024 - 64, "{len}");
+    }
+
+    #[test]
+    fn the_older_variants_keep_their_wire_form() {
+        // Appended variants must not move the old ones' indices.
+        let bytes = postcard::to_allocvec(&Message::Approved { count: 7 }).expect("encode");
+        assert_eq!(bytes, [11, 7]);
+        let bytes = postcard::to_allocvec(&Message::Watching { count: 7 }).expect("encode");
+        assert_eq!(bytes, [14, 7]);
     }
 
     #[test]

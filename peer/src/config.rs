@@ -68,6 +68,9 @@ pub struct PeerConfig {
     /// `listen --path`: which paths accepted calls may take. In
     /// [`PathMode::Relay`] callers never learn this machine's addresses.
     pub listen_path: PathMode,
+    /// `listen --invisible`: callable, but lookups and watchers are told
+    /// this name is offline (needs a server that knows `RegisterInvisible`).
+    pub invisible: bool,
     /// Timings of the path table of every call (probes, fallback).
     pub paths: PathConfig,
     /// `--transport`: UDP, the TCP tunnel, or UDP with the tunnel as
@@ -196,6 +199,7 @@ impl PeerConfig {
             timing: Timing::default(),
             limits: Limits::default(),
             listen_path: PathMode::Auto,
+            invisible: false,
             paths: PathConfig::default(),
             transport: TransportMode::Auto,
             proxy: None,

@@ -107,6 +107,16 @@ pub enum Event {
         /// The key it is bound to.
         fingerprint: String,
     },
+    /// A watched name's presence (`peer watch`): its state now, then each
+    /// change.
+    Presence {
+        /// The name.
+        name: String,
+        /// Whether a visible `listen` holds it now.
+        online: bool,
+        /// The key it is bound to; `null`: no one has registered it.
+        fingerprint: Option<String>,
+    },
     /// A call ended.
     CallEnded {
         /// The other side's name.
@@ -221,6 +231,14 @@ impl Event {
                     if *online { "online" } else { "offline" }
                 )
             }
+            Self::Presence {
+                name,
+                online,
+                fingerprint,
+            } => match fingerprint {
+                Some(fp) => format!("{name} {} {fp}", if *online { "online" } else { "offline" }),
+                None => format!("{name} offline (not registered)"),
+            },
             Self::CallEnded {
                 peer,
                 bytes_sent,

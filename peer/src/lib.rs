@@ -43,6 +43,7 @@
 //!   the UDP-first race).
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
 //! - [`known_peers`]: contacts' pinned keys.
+//! - `watch`: other names' presence, pushed by the server ([`Watcher`]).
 //! - [`events`], [`error`], [`config`].
 
 mod accept;
@@ -71,6 +72,7 @@ mod shared;
 pub mod stdio_pipe;
 mod tcp;
 mod udp;
+mod watch;
 
 pub use call::{Call, Path, PathStatus};
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
@@ -83,3 +85,4 @@ pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
 pub use proxy::ProxyConfig;
 pub use server_list::{ServerList, ServerListError};
+pub use watch::{PresenceUpdate, Watcher};

@@ -163,12 +163,16 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
     let link =
         ServerLink::connect(&inner.socket, &inner.config, &inner.nodes, &inner.events).await?;
     peer.inner.socket.set_server(link.conn.remote_address());
-    let reg = link.register(name, true).await.inspect_err(|e| {
-        // A node that cannot register us now: the next try goes to the next one.
-        if e.is_transient() {
-            lock_nodes(peer).lost(link.node());
-        }
-    })?;
+    let invisible = inner.config.invisible;
+    let reg = link
+        .register_as(name, true, invisible)
+        .await
+        .inspect_err(|e| {
+            // A node that cannot register us now: the next try goes to the next one.
+            if e.is_transient() {
+                lock_nodes(peer).lost(link.node());
+            }
+        })?;
     peer.inner.socket.set_observed(reg.observed_addr);
     // Before `Registered`: a contact calling on that event is exempt already.
     crate::approve::send(peer, &link, policy).await;

@@ -92,6 +92,12 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: CallFlags,
     },
+    /// Print each NAME's presence now and every change, until stopped.
+    Watch {
+        /// The names to watch (at most 256).
+        #[arg(value_name = "NAME", required = true, num_args = 1..=256)]
+        names: Vec<String>,
+    },
     /// Send FILE to NAME (which runs `listen --receive-dir`).
     Send {
         /// Who to send to.

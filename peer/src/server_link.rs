@@ -151,12 +151,23 @@ impl ServerLink {
 
     /// Claims `name` for our key; with `presence`, this link makes us callable.
     pub(crate) async fn register(&self, name: &str, presence: bool) -> Result<Registration> {
-        let reply = self
-            .request(&Message::Register {
-                name: name.to_owned(),
-                presence,
-            })
-            .await?;
+        self.register_as(name, presence, false).await
+    }
+
+    /// [`ServerLink::register`]; a presence that is `invisible` is
+    /// callable but shown offline to lookups and watchers.
+    pub(crate) async fn register_as(
+        &self,
+        name: &str,
+        presence: bool,
+        invisible: bool,
+    ) -> Result<Registration> {
+        let name = name.to_owned();
+        let msg = match (presence, invisible) {
+            (true, true) => Message::RegisterInvisible { name },
+            _ => Message::Register { name, presence },
+        };
+        let reply = self.request(&msg).await?;
         match reply {
             Message::Registered {
                 fingerprint,

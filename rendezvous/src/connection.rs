@@ -136,7 +136,10 @@ async fn serve_stream(
     debug!(id, request = request.kind_name(), "request");
     let reply = match request {
         Message::Register { name, presence } => {
-            handlers::register::handle(state, id, name, presence).await
+            handlers::register::handle(state, id, name, presence, false).await
+        }
+        Message::RegisterInvisible { name } => {
+            handlers::register::handle(state, id, name, true, true).await
         }
         Message::Lookup { name } => handlers::lookup::handle(state, id, name).await,
         Message::Call {
@@ -163,7 +166,7 @@ async fn serve_stream(
         } => {
             // Two answers on one stream: the registration's, then (only if
             // it succeeded, and was sent) the call's.
-            let registered = handlers::register::handle(state, id, from, false).await;
+            let registered = handlers::register::handle(state, id, from, false, false).await;
             if !matches!(registered, Message::Registered { .. }) {
                 registered
             } else if write_reply(state, id, &mut send, &registered).await {
@@ -171,6 +174,10 @@ async fn serve_stream(
             } else {
                 return;
             }
+        }
+        // A watch keeps its stream: it answers as things change.
+        Message::Watch { names } => {
+            return handlers::watch::serve(state, id, send, recv, names).await
         }
         other => {
             let reason = format!("unexpected message {} as a request", other.kind_name());

@@ -47,6 +47,9 @@ impl Drop for Counted {
             if let Some(name) = registry.close(id) {
                 debug!(%name, "went offline");
                 self.state.presence().went_offline(&name);
+                // Still online if it moved to another node meanwhile.
+                self.state
+                    .touch(&registry, Some(std::slice::from_ref(&name)));
             }
         }
         lock(&self.state.rates)

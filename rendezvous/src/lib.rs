@@ -38,6 +38,7 @@
 //! - [`admission`]: who may start a handshake (quotas, QUIC Retry).
 //! - `cids`: keyed connection IDs a restarted server recognises.
 //! - `counted`: a connection's counts, handed back however its task ends.
+//! - [`watchers`]: who watches whom (`peer watch`), names → watch streams (pure).
 //!
 //! # Example
 //!
@@ -73,6 +74,7 @@ mod state;
 pub mod store;
 pub mod tcp;
 mod transport;
+pub mod watchers;
 
 pub use config::{Config, Limits, Rate, RateError, StoreChoice};
 pub use error::ServerError;

@@ -15,8 +15,9 @@ use crate::cluster::directory::Found;
 /// What the handlers tell and ask about presence beyond this node.
 pub trait Presence: Send + Sync + 'static {
     /// `name` registered a `listen` here with `fingerprint` (called under
-    /// the registry lock, so arrivals and departures keep their order).
-    fn went_online(&self, name: &str, fingerprint: Fingerprint);
+    /// the registry lock, so arrivals and departures keep their order);
+    /// `invisible`: callable, but shown offline to lookups and watchers.
+    fn went_online(&self, name: &str, fingerprint: Fingerprint, invisible: bool);
     /// `name`'s `listen` here went away (under the registry lock too).
     fn went_offline(&self, name: &str);
     /// Where `name` is online at another node, if it is.
@@ -28,7 +29,7 @@ pub trait Presence: Send + Sync + 'static {
 pub struct LocalPresence;
 
 impl Presence for LocalPresence {
-    fn went_online(&self, _name: &str, _fingerprint: Fingerprint) {}
+    fn went_online(&self, _name: &str, _fingerprint: Fingerprint, _invisible: bool) {}
 
     fn went_offline(&self, _name: &str) {}
 
@@ -38,8 +39,8 @@ impl Presence for LocalPresence {
 }
 
 impl Presence for crate::cluster::Cluster {
-    fn went_online(&self, name: &str, fingerprint: Fingerprint) {
-        crate::cluster::Cluster::went_online(self, name, fingerprint);
+    fn went_online(&self, name: &str, fingerprint: Fingerprint, invisible: bool) {
+        crate::cluster::Cluster::went_online(self, name, fingerprint, invisible);
     }
 
     fn went_offline(&self, name: &str) {
@@ -58,7 +59,7 @@ mod tests {
     #[test]
     fn a_single_node_knows_nobody_elsewhere() {
         let local: &dyn Presence = &LocalPresence;
-        local.went_online("alice", Fingerprint([1; 32]));
+        local.went_online("alice", Fingerprint([1; 32]), false);
         assert_eq!(
             local.find("alice"),
             None,

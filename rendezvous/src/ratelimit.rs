@@ -108,6 +108,12 @@ impl<K: Hash + Eq> RateLimiter<K> {
     /// Takes one token for `key` at `now`; false when it must slow down.
     /// For IP keys, pass [`source_key`]`(ip)` (or use [`RateLimiter::check`]).
     pub fn check_key(&mut self, key: K, now: Instant) -> bool {
+        self.check_key_n(key, 1, now)
+    }
+
+    /// Takes `n` tokens at once for `key` at `now` (a watch of `n` names
+    /// costs `n` lookups), or none: false when it must slow down.
+    pub fn check_key_n(&mut self, key: K, n: u32, now: Instant) -> bool {
         let rate = self.rate;
         let bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: f64::from(rate.burst),
@@ -116,8 +122,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= f64::from(n) {
+            bucket.tokens -= f64::from(n);
             true
         } else {
             false
@@ -154,6 +160,11 @@ impl RateLimiter<IpAddr> {
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.check_key(source_key(ip), now)
     }
+
+    /// Takes `n` tokens at once for the source of `ip`, or none.
+    pub fn check_n(&mut self, ip: IpAddr, n: u32, now: Instant) -> bool {
+        self.check_key_n(source_key(ip), n, now)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +197,19 @@ mod tests {
 
     /// A rate that never refills (`per_second` 0, possible in code, refused
     /// by the flag parser) still has its buckets forgotten once idle.
+    #[test]
+    fn n_tokens_are_taken_at_once_or_not_at_all() {
+        let mut l = RateLimiter::new(Rate {
+            burst: 10,
+            per_second: 0.0,
+        });
+        let (ip, now) = ("192.0.2.1".parse().expect("ip"), Instant::now());
+        assert!(l.check_n(ip, 7, now));
+        assert!(!l.check_n(ip, 4, now), "only 3 left");
+        assert!(l.check_n(ip, 3, now), "a refused request took nothing");
+        assert!(!l.check(ip, now));
+    }
+
     #[test]
     fn buckets_of_a_rate_that_never_refills_are_swept_once_idle() {
         let mut rl = RateLimiter::new(Rate {

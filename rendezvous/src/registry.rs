@@ -46,6 +46,9 @@ pub struct Session<H> {
     /// What the session answers the approved callers without being asked
     /// ([`Registry::accept_approved`]); `None`: it is asked every time.
     pub standing: Option<Standing>,
+    /// `listen --invisible`: its presence is callable, but lookups and
+    /// watchers are told it is offline ([`Registry::set_invisible`]).
+    pub invisible: bool,
     /// How the driver reaches this session.
     pub handle: H,
 }
@@ -117,6 +120,7 @@ impl<H: Clone> Registry<H> {
             name: None,
             approved: Vec::new(),
             standing: None,
+            invisible: false,
             handle,
         };
         self.sessions.insert(id, session);
@@ -207,6 +211,17 @@ impl<H: Clone> Registry<H> {
         let session = self.sessions.get_mut(&id).ok_or(RegistryError::NoSession)?;
         session.standing = Some(standing);
         Ok(session.approved.len())
+    }
+
+    /// Marks session `id` invisible (or not); false if it is closed.
+    pub fn set_invisible(&mut self, id: SessionId, invisible: bool) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(session) => {
+                session.invisible = invisible;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Notes that session `id` is now seen at `observed` (a NAT rebinding,
@@ -304,6 +319,18 @@ mod tests {
             r.register(new, "alice", true).expect("again").replaced,
             None
         );
+    }
+
+    #[test]
+    fn an_invisible_listen_is_present_and_says_so() {
+        let mut r = Registry::<()>::default();
+        let id = r.open(Fingerprint([1; 32]), addr(1), ());
+        r.register(id, "alice", true).expect("listen");
+        assert!(r.set_invisible(id, true));
+        let (_, s) = r.present("alice").expect("still callable");
+        assert!(s.invisible);
+        r.close(id);
+        assert!(!r.set_invisible(id, true));
     }
 
     #[test]

@@ -136,6 +136,14 @@ impl Server {
             .cluster
             .set(cluster.clone())
             .map_err(|_| ServerError::Config("this server already joined a cluster".into()))?;
+        // Watchers here see names at the other nodes come and go.
+        let state = Arc::downgrade(&self.state);
+        cluster.on_change(move |names| {
+            if let Some(state) = state.upgrade() {
+                let registry = crate::state::lock(&state.registry);
+                state.touch(&registry, names);
+            }
+        });
         tokio::spawn(crate::handlers::remote::serve(
             self.state.clone(),
             cluster,

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::admission::Sources;
 use crate::config::Limits;
@@ -21,6 +21,7 @@ use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, SessionId};
 use crate::relay::driver::Relay;
 use crate::store::NameStore;
+use crate::watchers::Watchers;
 
 /// Per-source limiters and connection counts (every one keyed by
 /// [`crate::ratelimit::source_key`]: an IPv6 /64 is one source).
@@ -58,6 +59,9 @@ pub(crate) struct State {
     /// Offers from other nodes seen lately, by (node, call id): a replayed
     /// bus message rings nobody twice.
     pub(crate) seen_offers: Mutex<crate::handlers::remote::SeenOffers>,
+    /// Who watches whom (`peer watch`); locked after the registry, before
+    /// the cluster's books.
+    pub(crate) watchers: Mutex<Watchers<Arc<Notify>>>,
 }
 
 /// Locks a mutex, recovering from a panicked holder (the data stays consistent:
@@ -89,6 +93,7 @@ impl State {
             cluster: std::sync::OnceLock::new(),
             remote_dials: Mutex::default(),
             seen_offers: Mutex::default(),
+            watchers: Mutex::default(),
         }
     }
 
@@ -101,6 +106,47 @@ impl State {
             .present(name)
             .map(|(_, s)| s.fingerprint);
         local.or_else(|| Some(self.presence().find(name)?.online.fingerprint))
+    }
+
+    /// The key `name` shows online with to lookups and watchers, if it is
+    /// online here or at another node (`registry` is the locked registry).
+    pub(crate) fn visible_owner(
+        &self,
+        registry: &Registry<quinn::Connection>,
+        name: &str,
+    ) -> Option<common::Fingerprint> {
+        // An invisible listen here hides the name, whatever other nodes say.
+        if let Some((_, session)) = registry.present(name) {
+            return (!session.invisible).then_some(session.fingerprint);
+        }
+        let found = self.presence().find(name)?;
+        (!found.online.invisible).then_some(found.online.fingerprint)
+    }
+
+    /// Tells the watchers of `names` their states now (after the registry
+    /// or the cluster's directory changed); `None`: every watched name (a
+    /// resync, a node's lease ran out). Only changes are pushed.
+    pub(crate) fn touch(&self, registry: &Registry<quinn::Connection>, names: Option<&[String]>) {
+        let mut watchers = lock(&self.watchers);
+        let all;
+        let names = match names {
+            Some(names) => names,
+            None => {
+                all = watchers.watched();
+                &all
+            }
+        };
+        let mut wake = Vec::new();
+        for name in names {
+            if !watchers.is_watched(name) {
+                continue;
+            }
+            wake.extend(watchers.update(name, self.visible_owner(registry, name)));
+        }
+        drop(watchers);
+        for notify in wake {
+            notify.notify_one();
+        }
     }
 
     /// Presence beyond this node: the cluster's, or [`LocalPresence`] on
@@ -128,6 +174,11 @@ impl State {
         }
         if let Some(tcp) = &self.tcp {
             self.metrics.set_tcp(&tcp.stats, tcp.open_count());
+        }
+        {
+            let watchers = lock(&self.watchers);
+            self.metrics
+                .set_watch(watchers.subscriptions(), watchers.watches());
         }
         if let Some(cluster) = self.cluster() {
             let (nodes, names) = cluster.counts();

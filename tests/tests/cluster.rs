@@ -222,6 +222,7 @@ async fn a_stranger_on_the_bus_cannot_announce_a_name() {
                 name: "mallory".into(),
                 fingerprint: common::Fingerprint([6; 32]),
                 since_ms: u64::MAX / 2,
+                invisible: false,
             },
         },
     };

@@ -37,6 +37,10 @@ pub(crate) struct ListenArgs {
     /// no relayed call.
     #[arg(long, value_enum, default_value_t = crate::PathArg::Auto)]
     pub(crate) path: crate::PathArg,
+    /// Stay callable but show this name offline to lookups and watchers
+    /// (Skype's invisible status).
+    #[arg(long)]
+    pub(crate) invisible: bool,
 }
 
 impl ListenArgs {

@@ -2,6 +2,7 @@
 
 pub(crate) mod calls;
 pub(crate) mod listen;
+pub(crate) mod watch;
 
 use std::process::ExitCode;
 
@@ -109,6 +110,7 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
     };
     if let Command::Listen(args) = &cli.command {
         config.listen_path = args.path.into();
+        config.invisible = args.invisible;
     }
     let peer = match Peer::new(config).await {
         Ok(p) => p,
@@ -123,7 +125,8 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             out.event(&e);
         }
     });
-    let is_listen = matches!(cli.command, Command::Listen(_));
+    // Long-running commands end normally on a signal.
+    let is_listen = matches!(cli.command, Command::Listen(_) | Command::Watch { .. });
     let work = async {
         match cli.command {
             Command::Id => Ok(()),
@@ -139,6 +142,7 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             Command::Send { target, file, opts } => {
                 calls::send(&peer, &target, &file, &opts, out).await
             }
+            Command::Watch { names } => watch::run(&peer, names).await,
         }
     };
     // SIGINT/SIGTERM: close every connection cleanly (the server marks a

@@ -95,7 +95,12 @@ pub struct Cluster {
     incoming: mpsc::Sender<Incoming>,
     /// Bus messages refused (unsealed, another key, another subject, stale).
     refused: std::sync::atomic::AtomicU64,
+    /// Told which names may have changed at the other nodes (`None`: any).
+    on_change: std::sync::OnceLock<OnChange>,
 }
+
+/// What [`Cluster::on_change`] calls (never under the cluster's locks).
+type OnChange = Box<dyn Fn(Option<&[String]>) + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +183,7 @@ impl Cluster {
             outbox,
             incoming,
             refused: std::sync::atomic::AtomicU64::new(0),
+            on_change: std::sync::OnceLock::new(),
         });
         info!(node = %cluster.config.node_id, relay = %cluster.config.node_addr, "joined the cluster bus");
         tokio::spawn(publish(
@@ -188,6 +194,19 @@ impl Cluster {
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
         tokio::spawn(receive(Arc::downgrade(&cluster), presence_sub, node_sub));
         Ok((cluster, incoming_rx))
+    }
+
+    /// Calls `f` after the directory changed, with the names that may
+    /// have changed (`None`: any, after a resync or a node's lease ran
+    /// out): the watchers' feed. Set once; later calls are ignored.
+    pub fn on_change(&self, f: impl Fn(Option<&[String]>) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
+
+    fn changed(&self, names: Option<&[String]>) {
+        if let Some(f) = self.on_change.get() {
+            f(names);
+        }
     }
 
     /// This node's id.
@@ -227,7 +246,7 @@ impl Cluster {
     }
 
     /// `name` registered a `listen` here with `fingerprint`.
-    pub fn went_online(&self, name: &str, fingerprint: Fingerprint) {
+    pub fn went_online(&self, name: &str, fingerprint: Fingerprint, invisible: bool) {
         let mut books = lock(&self.books);
         // Newer than any registration of it elsewhere, whatever the clocks
         // say: this one is the latest, and it must replace the others.
@@ -237,6 +256,7 @@ impl Cluster {
             name: name.to_owned(),
             fingerprint,
             since_ms,
+            invisible,
         };
         books.local.insert(name.to_owned(), online.clone());
         self.announce(&mut books, Change::Up(online));
@@ -379,6 +399,11 @@ impl Cluster {
         {
             warn!(node = %from, "another node announces itself with this node's id: give each node its own --node-id");
         }
+        let mut touched = match &envelope.body {
+            Body::Up { online, .. } => Some(Some(vec![online.name.clone()])),
+            Body::Down { name, .. } => Some(Some(vec![name.clone()])),
+            _ => None,
+        };
         let actions = {
             let mut books = lock(&self.books);
             let d = &mut books.directory;
@@ -387,7 +412,15 @@ impl Cluster {
                     epoch,
                     relay_addr,
                     seq,
-                } => d.on_alive(&from, (epoch, sent), relay_addr, seq, now),
+                } => {
+                    let had = d.has_relay(&from);
+                    let actions = d.on_alive(&from, (epoch, sent), relay_addr, seq, now);
+                    // Its names are findable from its first heartbeat on.
+                    if !had && d.has_relay(&from) {
+                        touched = Some(None);
+                    }
+                    actions
+                }
                 Body::Up { epoch, seq, online } => {
                     d.on_change(&from, (epoch, sent), seq, Change::Up(online), now)
                 }
@@ -402,6 +435,9 @@ impl Cluster {
             };
             relevant(&books, actions)
         };
+        if let Some(names) = touched {
+            self.changed(names.as_deref());
+        }
         self.act(actions);
     }
 
@@ -471,6 +507,9 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
             }
             dead
         };
+        if !dead.is_empty() {
+            cluster.changed(None);
+        }
         for node in dead {
             info!(%node, "node lease ran out: its names are offline");
         }
@@ -534,6 +573,7 @@ async fn sync(cluster: Arc<Cluster>, node: String, generation: u64, after: Optio
                 let actions = books.directory.on_page(&node, generation, seq, names, more);
                 relevant(&books, actions)
             };
+            cluster.changed(None);
             cluster.act(actions);
         }
         other => {
@@ -555,6 +595,7 @@ mod tests {
             name: n.into(),
             fingerprint: Fingerprint([1; 32]),
             since_ms: 1,
+            invisible: false,
         };
         let mut local: BTreeMap<String, Online> = ["a", "b", "c", "d", "e"]
             .iter()

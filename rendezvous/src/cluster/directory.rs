@@ -348,6 +348,12 @@ impl Directory {
             })
     }
 
+    /// Whether `node`'s relay address is known: its names are findable
+    /// only from its first heartbeat on.
+    pub fn has_relay(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.relay_addr.is_some())
+    }
+
     /// Live nodes known, and the names online at them.
     pub fn counts(&self, now: Instant) -> (usize, usize) {
         self.nodes
@@ -387,6 +393,7 @@ mod tests {
             name: name.into(),
             fingerprint: Fingerprint([1; 32]),
             since_ms,
+            invisible: false,
         }
     }
 
@@ -551,5 +558,21 @@ mod tests {
             .on_change("n1", E1, 1, Change::Up(online("zed", 1)), now)
             .is_empty());
         assert_eq!(d.find("zed", now), None);
+    }
+
+    #[test]
+    fn names_are_found_from_the_first_heartbeat_on() {
+        let now = Instant::now();
+        let mut d = Directory::new("n1", LEASE);
+        let g = sync_of(
+            &d.on_change("n2", E1, 1, Change::Up(online("alice", 1)), now),
+            "n2",
+        );
+        d.on_page("n2", g, 1, vec![online("alice", 1)], false);
+        assert!(!d.has_relay("n2"));
+        assert_eq!(d.find("alice", now), None, "no relay address yet");
+        d.on_alive("n2", E1, addr(2), 1, now);
+        assert!(d.has_relay("n2"));
+        assert!(d.find("alice", now).is_some());
     }
 }

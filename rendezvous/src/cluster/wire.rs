@@ -35,6 +35,10 @@ pub struct Online {
     /// When its `listen` registered (ms since the Unix epoch): a newer
     /// registration on another node replaces it.
     pub since_ms: u64,
+    /// `listen --invisible`: callable, but lookups and watchers are told
+    /// it is offline. (Added in issue 13: bus messages are between nodes
+    /// of one version, so no older form is read.)
+    pub invisible: bool,
 }
 
 /// What a callee's node answers to an [`Body::Offer`].

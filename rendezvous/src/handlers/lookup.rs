@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Never an address: addresses go only to the two parties of a call the
-//! callee accepted (see [`super::call`]).
+//! callee accepted (see [`super::call`]). A `listen --invisible` is
+//! looked up as offline (with its key), though calls to it ring.
 
 use common::{ErrorKind, Message};
 use tracing::warn;
@@ -34,9 +35,13 @@ pub(crate) async fn handle(state: &State, id: SessionId, name: String) -> Messag
     // (the store confirmed it at registration): answered without the
     // store, so lookups of online peers still work while the store is
     // down. Only an offline name is read from the store.
-    let (online, fingerprint) = match state.online_owner(&name) {
-        Some(fp) => (true, fp),
-        None => match state.store.owner(&name).await {
+    // An invisible listen (`listen --invisible`) is offline to lookups,
+    // with its key, as any offline name: callable all the same.
+    let visible = state.visible_owner(&lock(&state.registry), &name);
+    let (online, fingerprint) = match (visible, state.online_owner(&name)) {
+        (Some(fp), _) => (true, fp),
+        (None, Some(fp)) => (false, fp),
+        (None, None) => match state.store.owner(&name).await {
             Ok(Some(fp)) => (false, fp),
             Ok(None) => {
                 return Message::error(

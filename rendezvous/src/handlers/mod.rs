@@ -16,5 +16,6 @@ pub(crate) mod call;
 pub(crate) mod lookup;
 pub(crate) mod register;
 pub(crate) mod remote;
+pub(crate) mod watch;
 
 pub(crate) use crate::replies::{check_name, rate_limited, store_failed};

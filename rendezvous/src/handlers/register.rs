@@ -17,6 +17,8 @@
 //! peer tries again in a few seconds.
 //! With `presence`, this connection becomes the name's `listen` session; an
 //! older one is closed with [`common::error::close::REPLACED`].
+//! `RegisterInvisible { name }` is `Register { name, presence: true }` for
+//! a `listen --invisible`: callable, shown offline to lookups and watchers.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ pub(crate) async fn handle(
     id: SessionId,
     name: String,
     presence: bool,
+    invisible: bool,
 ) -> Message {
     if let Err(reply) = super::check_name(&name) {
         return reply;
@@ -72,11 +75,16 @@ pub(crate) async fn handle(
     let registered = {
         let mut registry = lock(&state.registry);
         let registered = registry.register(id, &name, presence);
+        if registered.is_ok() {
+            registry.set_invisible(id, invisible);
+        }
         // Announced under the registry lock, as `Counted` announces the
         // departure: a session closing meanwhile cannot leave the name
         // announced online after its Down.
         if let (Ok(_), true) = (&registered, presence) {
-            state.presence().went_online(&name, fingerprint);
+            state.presence().went_online(&name, fingerprint, invisible);
+            // A newer listen of the same key changes nothing a watcher sees.
+            state.touch(&registry, Some(std::slice::from_ref(&name)));
         }
         registered
     };

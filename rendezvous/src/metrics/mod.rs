@@ -69,6 +69,8 @@ pub struct Metrics {
     cluster_nodes: IntGauge,
     cluster_names: IntGauge,
     cluster_refused: IntGauge,
+    watch_subscriptions: IntGauge,
+    watch_streams: IntGauge,
     registry: prometheus::Registry,
 }
 
@@ -168,6 +170,16 @@ impl Default for Metrics {
                 &r,
                 "rendezvous_cluster_remote_names",
                 "Names online at the other nodes.",
+            ),
+            watch_subscriptions: gauge(
+                &r,
+                "rendezvous_watch_subscriptions",
+                "Names watched now (`peer watch`), one per watch stream and name.",
+            ),
+            watch_streams: gauge(
+                &r,
+                "rendezvous_watch_streams",
+                "Watch streams open now.",
             ),
             cluster_refused: gauge(
                 &r,
@@ -295,6 +307,12 @@ impl Metrics {
             .set(i64::try_from(refused).unwrap_or(i64::MAX));
     }
 
+    /// Copies in the watchers' figures: subscriptions and streams.
+    pub fn set_watch(&self, subscriptions: usize, streams: usize) {
+        self.watch_subscriptions.set(gauge_value(subscriptions));
+        self.watch_streams.set(gauge_value(streams));
+    }
+
     /// Prometheus text exposition, with gauges read from the registry.
     pub fn render<H: Clone>(&self, registry: &Registry<H>) -> String {
         self.connected_peers.set(gauge_value(registry.sessions()));
@@ -343,6 +361,8 @@ mod tests {
             "rendezvous_calls_rejected_total",
             "rendezvous_rate_limited_total",
             "rendezvous_frames_refused_total",
+            "rendezvous_watch_subscriptions",
+            "rendezvous_watch_streams",
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
