@@ -403,7 +403,15 @@ mod tests {
         let bytes = postcard::to_allocvec(&Message::Approved { count: 7 }).expect("encode");
         assert_eq!(bytes, [11, 7]);
         let bytes = postcard::to_allocvec(&Message::Watching { count: 7 }).expect("encode");
-        assert_eq!(bytes, [14, 7]);
+        assert_eq!(bytes, [17, 7]);
+        let call_as = Message::CallAs {
+            from: String::new(),
+            to: String::new(),
+            candidates: vec![],
+            hide_addresses: false,
+        };
+        let bytes = postcard::to_allocvec(&call_as).expect("encode");
+        assert_eq!(bytes[0], 13);
     }
 
     #[test]
