@@ -102,6 +102,18 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: CallFlags,
     },
+    /// Listen on TCP LOCAL_ADDR; forward every connection to NAME (a
+    /// `listen --forward-to`) over one kept call, like `ssh -L`.
+    Forward {
+        /// The TCP address to accept connections on, e.g. 127.0.0.1:2222.
+        #[arg(value_name = "LOCAL_ADDR")]
+        local_addr: String,
+        /// Who to forward to.
+        #[arg(value_name = "NAME")]
+        target: String,
+        #[command(flatten)]
+        opts: CallFlags,
+    },
 }
 
 /// Flags every calling command shares.

@@ -1,6 +1,7 @@
 //! Subcommands and the output conventions of `CLI.md`.
 
 pub(crate) mod calls;
+pub(crate) mod forward;
 pub(crate) mod listen;
 
 use std::process::ExitCode;
@@ -109,6 +110,12 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
     };
     if let Command::Listen(args) = &cli.command {
         config.listen_path = args.path.into();
+        if let Err(message) = args.check() {
+            return out.usage(&message);
+        }
+        if args.forwards() {
+            config.limits.max_streams_per_call = peer::forward::MAX_STREAMS;
+        }
     }
     let peer = match Peer::new(config).await {
         Ok(p) => p,
@@ -123,7 +130,7 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             out.event(&e);
         }
     });
-    let is_listen = matches!(cli.command, Command::Listen(_));
+    let is_listen = matches!(cli.command, Command::Listen(_) | Command::Forward { .. });
     let work = async {
         match cli.command {
             Command::Id => Ok(()),
@@ -139,6 +146,11 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
             Command::Send { target, file, opts } => {
                 calls::send(&peer, &target, &file, &opts, out).await
             }
+            Command::Forward {
+                local_addr,
+                target,
+                opts,
+            } => forward::run(&peer, &local_addr, &target, &opts).await,
         }
     };
     // SIGINT/SIGTERM: close every connection cleanly (the server marks a
