@@ -196,7 +196,10 @@ fn forward_rows(rows: &mut Vec<Row>, pipe: f64, forwarded: &Result<forward::Forw
         .iter()
         .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     rows.push(Row::info(
-        format!("{} forwarded streams at once on one call: mean per stream, sum", forward::STREAMS),
+        format!(
+            "{} forwarded streams at once on one call: mean per stream, sum",
+            forward::STREAMS
+        ),
         format!("{}, {}", mib_s(mean), mib_s(mean * f.each.len() as f64)),
     ));
     // Each within 2× of the mean, both ways: the worse of max ÷ mean and mean ÷ min.

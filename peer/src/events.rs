@@ -254,7 +254,7 @@ impl Event {
                 format!("stored {bytes} bytes from {peer} at {path}")
             }
             Self::Forwarding { local_addr, peer } => {
-                format!("forwarding TCP connections to {local_addr} to {peer}")
+                format!("forwarding TCP connections on {local_addr} to {peer}")
             }
             Self::ForwardFailed {
                 client,

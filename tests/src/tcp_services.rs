@@ -67,7 +67,11 @@ fn serve_http(mut conn: TcpStream, file: &[u8], big_len: u64, tx: &mpsc::Sender<
             }
         }
     } else if head.starts_with("GET /file ") {
-        let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", file.len());
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+            file.len()
+        );
         let _ = conn.write_all(file);
     } else {
         let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n");
@@ -124,7 +128,11 @@ pub fn echo_server() -> SocketAddr {
 
 /// Writes `data` then half-closes, while reading everything back; returns
 /// what came back. Reads give up after `timeout` without a byte.
-pub fn echo_through(addr: SocketAddr, data: Vec<u8>, timeout: Duration) -> std::io::Result<Vec<u8>> {
+pub fn echo_through(
+    addr: SocketAddr,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(timeout))?;
     let mut writer = conn.try_clone()?;

@@ -25,7 +25,11 @@ fn random(n: usize) -> Vec<u8> {
 /// call is up; returns the process and its TCP address.
 fn forward(w: &World) -> (PeerHome, Proc, SocketAddr) {
     let bob = w.home("bob");
-    let mut f = bob.spawn("bob forward", Some("bob"), &["forward", "127.0.0.1:0", "alice"]);
+    let mut f = bob.spawn(
+        "bob forward",
+        Some("bob"),
+        &["forward", "127.0.0.1:0", "alice"],
+    );
     let ev = f.wait_for(T, "forwarding");
     assert_eq!(ev["peer"], "alice");
     let addr = ev["local_addr"].as_str().unwrap().parse().unwrap();
@@ -57,8 +61,14 @@ fn sixteen_concurrent_http_downloads_are_byte_identical() {
         })
         .collect();
     for (i, d) in downloads.into_iter().enumerate() {
-        let body = d.join().unwrap_or_else(|_| panic!("download {i} failed:\n{}", f.log()));
-        assert!(*body == **file, "download {i} differs ({} bytes)", body.len());
+        let body = d
+            .join()
+            .unwrap_or_else(|_| panic!("download {i} failed:\n{}", f.log()));
+        assert!(
+            *body == **file,
+            "download {i} differs ({} bytes)",
+            body.len()
+        );
     }
     assert!(f.drain("forward_failed").is_empty(), "{}", f.log());
     // SIGTERM: `forward` is long-running, a stop is its normal end.
@@ -74,7 +84,12 @@ fn echo_with_half_close_and_peer_call_as_netcat() {
     // The client shuts down its write side and still receives every byte.
     let data = random(1 << 20);
     let back = tcp_services::echo_through(addr, data.clone(), T).unwrap();
-    assert!(back == data, "echo differs ({} of {} bytes)", back.len(), data.len());
+    assert!(
+        back == data,
+        "echo differs ({} of {} bytes)",
+        back.len(),
+        data.len()
+    );
     // Small and interactive: a line comes back before the client's FIN.
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(T)).unwrap();
@@ -165,7 +180,11 @@ fn a_restarted_listener_is_served_again_within_20_s() {
 fn forward_to_needs_accept_from_or_accept_any() {
     let w = World::new();
     let alice = w.home("alice");
-    let out = alice.run(Some("alice"), &["listen", "--forward-to", "127.0.0.1:22"], T);
+    let out = alice.run(
+        Some("alice"),
+        &["listen", "--forward-to", "127.0.0.1:22"],
+        T,
+    );
     assert_eq!(out.status.code(), Some(2), "{}", out.log);
     assert_eq!(out.error_kind(), Some("usage"), "{}", out.log);
     assert!(out.log.contains("--accept-from"), "{}", out.log);
@@ -184,7 +203,10 @@ fn a_refusing_target_closes_the_connection_with_an_event() {
     let target = closed.local_addr().unwrap();
     drop(closed);
     let w = World::new();
-    let (_alice, _l) = w.listen("alice", &["--forward-to", &target.to_string(), "--accept-any"]);
+    let (_alice, _l) = w.listen(
+        "alice",
+        &["--forward-to", &target.to_string(), "--accept-any"],
+    );
     let (_bob, mut f, addr) = forward(&w);
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(T)).unwrap();
@@ -202,5 +224,9 @@ fn a_refusing_target_closes_the_connection_with_an_event() {
     let _ = conn.read_to_end(&mut buf);
     let ev = f.wait_event(T, |v| v["event"] == "forward_failed");
     assert_eq!(ev["reason"], "target_refused", "{ev}");
-    assert!(f.drain("connected").is_empty(), "called again:\n{}", f.log());
+    assert!(
+        f.drain("connected").is_empty(),
+        "called again:\n{}",
+        f.log()
+    );
 }

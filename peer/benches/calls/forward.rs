@@ -37,8 +37,11 @@ pub fn measure(
     let target = sink.addr.to_string();
     let mut listener = Proc::spawn(
         "peer listen --forward-to",
-        peer("carol", &["listen", "--forward-to", &target, "--accept-any"])?
-            .stdin(Stdio::null()),
+        peer(
+            "carol",
+            &["listen", "--forward-to", &target, "--accept-any"],
+        )?
+        .stdin(Stdio::null()),
     )?;
     listener.wait("registered", START_LIMIT)?;
     let mut forward = Proc::spawn(

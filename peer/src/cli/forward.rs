@@ -7,7 +7,12 @@ use tokio::net::TcpListener;
 
 use crate::CallFlags;
 
-pub(crate) async fn run(peer: &Peer, local_addr: &str, name: &str, flags: &CallFlags) -> Result<()> {
+pub(crate) async fn run(
+    peer: &Peer,
+    local_addr: &str,
+    name: &str,
+    flags: &CallFlags,
+) -> Result<()> {
     common::validate_name(name)?;
     let listener = TcpListener::bind(local_addr)
         .await

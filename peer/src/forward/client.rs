@@ -84,7 +84,11 @@ impl Forwarder {
         }
         tokio::time::sleep(slot.redial.wait(Instant::now())).await;
         inner.attempts.fetch_add(1, Ordering::SeqCst);
-        match inner.peer.call(&inner.name, inner.config.call.clone()).await {
+        match inner
+            .peer
+            .call(&inner.name, inner.config.call.clone())
+            .await
+        {
             Ok(call) => {
                 prepare_call(&call);
                 slot.redial.connected();
@@ -149,13 +153,14 @@ impl Forwarder {
     /// `(sent, received)` when it was served; `None` when it was closed
     /// unserved (with a `forward_failed` event).
     pub async fn handle(&self, tcp: TcpStream) -> Option<(u64, u64)> {
-        let client = tcp
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let client = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let Ok(_permit) = self.inner.admission.clone().try_acquire_owned() else {
             let max = self.inner.config.max_connections;
-            self.fail(&client, "busy", format!("{max} connections are forwarded already (the most at once)"));
+            self.fail(
+                &client,
+                "busy",
+                format!("{max} connections are forwarded already (the most at once)"),
+            );
             return None;
         };
         for _ in 0..2 {
@@ -179,7 +184,11 @@ impl Forwarder {
                 }
                 (Verdict::TargetRefused, _) => {
                     let name = &self.inner.name;
-                    self.fail(&client, "target_refused", format!("{name}'s forward target refused the connection or did not answer"));
+                    self.fail(
+                        &client,
+                        "target_refused",
+                        format!("{name}'s forward target refused the connection or did not answer"),
+                    );
                     return None;
                 }
                 (Verdict::CallLost, _) => self.lost(&call).await,
@@ -190,7 +199,11 @@ impl Forwarder {
                 }
             }
         }
-        self.fail(&client, "call_lost", "the call stopped answering, and so did a new one".into());
+        self.fail(
+            &client,
+            "call_lost",
+            "the call stopped answering, and so did a new one".into(),
+        );
         None
     }
 
@@ -215,11 +228,14 @@ async fn open(call: &Call, timeout: std::time::Duration) -> (Opening, Option<Str
             Ok(PeerMessage::Forwarded) => (Opening::Answered, Some((send, recv))),
             Ok(_) => (Opening::Misanswered, None),
             Err(FrameError::Io(e)) => {
-                let inner = e.get_ref().and_then(|i| i.downcast_ref::<quinn::ReadError>());
+                let inner = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<quinn::ReadError>());
                 match inner {
-                    Some(quinn::ReadError::Reset(code)) => {
-                        (Opening::Reset(u32::try_from(code.into_inner()).unwrap_or(u32::MAX)), None)
-                    }
+                    Some(quinn::ReadError::Reset(code)) => (
+                        Opening::Reset(u32::try_from(code.into_inner()).unwrap_or(u32::MAX)),
+                        None,
+                    ),
                     Some(quinn::ReadError::ConnectionLost(_)) => (Opening::ConnectionLost, None),
                     _ => (Opening::Misanswered, None),
                 }

@@ -45,7 +45,7 @@ pub use client::Forwarder;
 pub use redial::{verdict, Opening, Redial, Verdict};
 
 use crate::error::{Error, Result};
-use crate::{CallOptions, Call};
+use crate::{Call, CallOptions};
 
 /// Stream reset code: the listener's target refused the connection or
 /// could not be reached.
