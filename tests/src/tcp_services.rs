@@ -62,7 +62,7 @@ fn serve_http(mut conn: TcpStream, file: &[u8], big_len: u64, tx: &mpsc::Sender<
                 return;
             }
             sent += n as u64;
-            if sent % (1 << 20) == 0 || sent == big_len {
+            if sent.is_multiple_of(1 << 20) || sent == big_len {
                 let _ = tx.send(sent);
             }
         }
