@@ -1,8 +1,8 @@
 //! TCP forwarded through the real binaries: `peer forward` →
 //! `peer listen --forward-to` in front of a TCP sink of this process,
 //! against the same `rendezvous` as the CLI pipe. One stream alone (its
-//! rate against the CLI pipe's), then 16 at once on the one call (each
-//! stream's rate against their mean). A stream's rate counts from the
+//! rate against the CLI pipe's), then 16 at once on the one call, each
+//! with the bulk size (each stream's rate against their mean). A stream's rate counts from the
 //! moment its client starts writing to the sink's end of file.
 
 use std::io::{Read, Write};
@@ -58,7 +58,7 @@ pub fn measure(
     for _ in 0..settings.runs {
         one = one.max(push(&sink, addr, &[settings.bulk])?[0]);
     }
-    let each = push(&sink, addr, &[settings.bulk / 4; STREAMS])?;
+    let each = push(&sink, addr, &[settings.bulk; STREAMS])?;
     forward.stop();
     listener.stop();
     Ok(Forwarded { one, each })
