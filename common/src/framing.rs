@@ -283,6 +283,8 @@ mod tests {
                 .prop_map(|(name, size, sha256)| PeerMessage::SendFile { name, size, sha256 }),
             (any::<bool>(), ".{0,40}")
                 .prop_map(|(ok, message)| PeerMessage::SendResult { ok, message }),
+            Just(PeerMessage::Forward),
+            Just(PeerMessage::Forwarded),
         ]
     }
 

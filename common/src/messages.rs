@@ -342,6 +342,16 @@ pub enum PeerMessage {
         /// Where it was stored, or why not.
         message: String,
     },
+    /// First frame of a forwarded TCP connection (`peer forward` →
+    /// `listen --forward-to`): the callee connects to its one configured
+    /// target (the caller never names one), answers [`PeerMessage::Forwarded`],
+    /// then raw bytes follow both ways. A target that refuses or cannot be
+    /// reached resets the stream instead (code `FORWARD_REFUSED`). (Last
+    /// but one: postcard's wire form of a variant is its index.)
+    Forward,
+    /// Callee → caller on a `Forward` stream: the target accepted the TCP
+    /// connection; bytes follow. (Last: the wire form is the index.)
+    Forwarded,
 }
 
 #[cfg(test)]
@@ -412,6 +422,16 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&call_as).expect("encode");
         assert_eq!(bytes[0], 13);
+    }
+
+    /// postcard writes a variant as its index: the forward purposes come
+    /// after every older one, so older peers' streams keep their meaning.
+    #[test]
+    fn forward_purposes_are_the_last_indices() {
+        let index = |m: &PeerMessage| postcard::to_allocvec(m).expect("encode")[0];
+        assert_eq!(index(&PeerMessage::Pipe), 0);
+        assert_eq!(index(&PeerMessage::Forward), 5);
+        assert_eq!(index(&PeerMessage::Forwarded), 6);
     }
 
     #[test]

@@ -16,7 +16,11 @@
 //!    state per call (goal ≤ 2 KiB);
 //! 5. a relayed call whose caller is on the TCP transport (issue 11): ÷
 //!    direct (goal ≥ 0.3), ÷ the relay over UDP, and the server's CPU per
-//!    GiB for it.
+//!    GiB for it;
+//! 6. TCP forwarded through the binaries (issue 13): one stream
+//!    (`peer forward` → `listen --forward-to` → a TCP sink) ÷ the CLI pipe
+//!    (goal ≥ 0.8), and 16 streams at once on one call, each stream's rate
+//!    within 2× of their mean.
 //!
 //! Raw quinn is measured twice, with quinn's default transport and with the
 //! peer library's windows; the ratios divide by the faster of all raw runs
@@ -42,6 +46,8 @@
 
 #[path = "calls/cli.rs"]
 mod cli;
+#[path = "calls/forward.rs"]
+mod forward;
 #[path = "calls/inproc.rs"]
 mod inproc;
 #[path = "calls/raw.rs"]
@@ -158,17 +164,56 @@ fn main() -> Result<()> {
     relay_rows(&mut rows, &lib);
     const CLI: &str = "peer CLI (`peer call` stdin → `peer listen` stdout) ÷ raw quinn";
     match cli {
-        Ok(rate) => {
-            rows.push(Row::ratio(CLI, rate, yardstick, 0.9));
+        Ok(rates) => {
+            rows.push(Row::ratio(CLI, rates.pipe, yardstick, 0.9));
             rows.push(Row::info(
                 "peer CLI ÷ raw quinn with the sink in a second process",
-                format!("{:.2}×", rate / best.two_processes),
+                format!("{:.2}×", rates.pipe / best.two_processes),
             ));
+            forward_rows(&mut rows, rates.pipe, &rates.forwarded);
         }
         Err(e) => rows.push(Row::failed(CLI, format!("not measured: {e:#}"), "≥ 0.9")),
     }
     report::print_table(&rows, settings);
     Ok(())
+}
+
+/// Forwarded TCP (`peer forward` → `listen --forward-to`): one stream
+/// against the CLI pipe, and how evenly 16 at once share one call.
+fn forward_rows(rows: &mut Vec<Row>, pipe: f64, forwarded: &Result<forward::Forwarded>) {
+    const ONE: &str = "one forwarded TCP stream (`peer forward` → `listen --forward-to` → TCP sink) ÷ peer CLI pipe";
+    let f = match forwarded {
+        Ok(f) => f,
+        Err(e) => {
+            rows.push(Row::failed(ONE, format!("not measured: {e:#}"), "≥ 0.8"));
+            return;
+        }
+    };
+    rows.push(Row::ratio(ONE, f.one, pipe, 0.8));
+    let mean = f.each.iter().sum::<f64>() / f.each.len() as f64;
+    let (lo, hi) = f
+        .each
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    rows.push(Row::info(
+        format!(
+            "{} forwarded streams at once on one call: mean per stream, sum",
+            forward::STREAMS
+        ),
+        format!("{}, {}", mib_s(mean), mib_s(mean * f.each.len() as f64)),
+    ));
+    // Each within 2× of the mean, both ways: the worse of max ÷ mean and mean ÷ min.
+    rows.push(Row::at_most(
+        format!(
+            "{} streams at once: slowest {:.2}× / fastest {:.2}× the mean; worst ratio either way",
+            forward::STREAMS,
+            lo / mean,
+            hi / mean
+        ),
+        (hi / mean).max(mean / lo),
+        2.0,
+        "×",
+    ));
 }
 
 /// The TCP transport's rows: a relayed call whose caller's link (and relay

@@ -135,6 +135,26 @@ pub enum Event {
         /// Its size.
         bytes: u64,
     },
+    /// `peer forward` listens on its TCP address.
+    Forwarding {
+        /// The TCP address it accepts connections on.
+        local_addr: String,
+        /// The name it forwards them to.
+        peer: String,
+    },
+    /// `peer forward` closed a TCP connection without serving it.
+    ForwardFailed {
+        /// The name it forwards to.
+        peer: String,
+        /// The TCP client's address.
+        client: String,
+        /// `busy` (too many at once), `target_refused` (the listener's
+        /// target refused or did not answer), `no_call` (the call cannot
+        /// be made), `call_lost`, `not_forwarding` (not a `--forward-to`).
+        reason: String,
+        /// Details for a person.
+        message: String,
+    },
     /// The server link was lost; reconnecting.
     RendezvousLost {
         /// The server.
@@ -251,6 +271,15 @@ impl Event {
             Self::FileReceived { peer, path, bytes } => {
                 format!("stored {bytes} bytes from {peer} at {path}")
             }
+            Self::Forwarding { local_addr, peer } => {
+                format!("forwarding TCP connections on {local_addr} to {peer}")
+            }
+            Self::ForwardFailed {
+                client,
+                reason,
+                message,
+                ..
+            } => format!("closed the connection from {client} ({reason}): {message}"),
             Self::RendezvousLost { server } => {
                 format!("lost the rendezvous server {server}; reconnecting")
             }

@@ -42,6 +42,8 @@
 //!   networks without UDP (opening it, HTTP proxies, the socket's side,
 //!   the UDP-first race).
 //! - [`app`]: pipe, echo, ping and file transfer over a call.
+//! - [`forward`]: TCP port forwarding over a call (`peer forward`,
+//!   `listen --forward-to`).
 //! - [`known_peers`]: contacts' pinned keys.
 //! - `watch`: other names' presence, pushed by the server ([`Watcher`]).
 //! - [`events`], [`error`], [`config`].
@@ -57,6 +59,7 @@ mod endpoint;
 pub mod error;
 pub mod events;
 mod fallback;
+pub mod forward;
 pub mod known_peers;
 mod link_watch;
 mod listener;

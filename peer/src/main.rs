@@ -108,6 +108,18 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: CallFlags,
     },
+    /// Listen on TCP LOCAL_ADDR; forward every connection to NAME (a
+    /// `listen --forward-to`) over one kept call, like `ssh -L`.
+    Forward {
+        /// The TCP address to accept connections on, e.g. 127.0.0.1:2222.
+        #[arg(value_name = "LOCAL_ADDR")]
+        local_addr: String,
+        /// Who to forward to.
+        #[arg(value_name = "NAME")]
+        target: String,
+        #[command(flatten)]
+        opts: CallFlags,
+    },
 }
 
 /// Flags every calling command shares.
@@ -188,10 +200,14 @@ pub(crate) fn secs(s: f64) -> Duration {
 /// each other without crossing threads (`peer call` with 512 MiB on
 /// loopback: ~425 MiB/s on the multi-thread runtime, ~590 on one thread). A
 /// `listen` that serves many calls at once (`--echo`, `--exec`,
-/// `--receive-dir`) spreads them over the cores instead.
+/// `--receive-dir`) spreads them over the cores instead; `--forward-to`
+/// stays on one thread: its streams are usually one `peer forward`'s, all
+/// on one connection (whose driver is one task anyway).
 fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     match command {
-        Command::Listen(args) if args.serves_many_calls() => tokio::runtime::Runtime::new(),
+        Command::Listen(args) if args.serves_many_calls() && !args.forwards() => {
+            tokio::runtime::Runtime::new()
+        }
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

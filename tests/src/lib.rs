@@ -18,6 +18,8 @@
 //!   stopped and started again for outage tests.
 //! - [`stall`]: a UDP relay that stalls QUIC handshakes and counts how many
 //!   the other side answers.
+//! - [`tcp_services`]: an HTTP/1.0 file server, an echo server and their
+//!   clients, the targets of the forwarding tests and bench.
 //! - [`tunnel_client`]: raw tunnels to the server's TCP side, and a quinn
 //!   endpoint over one (the server's TCP side without the peer crate).
 pub mod dial;
@@ -30,4 +32,5 @@ pub mod postgres;
 pub mod proc;
 pub mod relay_tap;
 pub mod stall;
+pub mod tcp_services;
 pub mod tunnel_client;

@@ -18,13 +18,24 @@ use crate::Settings;
 /// Longest a `cargo build` of the binaries may take.
 const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Longest wait for a process to start, register or connect.
-const START_LIMIT: Duration = Duration::from_secs(30);
+pub const START_LIMIT: Duration = Duration::from_secs(30);
 /// Longest one transfer may take.
-const RUN_LIMIT: Duration = Duration::from_secs(180);
+pub const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// What the real binaries measured.
+pub struct CliRates {
+    /// Best CLI pipe rate, bytes per second.
+    pub pipe: f64,
+    /// Forwarded TCP against the same server ([`crate::forward`]).
+    pub forwarded: Result<crate::forward::Forwarded>,
+}
 
 /// Best CLI rate over `settings.runs`; `raw_again(bytes)` measures raw quinn
-/// before each run, so the yardstick sees the same load.
-pub fn throughput(settings: Settings, raw_again: &mut dyn FnMut(u64) -> Result<()>) -> Result<f64> {
+/// before each run, so the yardstick sees the same load. Then forwarded TCP.
+pub fn throughput(
+    settings: Settings,
+    raw_again: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<CliRates> {
     let dir = tempfile::tempdir()?;
     let bins = Binaries::find()?;
     let input = dir.path().join("input");
@@ -89,8 +100,12 @@ pub fn throughput(settings: Settings, raw_again: &mut dyn FnMut(u64) -> Result<(
         }
         listener.stop();
     }
+    let forwarded = crate::forward::measure(settings, &peer);
     server.stop();
-    Ok(best)
+    Ok(CliRates {
+        pipe: best,
+        forwarded,
+    })
 }
 
 /// The input: `bytes` of a repeating, not all-zero pattern.
@@ -193,7 +208,7 @@ fn build() -> Result<()> {
 
 /// A child process whose `--json` stderr is read line by line, each event
 /// stamped with the time it was read.
-struct Proc {
+pub struct Proc {
     name: &'static str,
     child: Child,
     events: Receiver<(Instant, Value)>,
@@ -201,7 +216,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
         let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
@@ -236,7 +251,7 @@ impl Proc {
     }
 
     /// The next `event` (skipping others); an `error` event or the deadline fails.
-    fn wait(&mut self, event: &str, limit: Duration) -> Result<(Instant, Value)> {
+    pub fn wait(&mut self, event: &str, limit: Duration) -> Result<(Instant, Value)> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -273,7 +288,7 @@ impl Proc {
     }
 
     /// SIGTERM (a clean stop), then SIGKILL if it lingers.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])

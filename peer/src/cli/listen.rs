@@ -1,8 +1,10 @@
 //! `peer listen`: stay online and answer calls in one of four modes.
 //!
 //! Every mode answers pings. Many calls at once are fine in `--echo`,
-//! `--exec` and `--receive-dir`; the default mode has one stdin/stdout, so
-//! only the first pipe gets them.
+//! `--exec`, `--receive-dir` and `--forward-to`; the default mode has one
+//! stdin/stdout, so only the first pipe gets them. `--forward-to` bridges
+//! each `Forward` (from `peer forward`) or `Pipe` (from `peer call`)
+//! stream to a new TCP connection to its one target ([`peer::forward`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 
 use peer::{Call, Error, Event, Peer, PeerMessage, Policy, Result};
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Out;
 
@@ -18,17 +20,25 @@ use super::Out;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ListenArgs {
     /// Send every byte back to the caller.
-    #[arg(long, conflicts_with_all = ["exec", "receive_dir"])]
+    #[arg(long, conflicts_with_all = ["exec", "receive_dir", "forward_to"])]
     echo: bool,
     /// Run CMD (with `sh -c`) per call, with the call as its stdin/stdout.
-    #[arg(long, value_name = "CMD", conflicts_with = "receive_dir")]
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["receive_dir", "forward_to"])]
     exec: Option<String>,
     /// Store files sent with `peer send` in DIR (created if missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "forward_to")]
     receive_dir: Option<PathBuf>,
+    /// Bridge every stream of a call to a new TCP connection to HOST:PORT
+    /// (`peer forward` at the other end); needs --accept-from or --accept-any.
+    #[arg(long, value_name = "HOST:PORT")]
+    forward_to: Option<String>,
     /// Accept calls only from these names (each pinned to the key first seen for it).
     #[arg(long, value_delimiter = ',', value_name = "N1,N2")]
     accept_from: Vec<String>,
+    /// Accept calls from everyone (the default, except with --forward-to,
+    /// which must say so).
+    #[arg(long, conflicts_with = "accept_from")]
+    accept_any: bool,
     /// Largest file accepted with --receive-dir, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_file_size: u64,
@@ -47,7 +57,27 @@ impl ListenArgs {
     /// Whether this listener serves many calls at once (every mode but the
     /// default, which pipes one call to stdin/stdout).
     pub(crate) fn serves_many_calls(&self) -> bool {
-        self.echo || self.exec.is_some() || self.receive_dir.is_some()
+        self.echo || self.exec.is_some() || self.receive_dir.is_some() || self.forward_to.is_some()
+    }
+
+    /// Whether this listener forwards TCP (it then allows more streams per call).
+    pub(crate) fn forwards(&self) -> bool {
+        self.forward_to.is_some()
+    }
+
+    /// The usage errors clap cannot see.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let Some(target) = &self.forward_to else {
+            return Ok(());
+        };
+        let port = target.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+            return Err(format!("--forward-to {target}: expected HOST:PORT"));
+        }
+        if self.accept_from.is_empty() && !self.accept_any {
+            return Err("--forward-to exposes a TCP service: say who may call, with --accept-from N1,N2 (or --accept-any for everyone)".into());
+        }
+        Ok(())
     }
 }
 
@@ -57,14 +87,18 @@ enum Mode {
     Echo,
     Exec(String),
     Receive(PathBuf, u64),
+    Forward(Arc<str>),
 }
 
 pub(crate) async fn run(peer: &Peer, args: ListenArgs, out: Out) -> Result<()> {
     for name in &args.accept_from {
         common::validate_name(name)?;
     }
+    args.check().map_err(Error::Usage)?;
     let mode = if args.echo {
         Mode::Echo
+    } else if let Some(target) = args.forward_to {
+        Mode::Forward(target.into())
     } else if let Some(cmd) = args.exec {
         Mode::Exec(cmd)
     } else if let Some(dir) = args.receive_dir {
@@ -102,6 +136,9 @@ struct Bytes {
 }
 
 async fn serve_call(call: Call, mode: Mode, out: Out) {
+    if matches!(mode, Mode::Forward(_)) {
+        peer::forward::prepare_call(&call);
+    }
     let call = Arc::new(call);
     let bytes = Arc::new(Bytes::default());
     let mut streams = JoinSet::new();
@@ -184,6 +221,16 @@ async fn serve_stream(
                 path: path.display().to_string(),
                 bytes: size,
             });
+        }
+        (purpose @ (PeerMessage::Forward | PeerMessage::Pipe), Mode::Forward(target)) => {
+            let connect = peer::forward::ForwardConfig::default().connect_timeout;
+            match peer::forward::serve_target(&purpose, send, recv, target, connect).await {
+                Ok((s, r)) => add(s, r),
+                Err(e) => {
+                    warn!(peer = %call.peer, "forwarding to {target}: {e}");
+                    return Err(e);
+                }
+            }
         }
         (other, _) => {
             let _ = send.reset(1u32.into());

@@ -1,6 +1,7 @@
 //! Subcommands and the output conventions of `CLI.md`.
 
 pub(crate) mod calls;
+pub(crate) mod forward;
 pub(crate) mod listen;
 pub(crate) mod watch;
 
@@ -111,6 +112,12 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
     if let Command::Listen(args) = &cli.command {
         config.listen_path = args.path.into();
         config.invisible = args.invisible;
+        if let Err(message) = args.check() {
+            return out.usage(&message);
+        }
+        if args.forwards() {
+            config.limits.max_streams_per_call = peer::forward::MAX_STREAMS;
+        }
     }
     let peer = match Peer::new(config).await {
         Ok(p) => p,
@@ -126,7 +133,10 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
         }
     });
     // Long-running commands end normally on a signal.
-    let is_listen = matches!(cli.command, Command::Listen(_) | Command::Watch { .. });
+    let is_listen = matches!(
+        cli.command,
+        Command::Listen(_) | Command::Watch { .. } | Command::Forward { .. }
+    );
     let work = async {
         match cli.command {
             Command::Id => Ok(()),
@@ -143,6 +153,11 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
                 calls::send(&peer, &target, &file, &opts, out).await
             }
             Command::Watch { names } => watch::run(&peer, names).await,
+            Command::Forward {
+                local_addr,
+                target,
+                opts,
+            } => forward::run(&peer, &local_addr, &target, &opts).await,
         }
     };
     // SIGINT/SIGTERM: close every connection cleanly (the server marks a
