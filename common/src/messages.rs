@@ -422,6 +422,29 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&call_as).expect("encode");
         assert_eq!(bytes[0], 13);
+        let index = |m: &Message| postcard::to_allocvec(m).expect("encode")[0];
+        let standing = Message::AcceptApproved {
+            candidates: vec![],
+            hide_addresses: false,
+        };
+        assert_eq!(index(&standing), 14);
+        let preapproved = Message::Preapproved {
+            call_id: 0,
+            from: String::new(),
+            fingerprint: Fingerprint([0; 32]),
+        };
+        assert_eq!(index(&preapproved), 15);
+        assert_eq!(index(&Message::Watch { names: vec![] }), 16);
+        let presence = Message::Presence {
+            name: String::new(),
+            online: false,
+            fingerprint: None,
+        };
+        assert_eq!(index(&presence), 18);
+        let invisible = Message::RegisterInvisible {
+            name: String::new(),
+        };
+        assert_eq!(index(&invisible), 19);
     }
 
     /// postcard writes a variant as its index: the forward purposes come

@@ -6,6 +6,7 @@
 //! the call's virtual address once: the handshake races every path.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,7 @@ impl Peer {
             known,
             link: Mutex::new(None),
             registering: Mutex::new(()),
+            call_as_unsupported: Default::default(),
             approve_unsupported: Default::default(),
             standing_unsupported: Default::default(),
             incoming: std::sync::Mutex::new(None),
@@ -232,6 +234,9 @@ impl Peer {
         // One registration in flight per link (the server refuses a second):
         // a call made meanwhile waits for it, then needs only `Call`.
         let registering = self.inner.registering.lock().await;
+        if self.inner.call_as_unsupported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         if self.is_registered(link).await {
             drop(registering);
             return Ok(Some(link.request(&plain(candidates)).await?));
@@ -262,7 +267,12 @@ impl Peer {
             Message::Error {
                 kind: ErrorKind::Protocol,
                 message,
-            } if message.starts_with("bad request") => Ok(None),
+            } if message.starts_with("bad request") => {
+                self.inner
+                    .call_as_unsupported
+                    .store(true, Ordering::Relaxed);
+                Ok(None)
+            }
             first => Err(unexpected(first, "CallAs")),
         }
     }
@@ -316,7 +326,13 @@ impl Peer {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + options.timeout);
         let attempt = async {
-            let (link, server_time, registered) = self.call_link().await?;
+            let (link, server_time, registered) =
+                if self.inner.call_as_unsupported.load(Ordering::Relaxed) {
+                    let (link, took) = self.link(true).await?;
+                    (link, took, true)
+                } else {
+                    self.call_link().await?
+                };
             let mut call = match self
                 .call_over(&link, to, &options, deadline, registered)
                 .await?

@@ -30,6 +30,9 @@ pub(crate) struct Inner {
     pub(crate) link: Mutex<Option<(ServerLink, bool)>>,
     /// Held while a `CallAs` registers the one-shot link.
     pub(crate) registering: Mutex<()>,
+    /// Set once a server refused `CallAs` (it predates it): calls register
+    /// first from then on.
+    pub(crate) call_as_unsupported: std::sync::atomic::AtomicBool,
     /// The server refused [`common::Message::Approve`] (it predates it): not sent again.
     pub(crate) approve_unsupported: std::sync::atomic::AtomicBool,
     /// Set once the server refused `AcceptApproved` (it predates it).

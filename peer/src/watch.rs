@@ -34,7 +34,10 @@ pub struct PresenceUpdate {
 }
 
 /// The states of watched names, as they come ([`Peer::watch`]). Dropping
-/// it ends the watch.
+/// it ends the watch. Read it ([`Watcher::next`]) even if you use the
+/// `presence` events instead: it holds at most [`MAX_WATCHED`] unread
+/// states, and a full one holds the watch up (the server then drops the
+/// stream, and the watch starts again).
 #[derive(Debug)]
 pub struct Watcher {
     rx: mpsc::Receiver<Result<PresenceUpdate>>,
@@ -84,6 +87,9 @@ impl Peer {
 
 type Tx = mpsc::Sender<Result<PresenceUpdate>>;
 
+/// A watch that ran this long before failing starts the backoff afresh.
+const LONG_WATCH: Duration = Duration::from_secs(10);
+
 async fn watch_loop(peer: Peer, names: Vec<String>, tx: Tx) {
     let max = peer.inner.config.timing.reconnect_max;
     let mut wait = Duration::from_millis(200);
@@ -112,7 +118,7 @@ async fn watch_loop(peer: Peer, names: Vec<String>, tx: Tx) {
                 server: link.server().to_owned(),
             });
         }
-        wait = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
         let ended = watch_on(&peer, &link, &names, &tx).await;
         if tx.is_closed() {
             return;
@@ -122,15 +128,33 @@ async fn watch_loop(peer: Peer, names: Vec<String>, tx: Tx) {
             return;
         }
         debug!(server = link.server(), "watch lost: {ended}");
-        inner
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lost(link.node());
-        peer.emit(Event::RendezvousLost {
-            server: link.server().to_owned(),
-        });
-        lost = true;
+        if link.conn.close_reason().is_some() {
+            // The node is gone: the next round starts at the next one.
+            inner
+                .nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .lost(link.node());
+            peer.emit(Event::RendezvousLost {
+                server: link.server().to_owned(),
+            });
+            lost = true;
+        } else {
+            // The node is there but the watch failed (its store is down, a
+            // stream reset): say so, and ask again after the backoff.
+            peer.emit(Event::error(&ended));
+            link.conn
+                .close(common::error::close::DONE.into(), b"watch again");
+        }
+        // A watch that failed soon after it started waits before the next
+        // (jittered, doubling up to `reconnect_max`); one that ran a while
+        // starts the backoff afresh.
+        if started.elapsed() > LONG_WATCH {
+            wait = Duration::from_millis(200);
+        } else {
+            tokio::time::sleep(wait.mul_f64(rand::random::<f64>() * 0.5 + 0.75)).await;
+            wait = (wait * 2).min(max);
+        }
     }
 }
 

@@ -195,8 +195,6 @@ mod tests {
         assert_eq!(rl.tracked(), 0);
     }
 
-    /// A rate that never refills (`per_second` 0, possible in code, refused
-    /// by the flag parser) still has its buckets forgotten once idle.
     #[test]
     fn n_tokens_are_taken_at_once_or_not_at_all() {
         let mut l = RateLimiter::new(Rate {
@@ -210,6 +208,8 @@ mod tests {
         assert!(!l.check(ip, now));
     }
 
+    /// A rate that never refills (`per_second` 0, possible in code, refused
+    /// by the flag parser) still has its buckets forgotten once idle.
     #[test]
     fn buckets_of_a_rate_that_never_refills_are_swept_once_idle() {
         let mut rl = RateLimiter::new(Rate {

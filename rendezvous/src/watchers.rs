@@ -123,6 +123,17 @@ impl<H: Clone> Watchers<H> {
         id
     }
 
+    /// `names` without those watch `id` has already.
+    pub fn unwatched(&self, id: WatchId, names: Vec<String>) -> Vec<String> {
+        match self.watches.get(&id) {
+            Some(watch) => names
+                .into_iter()
+                .filter(|n| !watch.names.contains(n))
+                .collect(),
+            None => names,
+        }
+    }
+
     /// How many of `names` watch `id` would add (duplicates and names it
     /// watches already count nothing), or why it may not.
     pub fn check(&self, id: WatchId, names: &[String]) -> Result<usize, WatchError> {
@@ -189,6 +200,21 @@ impl<H: Clone> Watchers<H> {
         if entry.state == state {
             return vec![];
         }
+        entry.state = state;
+        let watches: Vec<WatchId> = entry.watches.iter().copied().collect();
+        self.push(&watches, name, state)
+    }
+
+    /// `name` was just bound to `fingerprint` (a registration): a watched
+    /// name shown offline without a key ("not registered") gets it.
+    pub fn bound(&mut self, name: &str, fingerprint: Fingerprint) -> Vec<H> {
+        let Some(entry) = self.names.get_mut(name) else {
+            return vec![];
+        };
+        if entry.state.online || entry.state.fingerprint.is_some() {
+            return vec![];
+        }
+        let state = Visible::offline(Some(fingerprint));
         entry.state = state;
         let watches: Vec<WatchId> = entry.watches.iter().copied().collect();
         self.push(&watches, name, state)

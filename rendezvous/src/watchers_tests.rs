@@ -127,3 +127,32 @@ fn a_newer_state_seen_by_a_new_watch_reaches_the_others() {
     assert_eq!(wake, vec![1, 2]);
     assert_eq!(w.take(a), vec![("alice".into(), Visible::online(A))]);
 }
+
+#[test]
+fn a_name_registered_while_watched_as_unregistered_shows_its_key() {
+    let mut w = Watchers::<u8>::default();
+    let id = w.open(1, 7);
+    w.add(id, names(&["alice", "bob"], Visible::offline(None)))
+        .expect("add");
+    w.take(id);
+    assert_eq!(w.bound("alice", A), vec![7]);
+    assert_eq!(
+        w.take(id),
+        vec![("alice".into(), Visible::offline(Some(A)))]
+    );
+    assert!(w.bound("alice", A).is_empty(), "told once");
+    assert!(w.bound("carol", A).is_empty(), "nobody watches carol");
+    w.update("bob", Some(A));
+    w.take(id);
+    assert!(w.bound("bob", A).is_empty(), "online already says the key");
+}
+
+#[test]
+fn names_a_watch_has_are_left_out_of_a_new_batch() {
+    let mut w = Watchers::<()>::default();
+    let id = w.open(1, ());
+    w.add(id, names(&["alice"], Visible::offline(None)))
+        .expect("add");
+    let batch = vec!["alice".to_owned(), "bob".to_owned()];
+    assert_eq!(w.unwatched(id, batch), vec!["bob".to_owned()]);
+}

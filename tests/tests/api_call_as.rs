@@ -190,3 +190,27 @@ async fn with_a_server_older_than_call_as_the_peer_registers_first() {
         "{result:?}"
     );
 }
+
+/// Two calls at once from a fresh peer: one registers (`CallAs`), the
+/// other waits for that and calls on the registered link; both connect.
+#[tokio::test]
+async fn two_calls_at_once_from_a_fresh_peer_both_connect() {
+    let server = TestServer::start().await;
+    let (_alice, _t) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let bob = server.peer("bob").await;
+    let (one, two) = tokio::join!(
+        within(
+            T,
+            "call one",
+            bob.peer.call("alice", CallOptions::default())
+        ),
+        within(
+            T,
+            "call two",
+            bob.peer.call("alice", CallOptions::default())
+        ),
+    );
+    let (one, two) = (one.expect("call one"), two.expect("call two"));
+    assert_eq!(one.peer, "alice");
+    assert_eq!(two.peer, "alice");
+}

@@ -177,12 +177,15 @@ async fn each_watched_name_costs_a_lookup() {
         }
         other => panic!("expected rate_limited, got {other:?}"),
     }
-    // The names it watches cost nothing again; the 10 tokens left buy 10.
+    // The names it watches cost nothing again, and are not looked up (or
+    // told) again; the 10 tokens left buy 10.
     watch.ask(names("a", 40)).await;
-    assert!(matches!(
-        watch.answer().await.1,
-        Message::Watching { count: 40 }
-    ));
+    let (states, answer) = watch.answer().await;
+    assert!(states.is_empty(), "told again: {states:?}");
+    assert!(
+        matches!(answer, Message::Watching { count: 40 }),
+        "{answer:?}"
+    );
     watch.ask(names("b", 10)).await;
     assert!(matches!(
         watch.answer().await.1,
@@ -302,5 +305,45 @@ async fn the_library_watcher_yields_states_and_presence_events() {
             .watch(names("n", MAX_WATCHED + 1))
             .is_err(),
         "more than the cap is refused before asking"
+    );
+}
+
+/// A `Watch` frame that arrives in pieces while a watched name changes:
+/// the half-read frame is kept (the read is not dropped for the push), so
+/// the stream stays in step.
+#[tokio::test]
+async fn a_frame_arriving_in_pieces_while_a_state_changes_is_read_whole() {
+    let server = TestServer::start().await;
+    let client = RawClient::connect(&server).await;
+    let mut watch = WatchStream::open(&client).await;
+    watch.ask(vec!["alice".into()]).await;
+    let (_, answer) = watch.answer().await;
+    assert!(
+        matches!(answer, Message::Watching { count: 1 }),
+        "{answer:?}"
+    );
+    // The first half of the next frame.
+    let frame = common::framing::encode(
+        &Message::Watch {
+            names: names("b", 50),
+        },
+        MAX_FRAME,
+    )
+    .expect("encode");
+    let (head, tail) = frame.split_at(frame.len() / 2);
+    watch.send.write_all(head).await.expect("write");
+    // alice comes online: the server pushes her state meanwhile.
+    let (_alice, _t) = listening(&server, "alice", Policy::AcceptAll, Serve::Echo).await;
+    let pushed = watch.next().await;
+    assert!(
+        matches!(&pushed, Message::Presence { name, online: true, .. } if name == "alice"),
+        "{pushed:?}"
+    );
+    watch.send.write_all(tail).await.expect("write");
+    let (states, answer) = watch.answer().await;
+    assert_eq!(states.len(), 50, "{states:?}");
+    assert!(
+        matches!(answer, Message::Watching { count: 51 }),
+        "{answer:?}"
     );
 }

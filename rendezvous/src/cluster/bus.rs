@@ -573,7 +573,10 @@ async fn sync(cluster: Arc<Cluster>, node: String, generation: u64, after: Optio
                 let actions = books.directory.on_page(&node, generation, seq, names, more);
                 relevant(&books, actions)
             };
-            cluster.changed(None);
+            // The pages are applied together, with the last one.
+            if !more {
+                cluster.changed(None);
+            }
             cluster.act(actions);
         }
         other => {

@@ -69,9 +69,6 @@ pub(crate) async fn handle(
         Err(reply) => return reply,
     };
     let call_id = broker.call_id();
-    if ask.standing.is_some() {
-        state.metrics.calls_preapproved.inc();
-    }
     // Set by `Facts::callee` only for a callee at another node.
     let remote = facts.remote.clone();
     let (send, answer) = match (&remote, facts.conns.get(&ask.callee)) {
@@ -86,6 +83,10 @@ pub(crate) async fn handle(
         (None, None) => (None, Answer::Failed("session closed".into())),
     };
     match &answer {
+        Answer::Reply(Message::Accept { .. }) if ask.standing.is_some() => {
+            state.metrics.calls_accepted.inc();
+            state.metrics.calls_preapproved.inc();
+        }
         Answer::Reply(Message::Accept { .. }) => state.metrics.calls_accepted.inc(),
         Answer::Reply(Message::Reject { .. }) => state.metrics.calls_rejected.inc(),
         _ => {}

@@ -86,6 +86,11 @@ pub(crate) async fn handle(
             // A newer listen of the same key changes nothing a watcher sees.
             state.touch(&registry, Some(std::slice::from_ref(&name)));
         }
+        if registered.is_ok() {
+            // Watched as "not registered"? It is now (with its key).
+            let wake = lock(&state.watchers).bound(&name, fingerprint);
+            wake.into_iter().for_each(|n| n.notify_one());
+        }
         registered
     };
     match registered {

@@ -36,7 +36,7 @@ pub(crate) async fn serve(
     state: &Arc<State>,
     session: SessionId,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     names: Vec<String>,
 ) {
     let notify = Arc::new(Notify::new());
@@ -44,6 +44,10 @@ pub(crate) async fn serve(
     let _closing = Closing { state, watch };
     let stopped = send.stopped();
     tokio::pin!(stopped);
+    let max = state.limits.max_request_frame;
+    // One read at a time, kept across the loop's turns: a frame half read
+    // when a state change wins the `select!` is not lost.
+    let mut next = Box::pin(next_frame(recv, max));
     let mut batch = Some(names);
     let mut reading = true;
     loop {
@@ -62,7 +66,8 @@ pub(crate) async fn serve(
             continue;
         }
         tokio::select! {
-            frame = read_frame::<Message, _>(&mut recv, state.limits.max_request_frame), if reading => {
+            (recv, frame) = &mut next, if reading => {
+                next = Box::pin(next_frame(recv, max));
                 match frame {
                     Ok(Message::Watch { names }) => batch = Some(names),
                     // The peer sent all it will: keep pushing.
@@ -86,6 +91,15 @@ pub(crate) async fn serve(
             _ = &mut stopped => return,
         }
     }
+}
+
+/// The next frame of the watch stream, and the stream back for the next.
+async fn next_frame(
+    mut recv: quinn::RecvStream,
+    max: usize,
+) -> (quinn::RecvStream, Result<Message, FrameError>) {
+    let frame = read_frame::<Message, _>(&mut recv, max).await;
+    (recv, frame)
 }
 
 /// Ends the watch however its task ends (return, cancellation, panic).
@@ -122,6 +136,8 @@ async fn add(
     for name in &names {
         super::check_name(name)?;
     }
+    // A name this watch has already is neither charged nor read again.
+    let names = lock(&state.watchers).unwatched(watch, names);
     let (fresh, observed) = {
         let registry = lock(&state.registry);
         let observed = registry
