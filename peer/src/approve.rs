@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::path::PathMode;
 use crate::peer::Peer;
 use crate::policy::Policy;
+use crate::router::InitialsHeld;
 use crate::server_link::ServerLink;
 
 /// The keys `policy` accepts anyway, from the known_peers `entries`:
@@ -52,18 +53,23 @@ pub(crate) fn pre_approved(policy: &Policy, entries: &[(String, Fingerprint)]) -
 /// A server that predates [`Message::Approve`] answers it as a malformed
 /// request (kind `protocol`) and closes the link; it is not asked again by
 /// this peer, so the listener reconnects once instead of in a loop.
-pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
+/// Returns the guard to hold while the standing answer is in force (see
+/// [`accept_approved`]); `None` when there is none.
+pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) -> Option<InitialsHeld> {
     let unsupported = &peer.inner.approve_unsupported;
     if unsupported.load(Ordering::Relaxed) {
-        return;
+        return None;
     }
     let entries = match peer.inner.known.entries() {
         Ok(entries) => entries,
-        Err(e) => return debug!("not sending approvals: {e}"),
+        Err(e) => {
+            debug!("not sending approvals: {e}");
+            return None;
+        }
     };
     let fingerprints = pre_approved(policy, &entries);
     if fingerprints.is_empty() {
-        return;
+        return None;
     }
     match link.request(&Message::Approve { fingerprints }).await {
         Ok(Message::Approved { count }) => debug!(count, "pre-approved callers sent"),
@@ -73,12 +79,18 @@ pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
         }) => {
             debug!("the server does not take approvals ({message}); not sending them again");
             unsupported.store(true, Ordering::Relaxed);
-            return;
+            return None;
         }
-        Ok(other) => return debug!("the server answered Approve with {}", other.kind_name()),
-        Err(e) => return debug!("approvals not sent: {e}"),
+        Ok(other) => {
+            debug!("the server answered Approve with {}", other.kind_name());
+            return None;
+        }
+        Err(e) => {
+            debug!("approvals not sent: {e}");
+            return None;
+        }
     }
-    accept_approved(peer, link).await;
+    accept_approved(peer, link).await
 }
 
 /// Tells the server to accept the approved callers' calls without asking
@@ -86,10 +98,16 @@ pub(crate) async fn send(peer: &Peer, link: &ServerLink, policy: &Policy) {
 /// save the round trip to us. We still check each against the policy, and
 /// let in only its key. Like [`send`], a server that predates it is not
 /// asked again.
-async fn accept_approved(peer: &Peer, link: &ServerLink) {
+///
+/// While it is in force (the returned guard is held), QUIC Initials from
+/// addresses no call knows are kept briefly instead of refused: such a
+/// caller learns our address as we learn of its call, and its first
+/// Initial can beat the news (on a LAN, or loopback); kept, it reaches the
+/// call once the `Dial` makes its address a path.
+async fn accept_approved(peer: &Peer, link: &ServerLink) -> Option<InitialsHeld> {
     let unsupported = &peer.inner.standing_unsupported;
     if unsupported.load(Ordering::Relaxed) {
-        return;
+        return None;
     }
     let hide = peer.inner.config.listen_path == PathMode::Relay;
     let candidates = match hide {
@@ -101,7 +119,10 @@ async fn accept_approved(peer: &Peer, link: &ServerLink) {
         hide_addresses: hide,
     };
     match link.request(&standing).await {
-        Ok(Message::Approved { count }) => debug!(count, "approved callers are accepted at once"),
+        Ok(Message::Approved { count }) => {
+            debug!(count, "approved callers are accepted at once");
+            return Some(peer.inner.socket.router.hold_initials());
+        }
         Ok(Message::Error {
             kind: ErrorKind::Protocol,
             message,
@@ -115,6 +136,7 @@ async fn accept_approved(peer: &Peer, link: &ServerLink) {
         ),
         Err(e) => debug!("standing answer not sent: {e}"),
     }
+    None
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::known_peers::Check;
 use crate::path::PathMode;
 use crate::peer::Peer;
 use crate::policy::Policy;
-use crate::router::CallSpec;
+use crate::router::{CallSpec, InitialsHeld};
 use crate::server_link::ServerLink;
 use crate::Event;
 
@@ -105,8 +105,9 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
     let mut backoff = Backoff::new(peer.inner.config.timing.reconnect_max);
     let mut lost = false;
     loop {
-        let link = match connect_and_register(&peer, &name, &policy).await {
-            Ok(link) => link,
+        // `_standing` lives as long as this link's standing answer.
+        let (link, _standing) = match connect_and_register(&peer, &name, &policy).await {
+            Ok(found) => found,
             Err(e) if e.is_transient() => {
                 peer.emit(Event::error(&e));
                 tokio::time::sleep(backoff.step()).await;
@@ -158,7 +159,13 @@ async fn presence_loop(peer: Peer, name: String, policy: Policy, tx: mpsc::Sende
     }
 }
 
-async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Result<ServerLink> {
+/// Connects, registers and sends the approvals; returns the link and the
+/// guard of its standing answer ([`crate::approve::send`]).
+async fn connect_and_register(
+    peer: &Peer,
+    name: &str,
+    policy: &Policy,
+) -> Result<(ServerLink, Option<InitialsHeld>)> {
     let inner = &peer.inner;
     let link =
         ServerLink::connect(&inner.socket, &inner.config, &inner.nodes, &inner.events).await?;
@@ -175,7 +182,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
         })?;
     peer.inner.socket.set_observed(reg.observed_addr);
     // Before `Registered`: a contact calling on that event is exempt already.
-    crate::approve::send(peer, &link, policy).await;
+    let standing = crate::approve::send(peer, &link, policy).await;
     peer.emit(Event::Registered {
         name: name.to_owned(),
         fingerprint: reg.fingerprint.to_string(),
@@ -183,7 +190,7 @@ async fn connect_and_register(peer: &Peer, name: &str, policy: &Policy) -> Resul
         transport: link.transport().as_str().to_owned(),
     });
     debug!(server = link.server(), "registered");
-    Ok(link)
+    Ok((link, standing))
 }
 
 fn lock_nodes(peer: &Peer) -> std::sync::MutexGuard<'_, crate::ServerList> {

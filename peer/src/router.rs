@@ -17,8 +17,9 @@
 //!   lands in one connection. A probe is checked under the call's key and
 //!   fed to its table. A relay frame from the call's relay is unwrapped:
 //!   its payload is a probe or QUIC of that call. Anything else is dropped.
-//!   While a call is expected, a QUIC Initial from an address no call knows
-//!   is dropped too: it would open a second connection beside the virtual
+//!   While a call is expected (or pre-approved callers may call at any
+//!   moment), a QUIC Initial from an address no call knows is kept briefly
+//!   for a call that may claim it, then dropped too: it would open a second connection beside the virtual
 //!   one (the caller's QUIC stack sends it again; by then the probe that
 //!   names its address has arrived).
 //!
@@ -247,9 +248,12 @@ impl Router {
         (virtual_addr, wake)
     }
 
-    /// An offer was accepted and its `Dial` is on the way: until the guard
-    /// is dropped (the call is registered, or given up), Initials from
-    /// unknown addresses are dropped, as while a registered call waits. A
+    /// An offer was accepted and its `Dial` is on the way, or a listener
+    /// accepts its approved callers without being asked (their news and
+    /// their first Initial arrive at about the same time): until the guard
+    /// is dropped (the call is registered, or given up; the standing answer
+    /// ends with its link), Initials from unknown addresses are kept
+    /// briefly, then dropped, as while a registered call waits. A
     /// caller whose packets reach us unsolicited (an open or full-cone
     /// callee) may get its first Initial here before our `Dial`; let in, it
     /// would open a connection beside the call's virtual one.

@@ -270,3 +270,28 @@ async fn a_preapproved_call_with_the_wrong_key_is_refused_by_the_callee() {
     .await;
     assert_eq!(refused, "bob");
 }
+
+/// The fast path's race: the caller learns the callee's address at the
+/// moment the callee is told of the call, so on loopback its first Initial
+/// can arrive before the callee has read `Preapproved`. That Initial must
+/// wait for the call (kept briefly), not be refused as a stranger's: every
+/// one of 30 calls connects.
+#[tokio::test]
+async fn a_preapproved_callers_first_initial_may_beat_the_news_and_still_connects() {
+    let server = TestServer::start_tuned(|c| {
+        c.limits.register_rate.burst = 1000;
+        c.limits.call_rate.burst = 1000;
+    })
+    .await;
+    let bob = server.peer("bob").await;
+    let _alice = alice_accepting_bob(&server, bob.peer.fingerprint()).await;
+    for i in 0..30 {
+        // A fresh caller process each time, as the CLI is.
+        let config = server.peer_config(bob.dir.path(), Some("bob"));
+        let caller = Peer::new(config).await.expect("peer");
+        let call = within(T, "call", caller.call("alice", CallOptions::default())).await;
+        assert!(call.is_ok(), "call {i}: {:?}", call.err());
+        caller.shutdown().await;
+    }
+    assert_eq!(metric(&server, PREAPPROVED), 30);
+}

@@ -125,6 +125,38 @@ fn a_fast_exiting_caller_loses_no_byte() {
     }
 }
 
+/// A contact's calls through the real binaries take the pre-approved fast
+/// path (alice accepts bob without being asked). The caller learns alice's
+/// address as alice is told of the call, so its first Initial may arrive
+/// before alice has read the news: it must wait for the call, not be
+/// refused as a stranger's. Every call of 20 connects.
+#[test]
+fn a_contacts_fresh_calls_all_connect_through_the_fast_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let generous = ["--register-rate", "1000/1000", "--call-rate", "1000/1000"];
+    let server = ServerProc::start(None, "127.0.0.1:0", &dir.path().join("server"), &generous);
+    let bob = PeerHome::new(dir.path().join("bob"), &server);
+    let bob_fp = String::from_utf8(bob.run(None, &["id"], T).stdout).unwrap();
+    let alice = PeerHome::new(dir.path().join("alice"), &server);
+    std::fs::create_dir_all(alice.dir.join("peer")).unwrap();
+    std::fs::write(
+        alice.dir.join("peer/known_peers"),
+        format!("bob {}\n", bob_fp.trim()),
+    )
+    .unwrap();
+    let mut listener = alice.spawn(
+        "alice",
+        Some("alice"),
+        &["listen", "--echo", "--accept-from", "bob"],
+    );
+    listener.wait_for(T, "registered");
+    for i in 0..20 {
+        let (mut call, out) = call_with(&bob, "bob", "alice", b"hi".to_vec());
+        assert!(call.wait_exit(T).success(), "call {i}: {}", call.log());
+        assert_eq!(out, b"hi", "call {i}");
+    }
+}
+
 #[test]
 fn exec_runs_a_command_per_call() {
     let w = World::new();
