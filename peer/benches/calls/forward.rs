@@ -5,13 +5,13 @@
 //! with the bulk size (each stream's rate against their mean). A stream's rate counts from the
 //! moment its client starts writing to the sink's end of file.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::{Proc, RUN_LIMIT, START_LIMIT};
 use crate::Settings;
@@ -65,13 +65,27 @@ pub fn measure(
 }
 
 /// Sends `sizes[i]` bytes on stream `i`, all at once; returns each
-/// stream's rate (in the order they finished).
+/// stream's rate (in the order they finished). The clients are tasks of
+/// one thread (as the sink's connections are), so 16 streams are not 32
+/// threads fighting over 2 cores: what is measured is the call's sharing.
 fn push(sink: &Sink, addr: SocketAddr, sizes: &[u64]) -> Result<Vec<f64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let start = Instant::now();
-    let clients: Vec<_> = sizes
-        .iter()
-        .map(|&size| std::thread::spawn(move || send(addr, size)))
-        .collect();
+    let sizes_now = sizes.to_vec();
+    let clients = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for size in sizes_now {
+                tasks.spawn(send(addr, size));
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(|_| anyhow!("client task panicked"))??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
     let mut rates = Vec::new();
     let mut got = Vec::new();
     for _ in sizes {
@@ -82,9 +96,9 @@ fn push(sink: &Sink, addr: SocketAddr, sizes: &[u64]) -> Result<Vec<f64>> {
         got.push(bytes);
         rates.push(bytes as f64 / (at - start).as_secs_f64());
     }
-    for c in clients {
-        c.join().map_err(|_| anyhow!("client thread panicked"))??;
-    }
+    clients
+        .join()
+        .map_err(|_| anyhow!("the clients' thread panicked"))??;
     let mut want = sizes.to_vec();
     want.sort_unstable();
     got.sort_unstable();
@@ -96,24 +110,23 @@ fn push(sink: &Sink, addr: SocketAddr, sizes: &[u64]) -> Result<Vec<f64>> {
 
 /// One client: `size` bytes of a pattern, then FIN, then waits for the
 /// other side's FIN (the stream is done both ways).
-fn send(addr: SocketAddr, size: u64) -> Result<()> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(RUN_LIMIT))?;
+async fn send(addr: SocketAddr, size: u64) -> Result<()> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
     let block: Vec<u8> = (0..256 * 1024).map(|i: u32| (i * 7 % 251) as u8).collect();
     let mut left = size;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
-        conn.write_all(&block[..n])?;
+        conn.write_all(&block[..n]).await?;
         left -= n as u64;
     }
-    conn.shutdown(Shutdown::Write)?;
+    conn.shutdown().await?;
     let mut rest = Vec::new();
-    conn.read_to_end(&mut rest)?;
+    tokio::time::timeout(RUN_LIMIT, conn.read_to_end(&mut rest)).await??;
     Ok(())
 }
 
-/// A TCP sink: each connection is read to its end; `done` gets its byte
-/// count and the time of its end of file.
+/// A TCP sink on a thread of its own: each connection (a task) is read to
+/// its end; `done` gets its byte count and the time of its end of file.
 struct Sink {
     addr: SocketAddr,
     done: Receiver<(u64, Instant)>,
@@ -121,26 +134,36 @@ struct Sink {
 
 impl Sink {
     fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (tx, done) = mpsc::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(180)));
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut total = 0u64;
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 {
-                            let _ = tx.send((total, Instant::now()));
-                            break;
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 256 * 1024];
+                        let mut total = 0u64;
+                        loop {
+                            match tokio::time::timeout(RUN_LIMIT, conn.read(&mut buf)).await {
+                                Ok(Ok(0)) => {
+                                    let _ = tx.send((total, Instant::now()));
+                                    break;
+                                }
+                                Ok(Ok(n)) => total += n as u64,
+                                _ => break,
+                            }
                         }
-                        total += n as u64;
-                    }
-                });
-            }
+                    });
+                }
+            });
         });
         Ok(Self { addr, done })
     }
