@@ -172,14 +172,7 @@ impl<H: Clone> Registry<H> {
         id: SessionId,
         mut keys: Vec<Fingerprint>,
     ) -> Result<usize, RegistryError> {
-        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
-        let present = session
-            .name
-            .as_ref()
-            .is_some_and(|name| self.presence.get(name) == Some(&id));
-        if !present {
-            return Err(RegistryError::NotRegistered);
-        }
+        self.listening(id)?;
         keys.truncate(common::messages::MAX_APPROVED);
         keys.sort_unstable();
         keys.dedup();
@@ -191,6 +184,20 @@ impl<H: Clone> Registry<H> {
         Ok(count)
     }
 
+    /// Whether session `id` holds its name's presence (a `listen`): only
+    /// such a session approves callers or accepts them without asking.
+    fn listening(&self, id: SessionId) -> Result<(), RegistryError> {
+        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
+        let present = session
+            .name
+            .as_ref()
+            .is_some_and(|name| self.presence.get(name) == Some(&id));
+        match present {
+            true => Ok(()),
+            false => Err(RegistryError::NotRegistered),
+        }
+    }
+
     /// Sets what session `id` answers its approved callers without being
     /// asked (replacing the last). Only a session that holds its name's
     /// presence may; returns how many callers it covers (its approved keys).
@@ -199,14 +206,7 @@ impl<H: Clone> Registry<H> {
         id: SessionId,
         mut standing: Standing,
     ) -> Result<usize, RegistryError> {
-        let session = self.sessions.get(&id).ok_or(RegistryError::NoSession)?;
-        let present = session
-            .name
-            .as_ref()
-            .is_some_and(|name| self.presence.get(name) == Some(&id));
-        if !present {
-            return Err(RegistryError::NotRegistered);
-        }
+        self.listening(id)?;
         standing.candidates.truncate(MAX_STANDING_CANDIDATES);
         let session = self.sessions.get_mut(&id).ok_or(RegistryError::NoSession)?;
         session.standing = Some(standing);

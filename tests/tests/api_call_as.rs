@@ -113,18 +113,11 @@ fn registered(conn: &quinn::Connection) -> Message {
     }
 }
 
-#[tokio::test]
-async fn a_fresh_peer_sends_call_as_first_and_nothing_before_it() {
-    let fake = FakeServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let bob = bob_at(&fake, dir.path()).await;
-    let mut events = bob.events();
-    let call = tokio::spawn(async move { bob.call("alice", CallOptions::default()).await });
-    let (conn, mut send, _recv, first) = fake.accept_request().await;
-    assert_eq!(first, call_as("bob", "alice"), "the first request");
-    write_frame(&mut send, &registered(&conn), MAX_FRAME)
-        .await
-        .unwrap();
+/// The fake server says alice is offline on `send`; the peer's call ends so.
+async fn ends_offline(
+    mut send: quinn::SendStream,
+    call: tokio::task::JoinHandle<peer::Result<peer::Call>>,
+) {
     let offline = Message::error(ErrorKind::Offline, "alice is not online");
     write_frame(&mut send, &offline, MAX_FRAME).await.unwrap();
     let _ = send.finish();
@@ -137,8 +130,24 @@ async fn a_fresh_peer_sends_call_as_first_and_nothing_before_it() {
                 ..
             })
         ),
-        "{result:?}"
+        "{:?}",
+        result.as_ref().map(|c| &c.peer)
     );
+}
+
+#[tokio::test]
+async fn a_fresh_peer_sends_call_as_first_and_nothing_before_it() {
+    let fake = FakeServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bob = bob_at(&fake, dir.path()).await;
+    let mut events = bob.events();
+    let call = tokio::spawn(async move { bob.call("alice", CallOptions::default()).await });
+    let (conn, mut send, _recv, first) = fake.accept_request().await;
+    assert_eq!(first, call_as("bob", "alice"), "the first request");
+    write_frame(&mut send, &registered(&conn), MAX_FRAME)
+        .await
+        .unwrap();
+    ends_offline(send, call).await;
     let ev = within(T, "registered", events.recv()).await.expect("event");
     assert!(
         matches!(ev, Event::Registered { ref name, .. } if name == "bob"),
@@ -170,25 +179,12 @@ async fn with_a_server_older_than_call_as_the_peer_registers_first() {
         .await
         .unwrap();
     let _ = send.finish();
-    let (mut send, _recv, second) = FakeServer::next_request(&conn).await;
+    let (send, _recv, second) = FakeServer::next_request(&conn).await;
     assert!(
         matches!(&second, Message::Call { to, .. } if to == "alice"),
         "{second:?}"
     );
-    let offline = Message::error(ErrorKind::Offline, "alice is not online");
-    write_frame(&mut send, &offline, MAX_FRAME).await.unwrap();
-    let _ = send.finish();
-    let result = within(T, "call", call).await.expect("task");
-    assert!(
-        matches!(
-            &result,
-            Err(peer::Error::Server {
-                kind: ErrorKind::Offline,
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+    ends_offline(send, call).await;
 }
 
 /// Two calls at once from a fresh peer: one registers (`CallAs`), the
