@@ -13,7 +13,9 @@ use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{ErrorKind, Fingerprint, Message};
 use peer::{CallOptions, Event, Peer, Policy};
 use tests::fake_server::FakeServer;
-use tests::inproc::{echo_roundtrip, serve, within, RawClient, Serve, TestPeer, TestServer};
+use tests::inproc::{
+    echo_roundtrip, listening_tuned, within, RawClient, Serve, TestPeer, TestServer,
+};
 use tests::relay_tap::metric;
 
 const T: Duration = Duration::from_secs(15);
@@ -163,25 +165,13 @@ async fn only_a_listen_session_may_accept_without_being_asked() {
 
 /// alice listens with `--accept-from bob`, bob's key pinned.
 async fn alice_accepting_bob(server: &TestServer, bob: Fingerprint) -> TestPeer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("known_peers"), format!("bob {bob}\n")).expect("known_peers");
-    let peer = Peer::new(server.peer_config(dir.path(), Some("alice")))
-        .await
-        .expect("peer");
-    let mut alice = TestPeer {
-        events: peer.events(),
-        peer,
-        dir,
+    let pin = |c: &mut peer::PeerConfig| {
+        std::fs::write(&c.known_peers, format!("bob {bob}\n")).expect("known_peers");
     };
-    let listener = alice
-        .peer
-        .listen(Policy::AllowList(vec!["bob".into()]))
-        .expect("listen");
-    alice
-        .wait_event(T, |e| matches!(e, Event::Registered { .. }))
-        .await;
-    let _serve = serve(listener, Serve::Echo);
-    alice
+    let bob_only = Policy::AllowList(vec!["bob".into()]);
+    listening_tuned(server, "alice", bob_only, Serve::Echo, pin)
+        .await
+        .0
 }
 
 #[tokio::test]
