@@ -259,6 +259,21 @@ pub async fn within<T>(
         .unwrap_or_else(|_| panic!("{what} did not happen within {timeout:?}"))
 }
 
+/// Two nodes of one cluster on one bus (a private nats-server) and one
+/// shared in-memory store, with one key; `None` when nats-server is
+/// missing (outside CI).
+pub async fn two_nodes() -> Option<(crate::nats::NatsServer, TestServer, TestServer)> {
+    let nats = crate::nats::NatsServer::start()?;
+    let store: Arc<dyn rendezvous::store::NameStore> =
+        Arc::new(rendezvous::store::MemoryStore::default());
+    let keys = tempfile::tempdir().expect("tempdir");
+    // The first node creates the key; the second copies it.
+    let one = TestServer::start_node(keys.path(), store.clone(), &nats.url(), "one").await;
+    let two = TestServer::start_node(&one.data_dir, store, &nats.url(), "two").await;
+    assert_eq!(one.fingerprint, two.fingerprint, "one key, one fingerprint");
+    Some((nats, one, two))
+}
+
 /// A hand-driven rendezvous client: one quinn endpoint, one identity.
 pub struct RawClient {
     pub endpoint: quinn::Endpoint,

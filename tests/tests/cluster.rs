@@ -20,18 +20,6 @@ use tests::relay_tap::metric;
 
 const T: Duration = Duration::from_secs(15);
 
-/// Two nodes on one bus and one store; `None` when nats-server is missing (outside CI).
-async fn cluster() -> Option<(NatsServer, TestServer, TestServer)> {
-    let nats = NatsServer::start()?;
-    let store: Arc<dyn NameStore> = Arc::new(MemoryStore::default());
-    let keys = tempfile::tempdir().expect("tempdir");
-    // The first node creates the key; the second copies it.
-    let one = TestServer::start_node(keys.path(), store.clone(), &nats.url(), "one").await;
-    let two = TestServer::start_node(&one.data_dir, store, &nats.url(), "two").await;
-    assert_eq!(one.fingerprint, two.fingerprint, "one key, one fingerprint");
-    Some((nats, one, two))
-}
-
 /// Waits until `peer` (at some node) sees `name` online, or fails.
 async fn until_online(peer: &TestPeer, name: &str, online: bool) {
     within(T, "presence across nodes", async {
@@ -47,7 +35,7 @@ async fn until_online(peer: &TestPeer, name: &str, online: bool) {
 
 #[tokio::test]
 async fn alice_at_one_node_bob_at_the_other_look_up_and_call_directly() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     let (alice, _serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
@@ -73,7 +61,7 @@ async fn alice_at_one_node_bob_at_the_other_look_up_and_call_directly() {
 
 #[tokio::test]
 async fn a_relayed_call_across_nodes_goes_node_to_node() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     let (_alice, _serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
@@ -114,7 +102,7 @@ async fn a_relayed_call_across_nodes_goes_node_to_node() {
 
 #[tokio::test]
 async fn a_newer_listen_at_the_other_node_replaces_the_older() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     let (alice, serve) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
@@ -151,7 +139,7 @@ async fn a_newer_listen_at_the_other_node_replaces_the_older() {
 
 #[tokio::test]
 async fn without_the_bus_same_node_calls_work_cross_node_calls_fail_clearly_and_recover() {
-    let Some((mut nats, one, two)) = cluster().await else {
+    let Some((mut nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     let (_alice, _a) = listening(&one, "alice", Policy::AcceptAll, Serve::Echo).await;
@@ -197,7 +185,7 @@ async fn without_the_bus_same_node_calls_work_cross_node_calls_fail_clearly_and_
 
 #[tokio::test]
 async fn a_stranger_on_the_bus_cannot_announce_a_name() {
-    let Some((nats, one, two)) = cluster().await else {
+    let Some((nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     // mallory's name exists and is offline: "online" is what a forger wants.
@@ -355,7 +343,7 @@ async fn the_callees_offer_limit_is_kept_at_its_node_for_callers_at_every_node()
 
 #[tokio::test]
 async fn a_callee_at_another_node_who_refuses_gives_the_caller_no_address() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = tests::inproc::two_nodes().await else {
         return;
     };
     let only_carol = Policy::AllowList(vec!["carol".into()]);

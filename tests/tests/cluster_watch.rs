@@ -6,25 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use peer::{Policy, PresenceUpdate, Watcher};
-use rendezvous::store::{MemoryStore, NameStore};
-use tests::inproc::{listening, listening_tuned, within, Serve, TestServer};
-use tests::nats::NatsServer;
+
+use tests::inproc::{listening, listening_tuned, two_nodes, within, Serve};
 
 const T: Duration = Duration::from_secs(15);
-
-/// Two nodes on one bus and one store; `None` when nats-server is missing (outside CI).
-async fn cluster() -> Option<(NatsServer, TestServer, TestServer)> {
-    let nats = NatsServer::start()?;
-    let store: Arc<dyn NameStore> = Arc::new(MemoryStore::default());
-    let keys = tempfile::tempdir().expect("tempdir");
-    let one = TestServer::start_node(keys.path(), store.clone(), &nats.url(), "one").await;
-    let two = TestServer::start_node(&one.data_dir, store, &nats.url(), "two").await;
-    Some((nats, one, two))
-}
 
 async fn next(watcher: &mut Watcher) -> PresenceUpdate {
     within(T, "a presence update", watcher.next())
@@ -35,7 +23,7 @@ async fn next(watcher: &mut Watcher) -> PresenceUpdate {
 
 #[tokio::test]
 async fn a_watch_at_one_node_sees_a_name_at_the_other_come_and_go() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = two_nodes().await else {
         return;
     };
     let watching = one.peer("watcher").await;
@@ -57,7 +45,7 @@ async fn a_watch_at_one_node_sees_a_name_at_the_other_come_and_go() {
 
 #[tokio::test]
 async fn a_listen_moving_to_the_other_node_does_not_flap() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = two_nodes().await else {
         return;
     };
     let keys = tempfile::tempdir().expect("dir");
@@ -104,7 +92,7 @@ async fn a_listen_moving_to_the_other_node_does_not_flap() {
 
 #[tokio::test]
 async fn an_invisible_listen_at_one_node_is_offline_at_the_other_but_callable() {
-    let Some((_nats, one, two)) = cluster().await else {
+    let Some((_nats, one, two)) = two_nodes().await else {
         return;
     };
     let (alice, _l) = listening_tuned(&two, "alice", Policy::AcceptAll, Serve::Echo, |c| {
