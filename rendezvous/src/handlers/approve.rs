@@ -42,28 +42,26 @@ pub(crate) fn handle(state: &Arc<State>, id: SessionId, fingerprints: Vec<Finger
             ),
         );
     }
-    match lock(&state.registry).approve(id, fingerprints) {
-        Ok(count) => Message::Approved {
-            count: u32::try_from(count).unwrap_or(u32::MAX),
-        },
-        Err(RegistryError::NotRegistered) => Message::error(
-            ErrorKind::NotRegistered,
-            "only a listen session (Register with presence) may approve callers",
-        ),
-        Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
-    }
+    let approved = lock(&state.registry).approve(id, fingerprints);
+    reply(approved, "approve callers")
 }
 
 /// `AcceptApproved`: session `id` accepts its approved callers without
 /// being asked.
 pub(crate) fn handle_standing(state: &Arc<State>, id: SessionId, standing: Standing) -> Message {
-    match lock(&state.registry).accept_approved(id, standing) {
+    let standing = lock(&state.registry).accept_approved(id, standing);
+    reply(standing, "accept callers without being asked")
+}
+
+/// `Approved { count }`, or why not (`what` the session may not do).
+fn reply(result: Result<usize, RegistryError>, what: &str) -> Message {
+    match result {
         Ok(count) => Message::Approved {
             count: u32::try_from(count).unwrap_or(u32::MAX),
         },
         Err(RegistryError::NotRegistered) => Message::error(
             ErrorKind::NotRegistered,
-            "only a listen session (Register with presence) may accept callers without being asked",
+            format!("only a listen session (Register with presence) may {what}"),
         ),
         Err(e) => Message::error(ErrorKind::Internal, e.to_string()),
     }
