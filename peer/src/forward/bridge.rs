@@ -78,16 +78,17 @@ pub async fn bridge(
 ) -> Result<(u64, u64)> {
     let (up_tx, mut up_rx) = mpsc::channel::<Piece<Bytes>>(QUEUE);
     let (down_tx, down_rx) = mpsc::channel::<Piece<Vec<Bytes>>>(QUEUE);
-    let tcp_side = match (io_runtime(), tcp.into_std()) {
-        (Some(io), Ok(std)) => io.spawn(async move {
-            let tcp = TcpStream::from_std(std).map_err(|e| Error::io("the TCP connection", e))?;
-            tcp_side(tcp, up_tx, down_rx).await
-        }),
-        (_, Ok(std)) => tokio::spawn(async move {
-            let tcp = TcpStream::from_std(std).map_err(|e| Error::io("the TCP connection", e))?;
-            tcp_side(tcp, up_tx, down_rx).await
-        }),
-        (_, Err(e)) => return Err(Error::io("the TCP connection", e)),
+    // Registered again with the reactor of the runtime that runs it.
+    let std = tcp
+        .into_std()
+        .map_err(|e| Error::io("the TCP connection", e))?;
+    let task = async move {
+        let tcp = TcpStream::from_std(std).map_err(|e| Error::io("the TCP connection", e))?;
+        tcp_side(tcp, up_tx, down_rx).await
+    };
+    let tcp_side = match io_runtime() {
+        Some(io) => io.spawn(task),
+        None => tokio::spawn(task),
     };
     let quic = {
         let (send, recv) = (&mut send, &mut recv);
