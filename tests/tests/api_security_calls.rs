@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use common::framing::{read_frame, write_frame, MAX_FRAME};
 use common::{ErrorKind, Identity, Message, PeerMessage};
-use peer::{CallOptions, Event, Peer, Policy};
+use peer::{CallOptions, Event, Peer, PeerConfig, Policy};
 use tests::inproc::{
-    echo_roundtrip, listening, serve, within, RawClient, Serve, TestPeer, TestServer,
+    echo_roundtrip, listening, listening_tuned, serve, within, RawClient, Serve, TestPeer,
+    TestServer,
 };
 
 const T: Duration = Duration::from_secs(15);
@@ -130,28 +131,12 @@ async fn a_strangers_flood_is_rate_limited_while_a_contact_gets_through() {
     })
     .await;
     let carol = server.peer("carol").await;
-    let alice_dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        alice_dir.path().join("known_peers"),
-        format!("carol {}\n", carol.peer.fingerprint()),
-    )
-    .expect("known_peers");
-    let peer = Peer::new(server.peer_config(alice_dir.path(), Some("alice")))
-        .await
-        .expect("peer");
-    let mut alice = TestPeer {
-        events: peer.events(),
-        peer,
-        dir: alice_dir,
+    let carol_fp = carol.peer.fingerprint();
+    let pin = |c: &mut PeerConfig| {
+        std::fs::write(&c.known_peers, format!("carol {carol_fp}\n")).expect("known_peers");
     };
-    let listener = alice
-        .peer
-        .listen(Policy::AllowList(vec!["carol".into()]))
-        .expect("listen");
-    alice
-        .wait_event(T, |e| matches!(e, Event::Registered { .. }))
-        .await;
-    let _serve = serve(listener, Serve::Echo);
+    let carol_only = Policy::AllowList(vec!["carol".into()]);
+    let (alice, _serve) = listening_tuned(&server, "alice", carol_only, Serve::Echo, pin).await;
 
     let mut limited = 0;
     for (i, src) in ["127.0.0.2:0", "127.0.0.3:0", "127.0.0.4:0"]
