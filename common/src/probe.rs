@@ -9,7 +9,7 @@
 //! | first byte | what |
 //! |---|---|
 //! | `0x00` | the old 4-byte zero punch ([`is_probe`] is false) |
-//! | `0x01`–`0x0f` ([`PROBE_TYPES`]) | probes: [`PING`], [`PONG`], the rest reserved |
+//! | `0x01`–`0x0f` ([`PROBE_TYPES`]) | probes: [`PING`], [`PONG`], [`NOTE`], the rest reserved |
 //! | `0x10`–`0x2f` | unused |
 //! | `0x30`–`0x3f` ([`RELAY_TYPES`]) | relay frames ([`crate::relay_frame`]), not decoded here |
 //! | `0x20`–`0x3f` | free (fixed bit clear) |
@@ -23,7 +23,15 @@
 //! Ping: type=0x01 | call id u64 BE | tx [8] | nonce [8] | zero [19] | mac [16]
 //! Pong: type=0x02 | call id u64 BE | tx [8] | nonce [8] | observed [19] | mac [16]
 //!       observed = family (0 none, 4, 6) | IP (4 or 16, zero-padded) | port u16 BE
+//! Note: type=0x03 | call id u64 BE | tx [8] | mapping | round | heard | zero [24] | mac [16]
 //! ```
+//!
+//! A [`Note`] tells the other side what this side's NAT does with a
+//! mapping ([`Mapping`], learned from the server's two check ports) and
+//! whether this side has the other's note: the two sides of a relayed
+//! call learn which of them is symmetric, so a birthday attempt is made
+//! only where it can pay off. A version older than it drops it
+//! ([`ProbeError::UnknownKind`]).
 //!
 //! The flow, on each candidate path:
 //!
@@ -53,6 +61,8 @@ use thiserror::Error;
 pub const PING: u8 = 0x01;
 /// First byte of a [`Pong`].
 pub const PONG: u8 = 0x02;
+/// First byte of a [`Note`].
+pub const NOTE: u8 = 0x03;
 /// The first bytes reserved for probes (fixed bit clear). Unknown ones in
 /// this range are [`ProbeError::UnknownKind`], for later versions.
 pub const PROBE_TYPES: RangeInclusive<u8> = 0x01..=0x0f;
@@ -110,6 +120,78 @@ pub struct Pong {
     pub nonce: Nonce,
 }
 
+/// What a NAT does with a mapping, as a peer learned it by asking the
+/// server's two check ports (`crate::tunnel::check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mapping {
+    /// Not known (no answer, an older server, or the two answers came from
+    /// different public addresses).
+    #[default]
+    Unknown,
+    /// One public address and port for every destination: no NAT, a full
+    /// cone, or a (port-)restricted cone.
+    Cone,
+    /// A new public port for every destination (the IP stays).
+    Symmetric,
+}
+
+impl Mapping {
+    /// `unknown`, `cone` or `symmetric`, as in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Cone => "cone",
+            Self::Symmetric => "symmetric",
+        }
+    }
+
+    /// What the two check answers say: the same address both times is a
+    /// cone, the same IP with another port symmetric, anything else
+    /// unknown.
+    pub fn from_answers(first: SocketAddr, second: SocketAddr) -> Self {
+        if first.ip() != second.ip() {
+            Self::Unknown
+        } else if first.port() == second.port() {
+            Self::Cone
+        } else {
+            Self::Symmetric
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Cone => 1,
+            Self::Symmetric => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Unknown),
+            1 => Some(Self::Cone),
+            2 => Some(Self::Symmetric),
+            _ => None,
+        }
+    }
+}
+
+/// "This is my NAT's mapping; I have (or have not) heard yours", sent on a
+/// relayed call until the other side says it heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Note {
+    /// The call.
+    pub call_id: u64,
+    /// Random, unique per note (no two notes are the same bytes).
+    pub tx: TxId,
+    /// The sender's NAT mapping.
+    pub mapping: Mapping,
+    /// The sender's birthday round: a new round is a new attempt.
+    pub round: u8,
+    /// Whether the sender has the other side's note of this round.
+    pub heard: bool,
+}
+
 /// A decoded, authenticated probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
@@ -117,6 +199,8 @@ pub enum Probe {
     Ping(Ping),
     /// A [`Pong`].
     Pong(Pong),
+    /// A [`Note`].
+    Note(Note),
 }
 
 /// Why a datagram is not a valid probe. All are the sender's fault (or an
@@ -146,6 +230,14 @@ pub enum ProbeError {
     /// under the other key (before or after the peer handshake).
     #[error("probe MAC does not verify")]
     BadMac,
+    /// A note's mapping byte is not 0, 1 or 2, or its heard byte not 0 or 1.
+    #[error("bad note field {value} at byte {at}")]
+    BadNote {
+        /// The byte.
+        value: u8,
+        /// Its offset.
+        at: usize,
+    },
     /// A pong's address family byte is not 0, 4 or 6.
     #[error("bad address family {family} in pong")]
     BadAddressFamily {
@@ -302,6 +394,7 @@ impl Probe {
         match self {
             Self::Ping(p) => p.call_id,
             Self::Pong(p) => p.call_id,
+            Self::Note(n) => n.call_id,
         }
     }
 
@@ -311,6 +404,13 @@ impl Probe {
         let (kind, call_id, tx, nonce) = match self {
             Self::Ping(p) => (PING, p.call_id, p.tx, p.nonce),
             Self::Pong(p) => (PONG, p.call_id, p.tx, p.nonce),
+            Self::Note(n) => {
+                let mut fields = [0; 8];
+                fields[0] = n.mapping.to_byte();
+                fields[1] = n.round;
+                fields[2] = u8::from(n.heard);
+                (NOTE, n.call_id, n.tx, fields)
+            }
         };
         out[0] = kind;
         out[1..9].copy_from_slice(&call_id.to_be_bytes());
@@ -334,7 +434,7 @@ impl Probe {
         if !PROBE_TYPES.contains(&first) {
             return Err(ProbeError::NotAProbe { first });
         }
-        if first != PING && first != PONG {
+        if first != PING && first != PONG && first != NOTE {
             return Err(ProbeError::UnknownKind { kind: first });
         }
         if bytes.len() != PROBE_LEN {
@@ -355,6 +455,9 @@ impl Probe {
             zero_from(tail, 0)?;
             return Ok(Self::Ping(Ping { call_id, tx, nonce }));
         }
+        if first == NOTE {
+            return decode_note(call_id, tx, nonce, tail).map(Self::Note);
+        }
         let observed = decode_addr(tail)?;
         Ok(Self::Pong(Pong {
             call_id,
@@ -363,6 +466,31 @@ impl Probe {
             nonce,
         }))
     }
+}
+
+/// A note's fields (the nonce bytes: mapping, round, heard, zeros).
+fn decode_note(call_id: u64, tx: TxId, fields: [u8; 8], tail: &[u8]) -> Result<Note, ProbeError> {
+    let bad = |at: usize| ProbeError::BadNote {
+        value: fields[at],
+        at: 17 + at,
+    };
+    let mapping = Mapping::from_byte(fields[0]).ok_or_else(|| bad(0))?;
+    let heard = match fields[2] {
+        0 => false,
+        1 => true,
+        _ => return Err(bad(2)),
+    };
+    if let Some(i) = fields[3..].iter().position(|b| *b != 0) {
+        return Err(ProbeError::NonZeroPadding { at: 20 + i });
+    }
+    zero_from(tail, 0)?;
+    Ok(Note {
+        call_id,
+        tx,
+        mapping,
+        round: fields[1],
+        heard,
+    })
 }
 
 fn encode_addr(addr: SocketAddr, out: &mut [u8]) {

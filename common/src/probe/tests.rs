@@ -19,6 +19,23 @@ fn arb_probe() -> impl Strategy<Value = Probe> {
     let ids = (any::<u64>(), any::<TxId>(), any::<Nonce>());
     prop_oneof![
         ids.prop_map(|(call_id, tx, nonce)| Probe::Ping(Ping { call_id, tx, nonce })),
+        (
+            any::<u64>(),
+            any::<TxId>(),
+            0u8..3,
+            any::<u8>(),
+            any::<bool>()
+        )
+            .prop_map(|(call_id, tx, m, round, heard)| {
+                let mapping = [Mapping::Unknown, Mapping::Cone, Mapping::Symmetric][m as usize];
+                Probe::Note(Note {
+                    call_id,
+                    tx,
+                    mapping,
+                    round,
+                    heard,
+                })
+            }),
         (ids, arb_addr()).prop_map(|((call_id, tx, nonce), observed)| {
             Probe::Pong(Pong {
                 call_id,
@@ -100,10 +117,10 @@ fn wrong_key_wrong_length_and_other_types_are_refused() {
         assert!(!is_probe(&[first]), "{first:#x}: relay or QUIC");
     }
     let mut v2 = good;
-    v2[0] = 0x03;
+    v2[0] = 0x04;
     assert_eq!(
         Probe::decode(&v2, &key(1)),
-        Err(ProbeError::UnknownKind { kind: 3 })
+        Err(ProbeError::UnknownKind { kind: 4 })
     );
     assert!(PROBE_TYPES
         .clone()
@@ -200,4 +217,41 @@ fn probe_relay_and_quic_first_bytes_never_overlap() {
             assert_eq!(b & 0x40, 0, "{b:#04x} has QUIC's fixed bit set");
         }
     }
+}
+
+#[test]
+fn a_note_has_one_encoding_and_its_mapping_comes_from_two_answers() {
+    let note = Probe::Note(Note {
+        call_id: 9,
+        tx: [3; 8],
+        mapping: Mapping::Symmetric,
+        round: 2,
+        heard: true,
+    });
+    let k = key(5);
+    let bytes = note.encode(&k);
+    assert_eq!(bytes[0], NOTE);
+    assert_eq!(Probe::decode(&bytes, &k), Ok(note));
+    for (at, value) in [(17, 3u8), (19, 2)] {
+        let mut bad = bytes;
+        bad[at] = value;
+        k.seal_raw(&mut bad);
+        assert_eq!(
+            Probe::decode(&bad, &k),
+            Err(ProbeError::BadNote { value, at })
+        );
+    }
+    let mut padded = bytes;
+    padded[20] = 1;
+    k.seal_raw(&mut padded);
+    assert_eq!(
+        Probe::decode(&padded, &k),
+        Err(ProbeError::NonZeroPadding { at: 20 })
+    );
+    let a: SocketAddr = "198.51.100.1:5000".parse().expect("addr");
+    let b: SocketAddr = "198.51.100.1:6000".parse().expect("addr");
+    let c: SocketAddr = "198.51.100.2:5000".parse().expect("addr");
+    assert_eq!(Mapping::from_answers(a, a), Mapping::Cone);
+    assert_eq!(Mapping::from_answers(a, b), Mapping::Symmetric);
+    assert_eq!(Mapping::from_answers(a, c), Mapping::Unknown);
 }
