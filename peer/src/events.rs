@@ -77,8 +77,27 @@ pub enum Event {
         /// The new address (the relay's on a relayed call).
         remote_addr: String,
         /// Why: `upgrade` (a direct path opened), `lower_rtt`, `failed`
-        /// (the old path stopped answering).
+        /// (the old path stopped answering), `birthday` (a birthday attempt
+        /// found one through a symmetric NAT).
         reason: String,
+    },
+    /// A birthday attempt on a relayed call (a symmetric NAT on one side,
+    /// a cone on the other) ended.
+    Birthday {
+        /// The other side's name.
+        peer: String,
+        /// `direct` (the call moved) or `relay` (it stays there until the
+        /// next attempt, minutes later).
+        outcome: String,
+        /// This side's part: `open` (the symmetric side: extra sockets) or
+        /// `spray` (the cone side: pings to guessed ports).
+        role: String,
+        /// Pings sent to guessed ports.
+        probes: u32,
+        /// Extra sockets opened.
+        sockets: u32,
+        /// From the attempt's start to its end, in milliseconds.
+        elapsed_ms: f64,
     },
     /// Something the user should know (e.g. that a call depends on the relay).
     Notice {
@@ -233,6 +252,16 @@ impl Event {
                 remote_addr,
                 reason,
             } => format!("path to {peer} is now {path} ({remote_addr}; {reason})"),
+            Self::Birthday {
+                peer,
+                outcome,
+                role,
+                probes,
+                sockets,
+                elapsed_ms,
+            } => format!(
+                "birthday attempt with {peer} ({role}): {outcome} after {elapsed_ms:.0} ms, {probes} probes, {sockets} sockets"
+            ),
             Self::Notice { message } => format!("notice: {message}"),
             Self::Pong {
                 peer,

@@ -63,6 +63,7 @@ pub mod forward;
 pub mod known_peers;
 mod link_watch;
 mod listener;
+mod mapping;
 pub mod path;
 mod path_task;
 mod peer;
@@ -89,3 +90,7 @@ pub use policy::Policy;
 pub use proxy::ProxyConfig;
 pub use server_list::{ServerList, ServerListError};
 pub use watch::{PresenceUpdate, Watcher};
+pub use common::probe::Mapping;
+pub use path::BirthdayStats;
+/// Most extra sockets birthday attempts keep open at once (all calls).
+pub use udp::MAX_EXTRA as MAX_BIRTHDAY_SOCKETS;

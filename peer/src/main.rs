@@ -51,6 +51,17 @@ pub(crate) struct Cli {
     /// Seconds between checks whether UDP works again while on TCP (tuning for tests).
     #[arg(long = "udp-retry", value_name = "SECS", hide = true, global = true)]
     udp_retry: Option<f64>,
+    /// Birthday attempts through a symmetric NAT, its side: extra sockets
+    /// opened (each one NAT mapping for a few seconds); 0: none.
+    #[arg(long, value_name = "N", default_value_t = 256, global = true)]
+    birthday_sockets: usize,
+    /// Birthday attempts, the cone side: guessed ports pinged per second.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 1000, global = true)]
+    birthday_rate: u32,
+    /// Birthday attempts, the cone side: most guessed ports per attempt
+    /// (within 3 s); 0: none.
+    #[arg(long, value_name = "N", default_value_t = 3000, global = true)]
+    birthday_budget: u32,
     /// Status as JSON lines on stderr.
     #[arg(long, global = true)]
     json: bool,

@@ -18,7 +18,11 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::debug;
 
 use crate::call::CallPaths;
-use crate::path::{Action, Announced, Path, PathConfig, PathStatus, Route, SwitchReason};
+use common::probe::Probe;
+
+use crate::path::{
+    Action, Announced, BirthdayStats, Path, PathConfig, PathStatus, Route, SwitchReason,
+};
 use crate::router::{CallSpec, Polled, Router};
 use crate::udp::PathSocket;
 use crate::Event;
@@ -117,6 +121,7 @@ pub(crate) fn start(
         announced: announced.clone(),
         conn: None,
         relayed_notice: false,
+        extra: 0,
     };
     tokio::spawn(task.run(wake, conn_rx, setup_within.min(MAX_SETUP)));
     PathHandle {
@@ -138,6 +143,8 @@ struct Task {
     announced: Announced,
     conn: Option<quinn::Connection>,
     relayed_notice: bool,
+    /// Extra sockets opened by the running birthday attempt.
+    extra: usize,
 }
 
 /// The longest a call may wait for its connection before its paths are
@@ -188,6 +195,8 @@ impl Task {
         if let Some((relay, frame)) = self.router.end_frame(self.virtual_addr) {
             self.socket.send_raw(relay, &frame);
         }
+        let extra = self.router.drop_extra(self.virtual_addr, false);
+        self.socket.close_extra(&extra);
         self.router.remove(self.virtual_addr);
     }
 
@@ -207,8 +216,12 @@ impl Task {
     fn drain(&mut self) -> Option<Option<Instant>> {
         loop {
             match self.router.poll(self.virtual_addr, Instant::now()) {
-                Polled::Send(out) => self.socket.send_raw(out.to, out.bytes()),
+                Polled::Send(out) => self.socket.send_raw_via(out.via, out.to, out.bytes()),
                 Polled::Action(Action::Switch { to, reason }) => self.switched(to, reason),
+                Polled::Action(Action::OpenSockets { count, to, ping }) => {
+                    self.open_sockets(count, to, ping)
+                }
+                Polled::Action(Action::BirthdayEnded { stats }) => self.birthday_ended(stats),
                 Polled::Action(Action::Nudge) => self.nudge(),
                 Polled::Action(Action::GiveUp { reason }) => {
                     debug!(peer = %self.peer, ?reason, "no path left");
@@ -268,6 +281,39 @@ impl Task {
         }
     }
 
+    /// A birthday attempt's hard side: opens the sockets, gives them to the
+    /// call, and sends one ping from each toward the other side.
+    fn open_sockets(&mut self, count: usize, to: SocketAddr, ping: common::probe::Ping) {
+        let ids = self.socket.open_extra(count);
+        self.router.add_extra(self.virtual_addr, &ids);
+        let Some(bytes) = self.router.seal(self.virtual_addr, &Probe::Ping(ping)) else {
+            return;
+        };
+        for id in &ids {
+            self.socket.send_raw_via(Some(*id), to, &bytes);
+        }
+        self.extra = ids.len();
+        debug!(peer = %self.peer, sockets = ids.len(), %to, "birthday: sockets open");
+    }
+
+    /// A birthday attempt ended: its sockets close (the winner's stays
+    /// with the call), and the user hears of it.
+    fn birthday_ended(&mut self, stats: BirthdayStats) {
+        let closing = self.router.drop_extra(self.virtual_addr, stats.direct);
+        self.socket.close_extra(&closing);
+        let sockets = u32::try_from(self.extra).unwrap_or(u32::MAX);
+        self.extra = 0;
+        debug!(peer = %self.peer, ?stats, closed = closing.len(), "birthday attempt over");
+        let _ = self.events.send(Event::Birthday {
+            peer: self.peer.clone(),
+            outcome: if stats.direct { "direct" } else { "relay" }.to_owned(),
+            role: stats.role.as_str().to_owned(),
+            probes: stats.probes,
+            sockets: if stats.sockets > 0 { sockets } else { 0 },
+            elapsed_ms: stats.elapsed.as_secs_f64() * 1000.0,
+        });
+    }
+
     /// Makes quinn send at once on the new path: a tiny datagram (the
     /// other side drops it), so loss recovery restarts now, not after a
     /// retransmission timeout that knows nothing of the switch.
@@ -284,5 +330,6 @@ fn reason_str(reason: SwitchReason) -> &'static str {
         SwitchReason::Upgrade => "upgrade",
         SwitchReason::LowerRtt => "lower_rtt",
         SwitchReason::Failed => "failed",
+        SwitchReason::Birthday => "birthday",
     }
 }

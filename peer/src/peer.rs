@@ -135,6 +135,14 @@ impl Peer {
         self.inner.socket.local_addr()
     }
 
+    /// What this peer's NAT does with a mapping, as the server's two check
+    /// ports showed it (`Unknown` until they answered, or with a server
+    /// that has no second port). A relayed call between a `Symmetric` and
+    /// a `Cone` side makes a birthday attempt.
+    pub fn nat_mapping(&self) -> crate::Mapping {
+        self.inner.socket.router.mapping()
+    }
+
     /// Status events (registration, connections, lost server, ...).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()

@@ -23,6 +23,12 @@
 //!   one (the caller's QUIC stack sends it again; by then the probe that
 //!   names its address has arrived).
 //!
+//! A birthday attempt's hard side ([`crate::path::birthday`]) gives a call
+//! extra local sockets ([`Router::add_extra`]). What comes in on one is
+//! that call's or nobody's; a valid probe from a remote address on one
+//! makes it the socket that address is sent from ([`Targets::via`]), and
+//! a pong leaves from the socket its ping came in on.
+//!
 //! No sockets and no clock: the socket wrapper ([`crate::udp`]) and the
 //! per-call task ([`crate::path_task`]) do the I/O.
 
@@ -32,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use common::candidates::canonical;
-use common::probe::{self, Probe, ProbeKey, ProbeKeys, PROBE_LEN};
+use common::probe::{self, Mapping, Probe, ProbeKey, ProbeKeys, TxId, PROBE_LEN};
 use common::relay_frame::{self, FrameKey, Header, Party, HEADER_LEN};
 use common::RelayTicket;
 use rand::SeedableRng;
@@ -97,7 +103,16 @@ struct Entry {
     /// Its connection ended: its routes serve the closing packets only,
     /// and its addresses are free for a new call.
     closing: bool,
+    /// Remote addresses last heard (a valid probe) on one of the call's
+    /// extra sockets: packets to them leave from that socket.
+    via: HashMap<SocketAddr, u32>,
+    /// Pings that came in on an extra socket, by transaction id: their
+    /// pongs leave from it (newest last, at most [`PONG_VIA`]).
+    pong_via: std::collections::VecDeque<(TxId, u32)>,
 }
+
+/// Pings on extra sockets remembered for their pongs.
+const PONG_VIA: usize = 64;
 
 /// How long after the handshake the server's per-call probe key is still
 /// accepted (the two sides finish it about half a round trip apart).
@@ -125,6 +140,10 @@ struct Routes {
     released: Vec<(SocketAddr, Vec<u8>)>,
     /// The socket's receiver, woken when something is released.
     receiver: Option<std::task::Waker>,
+    /// Extra sockets (birthday attempts) and the call each belongs to.
+    extra: HashMap<u32, SocketAddr>,
+    /// This peer's NAT mapping, as the server's check ports showed it.
+    mapping: Mapping,
 }
 
 /// Most Initials kept from addresses no call knows yet (a caller's first
@@ -157,6 +176,9 @@ pub(crate) struct Targets {
     pub(crate) direct: smallvec::SmallVec<[SocketAddr; 2]>,
     /// Whether it goes through the relay too.
     pub(crate) relay: bool,
+    /// The extra socket the direct address is sent from (`None`: the
+    /// main one).
+    pub(crate) via: Option<u32>,
 }
 
 /// The routing table (see the module docs). Cheap to share.
@@ -216,7 +238,8 @@ impl Router {
             candidates: spec.candidates,
             loopback_ok: spec.loopback_ok,
         };
-        let table = PathTable::new(params, cfg, now, rand::rngs::StdRng::from_entropy());
+        let mut table = PathTable::new(params, cfg, now, rand::rngs::StdRng::from_entropy());
+        table.set_mapping(now, routes.mapping);
         let relay = spec.relay.map(|(server, ticket)| RelayLink {
             server: canonical(server),
             call_id: ticket.call_id,
@@ -241,6 +264,8 @@ impl Router {
             last_in: None,
             first_in: None,
             closing: false,
+            via: HashMap::new(),
+            pong_via: std::collections::VecDeque::new(),
         };
         routes.calls.insert(virtual_addr, entry);
         routes.unconnected += 1;
@@ -328,6 +353,68 @@ impl Router {
                 routes.by_addr.remove(&s);
             }
         }
+        routes.extra.retain(|_, v| *v != virtual_addr);
+    }
+
+    /// This peer's NAT mapping (from the server's check ports): every
+    /// call's table hears of it, and new ones start with it.
+    pub(crate) fn set_mapping(&self, mapping: Mapping) {
+        let mut routes = self.lock();
+        routes.mapping = mapping;
+        let now = Instant::now();
+        for e in routes.calls.values_mut() {
+            e.table.set_mapping(now, mapping);
+            e.wake.notify_one();
+        }
+    }
+
+    /// This peer's NAT mapping as last learned.
+    pub(crate) fn mapping(&self) -> Mapping {
+        self.lock().mapping
+    }
+
+    /// Extra sockets `ids` now belong to the call at `virtual_addr`.
+    pub(crate) fn add_extra(&self, virtual_addr: SocketAddr, ids: &[u32]) {
+        let mut routes = self.lock();
+        if !routes.calls.contains_key(&virtual_addr) {
+            return;
+        }
+        for id in ids {
+            routes.extra.insert(*id, virtual_addr);
+        }
+    }
+
+    /// The call's extra sockets are closing: all of them, or all but the
+    /// one its chosen direct path uses (`keep_chosen`). Returns the ids to
+    /// close.
+    pub(crate) fn drop_extra(&self, virtual_addr: SocketAddr, keep_chosen: bool) -> Vec<u32> {
+        let mut routes = self.lock();
+        let keep = routes.calls.get(&virtual_addr).and_then(|e| match e.table.chosen() {
+            Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).copied(),
+            _ => None,
+        });
+        let closing: Vec<u32> = routes
+            .extra
+            .iter()
+            .filter(|(id, v)| **v == virtual_addr && Some(**id) != keep)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &closing {
+            routes.extra.remove(id);
+        }
+        if let Some(e) = routes.calls.get_mut(&virtual_addr) {
+            e.via.retain(|_, id| !closing.contains(id));
+            e.pong_via.retain(|(_, id)| !closing.contains(id));
+        }
+        closing
+    }
+
+    /// A probe sealed with the call's key, for the driver to send itself
+    /// (the pings of [`Action::OpenSockets`]).
+    pub(crate) fn seal(&self, virtual_addr: SocketAddr, probe: &Probe) -> Option<[u8; PROBE_LEN]> {
+        let routes = self.lock();
+        let e = routes.calls.get(&virtual_addr)?;
+        Some(probe.encode(e.keys.sealing()))
     }
 
     /// The call's connection is up: probes are sealed with `exported`
@@ -384,11 +471,20 @@ impl Router {
         let probe = match action {
             Action::SendPing { to, ping } => (to, Probe::Ping(ping)),
             Action::SendPong { to, pong } => (to, Probe::Pong(pong)),
+            Action::SendNote { note } => (Route::Relay, Probe::Note(note)),
             other => return Polled::Action(other),
         };
         let bytes = probe.1.encode(e.keys.sealing());
         let out = match probe.0 {
-            Route::Direct(addr) => Some(Outgoing::new(addr, &bytes)),
+            Route::Direct(addr) => {
+                let via = match probe.1 {
+                    Probe::Pong(p) => e.pong_via.iter().find(|(tx, _)| *tx == p.tx).map(|v| v.1),
+                    _ => e.via.get(&addr).copied(),
+                };
+                let mut out = Outgoing::new(addr, &bytes);
+                out.via = via;
+                Some(out)
+            }
             Route::Relay => e.relay.as_mut().map(|r| {
                 let header = r.next_header();
                 let mut out = Outgoing::new(r.server, &header);
@@ -436,14 +532,21 @@ impl Router {
             Route::Direct(a) => t.direct.push(a),
             Route::Relay => t.relay = e.relay.is_some(),
         };
+        let mut via = None;
         match (e.table.chosen(), e.connected, e.last_in) {
-            (Some(r), ..) => add(r),
+            (Some(r), ..) => {
+                if let Route::Direct(a) = r {
+                    via = e.via.get(&a).copied();
+                }
+                add(r)
+            }
             // Past the handshake, copies to every path would be sent with
             // no anti-amplification limit: only the way it came in.
             (None, Some(_), Some(r)) => add(r),
             (None, Some(_), None) => add(Route::Relay),
             (None, None, _) => e.table.unconfirmed_routes().for_each(add),
         }
+        t.via = via;
         Some(t)
     }
 
@@ -475,6 +578,33 @@ impl Router {
     /// for a whole receive batch. `None`: decide per datagram.
     pub(crate) fn quic_source(&self, from: SocketAddr, first: &[u8]) -> Option<Inbound> {
         self.lock().known_source(canonical(from), first)
+    }
+
+    /// Classifies one datagram that came in on extra socket `id`: QUIC or
+    /// a probe of the call that owns it, from one of its paths; anything
+    /// else is dropped.
+    pub(crate) fn recv_extra(&self, now: Instant, id: u32, from: SocketAddr, bytes: &[u8]) -> Inbound {
+        let from = canonical(from);
+        let mut routes = self.lock();
+        let Some(&owner) = routes.extra.get(&id) else {
+            return Inbound::Consumed;
+        };
+        match bytes.first() {
+            Some(b) if b & 0x40 != 0 => match routes.known_source(from, bytes) {
+                Some(Inbound::Quic(v)) if v == owner => Inbound::Quic(v),
+                _ => Inbound::Consumed,
+            },
+            Some(_) if probe::is_probe(bytes) => {
+                let is_owners = probe::peek_call_id(bytes)
+                    .and_then(|c| routes.by_probe.get(&c))
+                    == Some(&owner);
+                if is_owners {
+                    routes.probe_on(now, Route::Direct(from), bytes, Some(id));
+                }
+                Inbound::Consumed
+            }
+            _ => Inbound::Consumed,
+        }
     }
 
     /// Classifies one received datagram from `from` (see [`Inbound`]);
@@ -556,6 +686,8 @@ pub(crate) enum Polled {
 pub(crate) struct Outgoing {
     /// Where.
     pub(crate) to: SocketAddr,
+    /// From which extra socket (`None`: the main one).
+    pub(crate) via: Option<u32>,
     buf: [u8; HEADER_LEN + PROBE_LEN],
     len: usize,
 }
@@ -570,6 +702,7 @@ impl Outgoing {
     fn new(to: SocketAddr, bytes: &[u8]) -> Self {
         let mut o = Self {
             to,
+            via: None,
             buf: [0; HEADER_LEN + PROBE_LEN],
             len: 0,
         };
@@ -608,6 +741,26 @@ impl RelayLink {
 }
 
 impl Entry {
+    /// A valid probe from `addr` came in on `local` (`None`: the main
+    /// socket): `addr` is sent from that socket now, and a ping's pong
+    /// leaves from it.
+    fn heard_on(&mut self, addr: SocketAddr, probe: &Probe, local: Option<u32>) {
+        match local {
+            Some(id) => {
+                self.via.insert(addr, id);
+            }
+            None => {
+                self.via.remove(&addr);
+            }
+        }
+        if let (Probe::Ping(p), Some(id)) = (probe, local) {
+            if self.pong_via.len() >= PONG_VIA {
+                self.pong_via.pop_front();
+            }
+            self.pong_via.push_back((p.tx, id));
+        }
+    }
+
     /// A QUIC packet of this call came in over `route`.
     fn arrived(&mut self, route: Route, bytes: &[u8]) {
         self.last_in = Some(route);
@@ -753,9 +906,15 @@ impl Routes {
         self.held > 0 || self.unconnected > 0
     }
 
-    /// A probe from `from`: checked under its call's keys and fed to the
-    /// call's table.
+    /// A probe from `from` on the main socket (see [`Routes::probe_on`]).
     fn probe(&mut self, now: Instant, from: Route, bytes: &[u8]) {
+        self.probe_on(now, from, bytes, None);
+    }
+
+    /// A probe from `from` that came in on extra socket `local` (`None`:
+    /// the main one): checked under its call's keys and fed to the call's
+    /// table; the socket it came in on is where `from` is sent from now.
+    fn probe_on(&mut self, now: Instant, from: Route, bytes: &[u8], local: Option<u32>) {
         let Some(v) = probe::peek_call_id(bytes).and_then(|id| self.by_probe.get(&id).copied())
         else {
             return;
@@ -768,13 +927,20 @@ impl Routes {
         {
             e.keys.forget_server_key();
         }
-        match e.keys.open(bytes) {
-            Ok(Probe::Ping(p)) => e.table.ping_received(now, from, &p),
-            Ok(Probe::Pong(p)) => e.table.pong_received(now, from, &p),
+        let probe = match e.keys.open(bytes) {
+            Ok(p) => p,
             Err(err) => {
                 trace!(?from, "dropping a probe: {err}");
                 return;
             }
+        };
+        if let Route::Direct(addr) = from {
+            e.heard_on(addr, &probe, local);
+        }
+        match probe {
+            Probe::Ping(p) => e.table.ping_received(now, from, &p),
+            Probe::Pong(p) => e.table.pong_received(now, from, &p),
+            Probe::Note(n) => e.table.note_received(now, &n),
         }
         e.wake.notify_one();
         if matches!(from, Route::Direct(_)) {

@@ -166,6 +166,15 @@ impl ServerLink {
                 socket.udp.tunnel.remove(Some(id));
             }
         })?;
+        if transport == Transport::Udp {
+            // What the NAT does with a mapping (a relayed call's birthday
+            // attempt needs it), asked beside the link's first requests.
+            tokio::spawn(crate::mapping::detect(
+                socket.udp.clone(),
+                socket.router.clone(),
+                addr,
+            ));
+        }
         let (owned, dropped) = tokio::sync::watch::channel(());
         let link = Self {
             conn,

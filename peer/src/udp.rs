@@ -16,6 +16,13 @@
 //! datagrams, held in a small queue and handed out on the next calls.
 //! Probes and foreign datagrams are consumed and never reach quinn.
 //!
+//! A birthday attempt's hard side ([`crate::path::birthday`]) opens extra
+//! UDP sockets for one call ([`PathSocket::open_extra`]); they are polled
+//! beside the main one (taking turns first), what comes in on them is
+//! classified by the router for their call only, and a direct path the
+//! router says goes `via` one is sent from it. All but the winner close
+//! when the attempt ends, the winner with its call.
+//!
 //! A TCP tunnel to the server ([`crate::udp_tunnel`]) may stand in for the
 //! UDP socket toward that one address: every datagram to it (quinn's, relay
 //! frames, probes) goes into the tunnel, and what comes out is demultiplexed
@@ -27,7 +34,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -55,7 +62,21 @@ pub(crate) struct PathSocket {
     pub(crate) tunnel: TunnelSlot,
     /// Which source a receive polls first (flips every time).
     tunnel_first: AtomicBool,
+    /// Mapping checks waiting for their answers.
+    pub(crate) mapping: crate::mapping::MappingChecks,
+    /// Extra sockets of birthday attempts, by id.
+    extra: Mutex<Vec<(u32, Arc<dyn AsyncUdpSocket>)>>,
+    next_extra: AtomicU32,
+    /// Whether a receive polls the extra sockets before the main one.
+    extra_first: AtomicBool,
+    /// The receiver, woken when extra sockets open (their readiness is
+    /// registered only once polled).
+    extra_waker: Mutex<Option<std::task::Waker>>,
 }
+
+/// Most extra sockets open at once, all calls together (each is a file
+/// descriptor and a NAT mapping).
+pub const MAX_EXTRA: usize = 1024;
 
 /// A datagram split out of a mixed receive batch, handed out later.
 struct Held {
@@ -81,7 +102,123 @@ impl PathSocket {
             held: Mutex::new(VecDeque::new()),
             tunnel: TunnelSlot::default(),
             tunnel_first: AtomicBool::new(false),
+            mapping: Default::default(),
+            extra: Mutex::new(Vec::new()),
+            next_extra: AtomicU32::new(1),
+            extra_first: AtomicBool::new(false),
+            extra_waker: Mutex::new(None),
         }
+    }
+
+    /// Opens up to `count` extra UDP sockets on the main socket's address
+    /// (any port), for a birthday attempt; returns their ids (fewer when
+    /// the limit [`MAX_EXTRA`] or the system's runs out: the attempt makes
+    /// do). Needs the tokio runtime.
+    pub(crate) fn open_extra(&self, count: usize) -> Vec<u32> {
+        let ip = match self.inner.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                tracing::debug!("no extra sockets: {e}");
+                return vec![];
+            }
+        };
+        let runtime = quinn::TokioRuntime;
+        let mut ids = Vec::with_capacity(count);
+        let mut opened = Vec::with_capacity(count);
+        let room = MAX_EXTRA.saturating_sub(lock(&self.extra).len());
+        for _ in 0..count.min(room) {
+            let bound = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+                .and_then(|s| quinn::Runtime::wrap_udp_socket(&runtime, s));
+            match bound {
+                Ok(sock) => {
+                    let id = self.next_extra.fetch_add(1, Ordering::Relaxed);
+                    ids.push(id);
+                    opened.push((id, sock));
+                }
+                Err(e) => {
+                    tracing::debug!(opened = ids.len(), "no more extra sockets: {e}");
+                    break;
+                }
+            }
+        }
+        lock(&self.extra).extend(opened);
+        if let Some(w) = lock(&self.extra_waker).take() {
+            w.wake();
+        }
+        ids
+    }
+
+    /// Closes these extra sockets.
+    pub(crate) fn close_extra(&self, ids: &[u32]) {
+        lock(&self.extra).retain(|(id, _)| !ids.contains(id));
+    }
+
+    /// How many extra sockets are open.
+    pub(crate) fn extra_count(&self) -> usize {
+        lock(&self.extra).len()
+    }
+
+    fn extra_socket(&self, id: u32) -> Option<Arc<dyn AsyncUdpSocket>> {
+        lock(&self.extra)
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Sends one datagram straight out of the UDP socket (never the
+    /// tunnel: a mapping check asks about UDP).
+    pub(crate) fn send_udp_only(&self, to: SocketAddr, bytes: &[u8]) {
+        let transmit = Transmit {
+            destination: self.family(to),
+            ecn: None,
+            contents: bytes,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(e) = self.inner.try_send(&transmit) {
+            tracing::debug!(%to, "not sent: {e}");
+        }
+    }
+
+    /// Sends one small datagram from extra socket `via` (the main socket
+    /// when `None` or when it is closed).
+    pub(crate) fn send_raw_via(&self, via: Option<u32>, to: SocketAddr, bytes: &[u8]) {
+        let Some(sock) = via.and_then(|id| self.extra_socket(id)) else {
+            return self.send_raw(to, bytes);
+        };
+        let transmit = Transmit {
+            destination: self.family(to),
+            ecn: None,
+            contents: bytes,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(e) = sock.try_send(&transmit) {
+            tracing::debug!(%to, "probe not sent from an extra socket: {e}");
+        }
+    }
+
+    /// Receives from the extra sockets, the first that has something;
+    /// returns how many datagrams and from which socket.
+    fn poll_extra(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<(usize, u32)> {
+        let socks: Vec<(u32, Arc<dyn AsyncUdpSocket>)> = lock(&self.extra).clone();
+        for (id, sock) in socks {
+            match sock.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => return Poll::Ready((n, id)),
+                Poll::Ready(Err(e)) => tracing::trace!(id, "extra socket: {e}"),
+                Poll::Pending => {}
+            }
+        }
+        let mut waker = lock(&self.extra_waker);
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Sends one transmit: into the tunnel if it goes to the tunnel's
@@ -198,14 +335,15 @@ impl PathSocket {
 
     /// Classifies and rewrites one received buffer in place; returns its
     /// new length (0: nothing left for quinn).
-    fn demux(&self, now: Instant, buf: &mut [u8], m: &mut RecvMeta) -> usize {
+    /// `local`: the extra socket it came in on (`None`: the main one).
+    fn demux(&self, now: Instant, local: Option<u32>, buf: &mut [u8], m: &mut RecvMeta) -> usize {
         if m.len == 0 {
             return 0;
         }
         let stride = m.stride.clamp(1, m.len.max(1));
         // The common case, a batch of QUIC from a call's path or a server:
         // one lookup for all of it.
-        if buf[..m.len].chunks(stride).all(|seg| seg[0] & 0x40 != 0) {
+        if local.is_none() && buf[..m.len].chunks(stride).all(|seg| seg[0] & 0x40 != 0) {
             match self.router.quic_source(m.addr, &buf[..stride.min(m.len)]) {
                 Some(Inbound::Quic(v)) => {
                     m.addr = v;
@@ -217,7 +355,10 @@ impl PathSocket {
         }
         let verdicts: Vec<Inbound> = buf[..m.len]
             .chunks(stride)
-            .map(|seg| self.router.recv(now, m.addr, seg))
+            .map(|seg| match local {
+                None => self.router.recv(now, m.addr, seg),
+                Some(id) => self.router.recv_extra(now, id, m.addr, seg),
+            })
             .collect();
         let first = verdicts[0];
         if verdicts.iter().all(|v| *v == first) {
@@ -259,6 +400,38 @@ impl PathSocket {
     }
 }
 
+impl PathSocket {
+    /// Receives from the main socket or the tunnel ([`PathSocket::poll_sources`])
+    /// or an extra socket, the extra ones first every other time: says
+    /// whether it came through the tunnel, and from which extra socket.
+    fn poll_all(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<(usize, bool, Option<u32>)>> {
+        let extra_first = self.extra_first.fetch_xor(true, Ordering::Relaxed);
+        if extra_first {
+            if let Poll::Ready((n, id)) = self.poll_extra(cx, bufs, meta) {
+                return Poll::Ready(Ok((n, false, Some(id))));
+            }
+        }
+        if let Poll::Ready(r) = self.poll_sources(cx, bufs, meta) {
+            return Poll::Ready(r.map(|(n, t)| (n, t, None)));
+        }
+        if !extra_first {
+            if let Poll::Ready((n, id)) = self.poll_extra(cx, bufs, meta) {
+                return Poll::Ready(Ok((n, false, Some(id))));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Cuts the relay header off every `stride`-sized segment of `buf[..len]`,
 /// moving the payloads together; returns the new length.
 fn strip_headers(buf: &mut [u8], len: usize, stride: usize) -> usize {
@@ -286,6 +459,7 @@ impl AsyncUdpSocket for PathSocket {
         };
         let mut result = Ok(());
         let mut sent = false;
+        let via = targets.via.and_then(|id| self.extra_socket(id));
         for addr in &targets.direct {
             // No source address: quinn pins the one the handshake came in
             // on, which after a switch may be the wrong interface.
@@ -294,7 +468,11 @@ impl AsyncUdpSocket for PathSocket {
                 src_ip: None,
                 ..transmit.clone()
             };
-            match self.out(&direct) {
+            let out = match &via {
+                Some(sock) => sock.try_send(&direct),
+                None => self.out(&direct),
+            };
+            match out {
                 Ok(()) => sent = true,
                 Err(e) => result = Err(e),
             }
@@ -324,19 +502,20 @@ impl AsyncUdpSocket for PathSocket {
             return Poll::Ready(Ok(held));
         }
         loop {
-            let (n, via_tunnel) = ready!(self.poll_sources(cx, bufs, meta))?;
+            let (n, via_tunnel, local) = ready!(self.poll_all(cx, bufs, meta))?;
             let now = Instant::now();
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
                 // A check answer counts only over UDP: that is its question.
-                if !via_tunnel {
+                if !via_tunnel && local.is_none() {
                     self.tunnel.note_udp(m.addr);
-                    if self.tunnel.take_answer(m.addr, &bufs[i][..m.len]) {
+                    let bytes = &bufs[i][..m.len];
+                    if self.tunnel.take_answer(m.addr, bytes) || self.mapping.take_answer(m.addr, bytes) {
                         continue;
                     }
                 }
-                let len = self.demux(now, &mut bufs[i], &mut m);
+                let len = self.demux(now, local, &mut bufs[i], &mut m);
                 if len == 0 {
                     continue;
                 }

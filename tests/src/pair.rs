@@ -13,8 +13,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::probe::{Ping, Pong};
-use peer::path::{Action, PathConfig, PathMode, PathParams, PathTable, Route, SwitchReason};
+use std::collections::HashSet;
+
+use common::probe::{Mapping, Note, Ping, Pong};
+use peer::path::{
+    Action, BirthdayStats, PathConfig, PathMode, PathParams, PathTable, Route, SwitchReason,
+};
 
 /// The table parameters of one side of call 7 toward `candidates`.
 pub fn params(mode: PathMode, candidates: Vec<SocketAddr>) -> PathParams {
@@ -66,6 +70,30 @@ pub struct Side {
     /// When its table started (the server introduced it): before that
     /// nothing reaches it and it sends nothing.
     pub starts: Instant,
+    /// A symmetric NAT in front of it, for birthday attempts (`None`:
+    /// what `seen_as`/`reachable` say is all).
+    pub nat: Option<SymmetricNat>,
+    /// A port-restricted cone in front of it: the other side's direct
+    /// packets get in only from addresses it sent to (besides
+    /// `reachable`'s usual rule).
+    pub restricted: bool,
+    /// Addresses it sent direct packets to.
+    pub sent_to: HashSet<SocketAddr>,
+    /// Every `OpenSockets` count and `BirthdayEnded`.
+    pub opened: Vec<usize>,
+    pub birthdays: Vec<BirthdayStats>,
+}
+
+/// A symmetric NAT's mappings toward the other side: the public ports its
+/// extra sockets got (each new destination, a new random port), and the
+/// port the last packet in came through (where the host answers from).
+#[derive(Debug, Clone, Default)]
+pub struct SymmetricNat {
+    pub ports: Vec<u16>,
+    pub via: Option<u16>,
+    /// Whether the extra sockets' mappings are dropped (a firewall that
+    /// keeps only the first mapping): a birthday attempt can find nothing.
+    pub unreachable: bool,
 }
 
 impl Side {
@@ -87,7 +115,33 @@ impl Side {
             sent: vec![],
             gave_up: false,
             starts: now,
+            nat: None,
+            restricted: false,
+            sent_to: HashSet::new(),
+            opened: vec![],
+            birthdays: vec![],
         }
+    }
+
+    /// This side's table with `cfg` instead of the defaults.
+    pub fn with_config(mut self, params: PathParams, cfg: PathConfig, seed: u64) -> Self {
+        let rng = rand::rngs::StdRng::seed_from_u64(seed);
+        self.table = PathTable::new(params, cfg, self.starts, rng);
+        self
+    }
+
+    /// Behind a symmetric NAT that knows it is one.
+    pub fn symmetric(mut self) -> Self {
+        self.nat = Some(SymmetricNat::default());
+        self.table.set_mapping(self.starts, Mapping::Symmetric);
+        self
+    }
+
+    /// Behind a port-restricted cone that knows it is one.
+    pub fn restricted_cone(mut self) -> Self {
+        self.restricted = true;
+        self.table.set_mapping(self.starts, Mapping::Cone);
+        self
     }
 
     /// The path chosen now, if any.
@@ -99,6 +153,7 @@ impl Side {
 enum Probe {
     Ping(Ping),
     Pong(Pong),
+    Note(Note),
 }
 
 struct InFlight {
@@ -183,6 +238,7 @@ impl Pair {
             match p.probe {
                 Probe::Ping(ping) => side.table.ping_received(now, p.from, &ping),
                 Probe::Pong(pong) => side.table.pong_received(now, p.from, &pong),
+                Probe::Note(note) => side.table.note_received(now, &note),
             }
         }
     }
@@ -201,20 +257,24 @@ impl Pair {
                 return;
             }
             Action::Nudge => return,
+            Action::SendNote { note } => (Route::Relay, Probe::Note(note)),
+            Action::OpenSockets { count, .. } => {
+                self.open_sockets(i, count);
+                return;
+            }
+            Action::BirthdayEnded { stats } => {
+                self.sides[i].birthdays.push(stats);
+                return;
+            }
         };
         self.sides[i].sent.push((t, to));
         let other = 1 - i;
         let (at, from) = match to {
             Route::Relay => (self.now + self.net.to_relay * 2, Route::Relay),
-            Route::Direct(addr) => {
-                if !self.net.direct_open || addr != self.sides[other].reachable {
-                    return;
-                }
-                (
-                    self.now + self.net.direct,
-                    Route::Direct(self.sides[i].seen_as),
-                )
-            }
+            Route::Direct(addr) => match self.direct_from(i, addr) {
+                Some(from) => (self.now + self.net.direct, Route::Direct(from)),
+                None => return,
+            },
         };
         // A pong tells the asker where its ping came from.
         let probe = match probe {
@@ -233,5 +293,50 @@ impl Pair {
             from,
             probe,
         });
+    }
+
+    /// Side `i`'s NAT opens `count` mappings toward the other side, each
+    /// on a random public port (a symmetric NAT's).
+    fn open_sockets(&mut self, i: usize, count: usize) {
+        use rand::Rng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99 + i as u64);
+        self.sides[i].opened.push(count);
+        if let Some(nat) = &mut self.sides[i].nat {
+            if !nat.unreachable {
+                nat.ports.extend((0..count).map(|_| rng.gen_range(1024..=65535)));
+            }
+        }
+    }
+
+    /// Where a direct packet from side `i` to `addr` seems to come from,
+    /// if it gets through both NATs at all.
+    fn direct_from(&mut self, i: usize, addr: SocketAddr) -> Option<SocketAddr> {
+        let other = 1 - i;
+        self.sides[i].sent_to.insert(addr);
+        if !self.net.direct_open {
+            return None;
+        }
+        // Out through our NAT: a symmetric one answers from the mapping
+        // the other side's last packet came in on.
+        let from = match &self.sides[i].nat {
+            Some(nat) => match nat.via {
+                Some(port) => SocketAddr::new(self.sides[i].seen_as.ip(), port),
+                None => self.sides[i].seen_as,
+            },
+            None => self.sides[i].seen_as,
+        };
+        // In through theirs.
+        let dest = &mut self.sides[other];
+        let admitted = match &mut dest.nat {
+            Some(nat) if addr.ip() == dest.reachable.ip() && nat.ports.contains(&addr.port()) => {
+                nat.via = Some(addr.port());
+                true
+            }
+            _ => addr == dest.reachable,
+        };
+        if !admitted || (dest.restricted && !dest.sent_to.contains(&from)) {
+            return None;
+        }
+        Some(from)
     }
 }

@@ -101,6 +101,9 @@ pub(crate) async fn run(cli: Cli, out: Out) -> ExitCode {
         .clone()
         .unwrap_or_else(|| dir.join("known_peers"));
     config.bind = cli.bind;
+    config.paths.birthday_sockets = cli.birthday_sockets.min(peer::MAX_BIRTHDAY_SOCKETS);
+    config.paths.birthday_rate = cli.birthday_rate.clamp(1, 10_000);
+    config.paths.birthday_budget = cli.birthday_budget.min(65_535);
     config.transport = cli.transport.into();
     if let Some(s) = cli.udp_retry {
         config.timing.udp_retry_interval = crate::secs(s);

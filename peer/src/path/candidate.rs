@@ -20,6 +20,9 @@ pub(super) enum Origin {
         /// Whether it echoed our nonce.
         verified: bool,
     },
+    /// A guessed port of the other side's IP that answered our ping there
+    /// (a birthday attempt, [`super::birthday`]): proven by that pong.
+    Birthday,
 }
 
 #[derive(Debug, Clone)]

@@ -108,6 +108,7 @@ impl PathTable {
     }
 
     fn switch(&mut self, to: Route, reason: SwitchReason, now: Instant) {
+        let reason = self.birthday_reason(to, reason);
         self.chosen = Some(to);
         if let Some(c) = self.paths.iter_mut().find(|c| c.route == to) {
             // Liveness on the new path starts now, not a standby gap later.
@@ -118,5 +119,6 @@ impl PathTable {
         }
         self.actions.push_back(Action::Switch { to, reason });
         self.actions.push_back(Action::Nudge);
+        self.birthday_switched(to, now);
     }
 }

@@ -68,6 +68,23 @@ pub struct PathConfig {
     /// Any mode: give up when no path has been usable for this long.
     /// Default 10 s.
     pub give_up_after: Duration,
+    /// A birthday attempt's hard (symmetric) side: extra sockets opened,
+    /// each one NAT mapping toward the other side. Default 256, the
+    /// issue's measured figure (odds per guess 257 / 64,512); 0: this side
+    /// makes no attempt.
+    pub birthday_sockets: usize,
+    /// A birthday attempt's easy (cone) side: guessed ports pinged per
+    /// second. Default 1,000 (median ~0.2 s to a hit).
+    pub birthday_rate: u32,
+    /// …and at most this many. Default 3,000 (a miss has odds ~e⁻¹²).
+    pub birthday_budget: u32,
+    /// …within this long (the hard side keeps its sockets a second
+    /// longer). Default 3 s.
+    pub birthday_time: Duration,
+    /// After an attempt that found nothing, the next one (a new round of
+    /// notes) waits this long, while the call stays on the relay. Default
+    /// 5 minutes: never a loop.
+    pub birthday_retry: Duration,
 }
 
 impl Default for PathConfig {
@@ -90,6 +107,11 @@ impl Default for PathConfig {
             direct_deadline: Duration::from_secs(5),
             relay_grace: Duration::from_millis(100),
             give_up_after: Duration::from_secs(10),
+            birthday_sockets: 256,
+            birthday_rate: 1_000,
+            birthday_budget: 3_000,
+            birthday_time: Duration::from_secs(3),
+            birthday_retry: Duration::from_secs(300),
         }
     }
 }

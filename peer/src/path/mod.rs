@@ -41,9 +41,17 @@
 //!    ([`GiveUpReason::DirectUnreachable`]) when no direct path validated
 //!    within [`PathConfig::direct_deadline`].
 //!
+//! 8. Between a symmetric NAT and a cone, where no candidate can work, a
+//!    relayed call makes a bounded birthday attempt ([`birthday`]): the
+//!    two sides exchange notes of their NAT mappings over the relay, the
+//!    symmetric side opens many sockets, the cone side pings random ports
+//!    of the other's observed IP, and the first answered ping is a
+//!    validated direct path.
+//!
 //! Liveness is judged by pongs only, not by QUIC packets arriving: those
 //! prove the way in, not the way out.
 
+pub mod birthday;
 mod candidate;
 mod choice;
 mod config;
@@ -56,8 +64,9 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::probe::{Ping, Pong};
+use common::probe::{Note, Ping, Pong};
 
+pub use birthday::{BirthdayStats, Role};
 pub use config::PathConfig;
 pub use table::PathTable;
 
@@ -155,6 +164,8 @@ pub enum SwitchReason {
     LowerRtt,
     /// The chosen path failed (no pong for [`PathConfig::fail_after`]).
     Failed,
+    /// A birthday attempt found a direct path ([`birthday`]).
+    Birthday,
 }
 
 /// Why the table gave up (the call cannot go on).
@@ -194,6 +205,29 @@ pub enum Action {
     },
     /// Make quinn send at once (e.g. a PING frame), after a switch.
     Nudge,
+    /// Seal this note and send it over the relay.
+    SendNote {
+        /// What.
+        note: Note,
+    },
+    /// A birthday attempt's hard side: open `count` extra sockets for the
+    /// call and send `ping` (sealed) once from each to `to`, the other
+    /// side's observed address. Packets that come in on them belong to
+    /// the call.
+    OpenSockets {
+        /// How many.
+        count: usize,
+        /// Where each sends its ping.
+        to: SocketAddr,
+        /// The ping.
+        ping: Ping,
+    },
+    /// A birthday attempt is over: close its extra sockets (all but the
+    /// one the chosen path uses, when it went direct) and report it.
+    BirthdayEnded {
+        /// What it cost and what came of it.
+        stats: BirthdayStats,
+    },
     /// The call has no path: close it with this reason. Nothing follows.
     GiveUp {
         /// Why.

@@ -20,7 +20,7 @@ use super::{Action, PathConfig, PathMode, PathParams, PathState, Route};
 #[derive(Debug)]
 pub struct PathTable {
     pub(super) cfg: PathConfig,
-    call_id: u64,
+    pub(super) call_id: u64,
     pub(super) mode: PathMode,
     loopback_ok: bool,
     pub(super) paths: Vec<Candidate>,
@@ -32,7 +32,7 @@ pub struct PathTable {
     /// (the MAC does not cover the source address) gets no second pong.
     seen_tx: VecDeque<TxId>,
     bucket: Bucket,
-    rng: StdRng,
+    pub(super) rng: StdRng,
     pub(super) start: Instant,
     /// When a path was last usable (the give-up clock).
     pub(super) last_usable: Instant,
@@ -41,6 +41,7 @@ pub struct PathTable {
     pub(super) relay_validated_at: Option<Instant>,
     observed: Option<SocketAddr>,
     done: bool,
+    pub(super) birthday: super::birthday::Birthday,
 }
 
 impl PathTable {
@@ -66,6 +67,7 @@ impl PathTable {
             relay_validated_at: None,
             observed: None,
             done: false,
+            birthday: Default::default(),
         };
         if params.relay && params.mode != PathMode::Direct {
             table.add(Route::Relay, Origin::Vetted, now);
@@ -137,6 +139,9 @@ impl PathTable {
     /// choice is made again.
     pub fn pong_received(&mut self, now: Instant, from: Route, pong: &Pong) {
         let from = canon(from);
+        if self.birthday_pong(now, from, pong) {
+            return;
+        }
         let Some(idx) = self.find(from) else { return };
         if self.paths[idx].pong(&pong.tx, pong.nonce, now).is_none() {
             return;
@@ -158,8 +163,12 @@ impl PathTable {
             return None;
         }
         self.expire(now);
+        self.birthday_timers(now);
         if let Some(action) = self.actions.pop_front() {
             self.done = matches!(action, Action::GiveUp { .. });
+            return Some(action);
+        }
+        if let Some(action) = self.birthday_poll(now) {
             return Some(action);
         }
         if !self.pongs.is_empty() && self.bucket.take(now) {
@@ -188,6 +197,7 @@ impl PathTable {
             .chain(pongs)
             .chain(queued)
             .chain(self.relay_grace_at())
+            .chain(self.birthday_deadline())
             .chain(self.give_up_at())
             .min()
     }
@@ -259,6 +269,10 @@ impl PathTable {
 
     fn count(&self, f: impl Fn(&Candidate) -> bool) -> usize {
         self.paths.iter().filter(|c| f(c)).count()
+    }
+
+    pub(super) fn fresh_nonce(&mut self) -> Nonce {
+        self.nonce()
     }
 
     fn nonce(&mut self) -> Nonce {

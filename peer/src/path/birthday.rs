@@ -1,0 +1,454 @@
+//! Birthday probing: a direct path between a symmetric NAT and a cone NAT
+//! (issue 15), as part of the [`PathTable`].
+//!
+//! A symmetric NAT gives every destination a new public port, so the port
+//! the server saw is useless to the other peer, and a port-restricted cone
+//! lets nothing in from an address its host never sent to: neither side's
+//! pings get through, and the call rides the relay. But the *hard* side
+//! (symmetric) can open many mappings toward the *easy* side's one public
+//! address, and the easy side can guess: if it pings `N` random ports of
+//! the hard side's public IP, each hits one of the `M` open mappings with
+//! odds `M / 64,512`. With `M` = 257 and 1,000 pings a second, a pair is
+//! found in ~0.17 s at the median; its ping opens the easy side's NAT
+//! toward the hard one's port, the hard side answers from the socket that
+//! owns the mapping, and that pong is a validated path.
+//!
+//! The steps, each side's table driving its own:
+//!
+//! 1. **Notes.** Once a call is on the relay and this side knows its
+//!    NAT's mapping ([`PathTable::set_mapping`], from the server's two
+//!    check ports), it sends a [`Note`] over the relay every
+//!    [`NOTE_INTERVAL`] (at most [`MAX_NOTES`] a round) until the other
+//!    side's note says it heard ours. Neither side guesses: both know
+//!    which of them is symmetric.
+//! 2. **Roles**, once both notes of the round are known: symmetric ↔ cone
+//!    only. The hard side asks its driver to open
+//!    [`PathConfig::birthday_sockets`] sockets and send one ping from each
+//!    to the easy side's observed address ([`Action::OpenSockets`]); the
+//!    easy side sends pings to distinct random ports of the hard side's
+//!    observed IP — only that IP, the address the server vetted — paced
+//!    at [`PathConfig::birthday_rate`], at most
+//!    [`PathConfig::birthday_budget`] of them within
+//!    [`PathConfig::birthday_time`]. Anything else (cone ↔ cone already
+//!    had its chance, symmetric ↔ symmetric would need ~170k probes, an
+//!    unknown side) makes no attempt at all.
+//! 3. **The end.** The first pong that answers one of those pings (its
+//!    MAC checked, its transaction id ours, from the port it went to)
+//!    is a validated direct candidate, and the call moves to it
+//!    ([`SwitchReason::Birthday`]); on the hard side the first direct
+//!    path that validates during the attempt does. Either way, or when the
+//!    time is up, [`Action::BirthdayEnded`] reports the numbers and the
+//!    driver closes the extra sockets (all but the winner's). A failed
+//!    attempt is tried again after [`PathConfig::birthday_retry`] (a new
+//!    round of notes), never in a loop.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::probe::{Mapping, Note, Ping, Pong, TxId};
+use rand::seq::SliceRandom;
+
+use super::candidate::Origin;
+use super::{Action, PathMode, PathState, PathTable, Route, SwitchReason};
+
+/// Gap between notes of one round.
+pub const NOTE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Most notes one round sends (answers to the other side's included).
+pub const MAX_NOTES: u32 = 16;
+
+/// The ports a NAT picks from (Linux `fully-random`, most home routers):
+/// the easy side guesses only among these.
+const PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// How long the hard side keeps its sockets past the easy side's time: its
+/// note and the easy side's first pings take a round trip.
+const OPEN_SLACK: Duration = Duration::from_secs(1);
+
+/// How long the easy side waits for pongs after its last ping.
+const SPRAY_SLACK: Duration = Duration::from_millis(300);
+
+/// Which side of an attempt this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The symmetric side: opens many sockets, each with one ping out.
+    Open,
+    /// The cone side: pings random ports of the other side's IP.
+    Spray,
+}
+
+impl Role {
+    /// `open` or `spray`, as in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Spray => "spray",
+        }
+    }
+}
+
+/// What one attempt cost and what came of it (in `path_changed` and the
+/// `birthday` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BirthdayStats {
+    /// This side's role.
+    pub role: Role,
+    /// Pings sent to guessed ports (the easy side; 0 on the hard side).
+    pub probes: u32,
+    /// Extra sockets opened (the hard side; 0 on the easy side).
+    pub sockets: u32,
+    /// From the attempt's start to its end.
+    pub elapsed: Duration,
+    /// Whether the call moved to a direct path.
+    pub direct: bool,
+}
+
+/// The notes exchanged so far and the attempt running, if any.
+#[derive(Debug, Default)]
+pub(super) struct Birthday {
+    /// This side's NAT mapping, as this side will announce it.
+    mine: Mapping,
+    /// The current round (a new round is a new attempt); 0: none yet.
+    round: u8,
+    /// The other side's mapping in this round, once its note came.
+    theirs: Option<Mapping>,
+    /// Whether the other side said it has our note of this round.
+    they_heard: bool,
+    notes_sent: u32,
+    next_note: Option<Instant>,
+    /// The round whose attempt was made or skipped.
+    done_round: u8,
+    attempt: Option<Attempt>,
+    /// When the next round starts (after a failed attempt).
+    retry_at: Option<Instant>,
+    /// The last attempt's numbers.
+    pub(super) last: Option<BirthdayStats>,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    role: Role,
+    started: Instant,
+    deadline: Instant,
+    sockets: u32,
+    /// The easy side: the hard side's IP and the ports still to try.
+    ip: Option<IpAddr>,
+    ports: Vec<u16>,
+    sent: u32,
+    /// Pings to guessed ports whose pong is outstanding: port, sent at.
+    inflight: HashMap<TxId, (u16, Instant)>,
+}
+
+impl PathTable {
+    /// This side's NAT mapping, once the server's check ports told it
+    /// (`Unknown`: no attempt from this side). Notes go out from now on
+    /// while the call is on the relay.
+    pub fn set_mapping(&mut self, now: Instant, mapping: Mapping) {
+        let usable = match mapping {
+            Mapping::Symmetric => self.cfg.birthday_sockets > 0,
+            Mapping::Cone => self.cfg.birthday_budget > 0 && self.cfg.birthday_rate > 0,
+            Mapping::Unknown => false,
+        };
+        let b = &mut self.birthday;
+        b.mine = if usable { mapping } else { Mapping::Unknown };
+        if b.mine != Mapping::Unknown && b.next_note.is_none() {
+            b.next_note = Some(now);
+        }
+    }
+
+    /// A valid note arrived (over any path).
+    pub fn note_received(&mut self, now: Instant, note: &Note) {
+        let running = self.birthday.attempt.is_some();
+        let b = &mut self.birthday;
+        if note.round > b.round && !running {
+            b.round = note.round;
+            b.theirs = None;
+            b.they_heard = false;
+            b.notes_sent = 0;
+            b.retry_at = None;
+        }
+        if note.round == b.round {
+            let new = b.theirs.is_none();
+            b.theirs = Some(note.mapping);
+            b.they_heard |= note.heard;
+            if (new || !note.heard) && b.mine != Mapping::Unknown {
+                b.next_note = Some(now);
+            }
+        } else if note.round < b.round && b.mine != Mapping::Unknown {
+            // It missed our round: tell it again.
+            b.next_note = Some(now);
+        }
+        self.maybe_start(now);
+    }
+
+    /// The last birthday attempt's numbers, if one was made.
+    pub fn birthday(&self) -> Option<BirthdayStats> {
+        self.birthday.last
+    }
+
+    /// Whether the call is on the relay with no usable direct path (the
+    /// only time notes and attempts make sense).
+    fn relayed(&self) -> bool {
+        self.mode == PathMode::Auto
+            && self.chosen == Some(Route::Relay)
+            && !self.paths.iter().any(|c| c.route != Route::Relay && c.usable())
+    }
+
+    /// The birthday's next probe at `now`: a note or a guessed ping (its
+    /// timers ran first, [`PathTable::birthday_timers`]).
+    pub(super) fn birthday_poll(&mut self, now: Instant) -> Option<Action> {
+        if let Some(note) = self.due_note(now) {
+            return Some(Action::SendNote { note });
+        }
+        self.spray(now)
+    }
+
+    /// When the birthday has something to do next.
+    pub(super) fn birthday_deadline(&self) -> Option<Instant> {
+        let b = &self.birthday;
+        let note = b.next_note.filter(|_| self.notes_wanted());
+        let attempt = b.attempt.as_ref().map(|a| match a.ip {
+            Some(_) if (a.sent as usize) < a.ports.len() => a
+                .started
+                .checked_add(per_probe(self.cfg.birthday_rate) * a.sent)
+                .unwrap_or(a.deadline)
+                .min(a.deadline),
+            _ => a.deadline,
+        });
+        let retry = b.retry_at.filter(|_| b.attempt.is_none());
+        note.into_iter().chain(attempt).chain(retry).min()
+    }
+
+    /// A pong from `from` answering one of our guessed pings: the path is
+    /// validated (a new candidate if it was not one). Returns whether it
+    /// was one.
+    pub(super) fn birthday_pong(&mut self, now: Instant, from: Route, pong: &Pong) -> bool {
+        let Route::Direct(addr) = from else {
+            return false;
+        };
+        let Some(attempt) = self.birthday.attempt.as_mut() else {
+            return false;
+        };
+        if attempt.ip != Some(addr.ip()) {
+            return false;
+        }
+        match attempt.inflight.get(&pong.tx) {
+            Some((port, _)) if *port == addr.port() => {}
+            _ => return false,
+        }
+        let Some((_, sent)) = attempt.inflight.remove(&pong.tx) else {
+            return false;
+        };
+        let rtt = now.saturating_duration_since(sent);
+        let idx = match self.paths.iter().position(|c| c.route == from) {
+            Some(i) => i,
+            None => {
+                let challenge = self.fresh_nonce();
+                self.paths.push(super::candidate::Candidate::new(
+                    from,
+                    Origin::Birthday,
+                    challenge,
+                    now,
+                ));
+                self.paths.len() - 1
+            }
+        };
+        self.paths[idx].validated_by(rtt, pong.nonce, now);
+        self.choose(now);
+        true
+    }
+
+    /// The reason for a switch to `to` now: a direct path during an
+    /// attempt is the attempt's.
+    pub(super) fn birthday_reason(&self, to: Route, reason: SwitchReason) -> SwitchReason {
+        let direct = matches!(to, Route::Direct(_));
+        if direct && self.birthday.attempt.is_some() && reason != SwitchReason::First {
+            SwitchReason::Birthday
+        } else {
+            reason
+        }
+    }
+
+    /// After a switch: an attempt whose call went direct is over.
+    pub(super) fn birthday_switched(&mut self, to: Route, now: Instant) {
+        if matches!(to, Route::Direct(_)) && self.birthday.attempt.is_some() {
+            self.end_attempt(now, true);
+        }
+    }
+
+    fn notes_wanted(&self) -> bool {
+        let b = &self.birthday;
+        let settled = b.theirs.is_some() && b.they_heard;
+        b.mine != Mapping::Unknown
+            && b.round > 0
+            && !settled
+            && b.notes_sent < MAX_NOTES
+            && (self.relayed() || b.attempt.is_some())
+    }
+
+    fn due_note(&mut self, now: Instant) -> Option<Note> {
+        if !self.notes_wanted() || self.birthday.next_note.is_none_or(|t| t > now) {
+            return None;
+        }
+        let tx = self.fresh_nonce();
+        let b = &mut self.birthday;
+        b.notes_sent += 1;
+        b.next_note = Some(now + NOTE_INTERVAL);
+        Some(Note {
+            call_id: self.call_id,
+            tx,
+            mapping: b.mine,
+            round: b.round,
+            heard: b.theirs.is_some(),
+        })
+    }
+
+    /// Rounds and attempts that start or end with time.
+    pub(super) fn birthday_timers(&mut self, now: Instant) {
+        if self
+            .birthday
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.deadline <= now)
+        {
+            self.end_attempt(now, false);
+        }
+        let relayed = self.relayed();
+        let b = &mut self.birthday;
+        let first = b.round == 0 && b.mine != Mapping::Unknown;
+        let retry = b.attempt.is_none() && b.retry_at.is_some_and(|t| t <= now);
+        if relayed && (first || retry) {
+            b.round = b.round.wrapping_add(1).max(1);
+            b.theirs = None;
+            b.they_heard = false;
+            b.notes_sent = 0;
+            b.retry_at = None;
+            b.next_note = Some(now);
+        }
+        self.maybe_start(now);
+    }
+
+    /// Starts this round's attempt once both notes are known (or skips a
+    /// round where it cannot pay off).
+    fn maybe_start(&mut self, now: Instant) {
+        let b = &self.birthday;
+        let Some(theirs) = b.theirs else { return };
+        if b.attempt.is_some() || b.done_round == b.round || b.round == 0 || !self.relayed() {
+            return;
+        }
+        let role = match (b.mine, theirs) {
+            (Mapping::Symmetric, Mapping::Cone) => Role::Open,
+            (Mapping::Cone, Mapping::Symmetric) => Role::Spray,
+            _ => {
+                self.birthday.done_round = b.round;
+                return;
+            }
+        };
+        // The other side's observed address: the first one the server gave.
+        let Some(target) = self.paths.iter().find_map(|c| match (c.route, c.origin) {
+            (Route::Direct(a), Origin::Vetted) => Some(a),
+            _ => None,
+        }) else {
+            self.birthday.done_round = b.round;
+            return;
+        };
+        self.birthday.done_round = b.round;
+        let mut attempt = Attempt {
+            role,
+            started: now,
+            deadline: now + self.cfg.birthday_time,
+            sockets: 0,
+            ip: None,
+            ports: vec![],
+            sent: 0,
+            inflight: HashMap::new(),
+        };
+        match role {
+            Role::Open => {
+                attempt.deadline += OPEN_SLACK;
+                attempt.sockets = u32::try_from(self.cfg.birthday_sockets).unwrap_or(u32::MAX);
+                let ping = Ping {
+                    call_id: self.call_id,
+                    tx: self.fresh_nonce(),
+                    nonce: [0; 8],
+                };
+                self.actions.push_back(Action::OpenSockets {
+                    count: self.cfg.birthday_sockets,
+                    to: target,
+                    ping,
+                });
+            }
+            Role::Spray => {
+                attempt.deadline += SPRAY_SLACK;
+                let mut ports: Vec<u16> = PORTS.filter(|p| *p != target.port()).collect();
+                ports.shuffle(&mut self.rng);
+                ports.truncate(self.cfg.birthday_budget as usize);
+                attempt.ip = Some(target.ip());
+                attempt.ports = ports;
+            }
+        }
+        self.birthday.attempt = Some(attempt);
+    }
+
+    /// The next guessed ping, when one is due.
+    fn spray(&mut self, now: Instant) -> Option<Action> {
+        let per = per_probe(self.cfg.birthday_rate);
+        let tx = self.fresh_nonce();
+        let a = self.birthday.attempt.as_mut()?;
+        let ip = a.ip?;
+        let port = *a.ports.get(a.sent as usize)?;
+        let due = a.started.checked_add(per * a.sent).unwrap_or(a.deadline);
+        if due > now {
+            return None;
+        }
+        a.sent += 1;
+        a.inflight.insert(tx, (port, now));
+        Some(Action::SendPing {
+            to: Route::Direct(SocketAddr::new(ip, port)),
+            ping: Ping {
+                call_id: self.call_id,
+                tx,
+                nonce: [0; 8],
+            },
+        })
+    }
+
+    fn end_attempt(&mut self, now: Instant, direct: bool) {
+        let Some(a) = self.birthday.attempt.take() else {
+            return;
+        };
+        let stats = BirthdayStats {
+            role: a.role,
+            probes: a.sent,
+            sockets: a.sockets,
+            elapsed: now.saturating_duration_since(a.started),
+            direct,
+        };
+        self.birthday.last = Some(stats);
+        if !direct {
+            self.birthday.retry_at = Some(now + self.cfg.birthday_retry);
+        }
+        self.actions.push_back(Action::BirthdayEnded { stats });
+    }
+}
+
+/// The gap between two guessed pings at `rate` a second.
+fn per_probe(rate: u32) -> Duration {
+    Duration::from_secs(1) / rate.max(1)
+}
+
+impl super::candidate::Candidate {
+    /// A pong to a guessed ping came from here: validated with this RTT.
+    pub(super) fn validated_by(&mut self, rtt: Duration, nonce: common::probe::Nonce, now: Instant) {
+        if matches!(self.origin, Origin::Reflexive { .. }) {
+            self.origin = Origin::Birthday;
+        }
+        self.state = PathState::Validated {
+            rtt,
+            last_pong: now,
+        };
+        self.echo = nonce;
+        self.next_ping = Some(now);
+    }
+}
