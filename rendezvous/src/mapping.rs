@@ -16,7 +16,7 @@
 //! names none.
 //!
 //! It owns the binding ([`bind`]) and the small task answering on it
-//! ([`serve`]); what each datagram gets is decided by a
+//! ([`start`], ended with the server); what each datagram gets is decided by a
 //! [`crate::checks::Checker`] (its own rate budget), without I/O. It reads
 //! into a bounded buffer, answers nothing but well-formed requests, never
 //! more bytes than the request held, and never panics.
@@ -137,10 +137,47 @@ pub(crate) fn bind(
     }
 }
 
+/// The task answering on the mapping check port ([`start`]): aborted when
+/// this is dropped, so the port closes with the server even when its
+/// `run` future is dropped half-way.
+pub(crate) struct Serving(Option<tokio::task::JoinHandle<()>>);
+
+impl Serving {
+    /// Ends the task and waits until it is gone (its socket closed): a
+    /// server started next on this port finds it free.
+    pub(crate) async fn end(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Starts answering on `socket` (from [`bind`]; inside a Tokio runtime),
+/// counting mapping answers in `sent`; `None` (logged) when the runtime
+/// refuses the socket.
+pub(crate) fn start(socket: std::net::UdpSocket, sent: IntCounter) -> Option<Serving> {
+    match tokio::net::UdpSocket::from_std(socket) {
+        Ok(socket) => Some(Serving(Some(tokio::spawn(serve(socket, sent))))),
+        Err(e) => {
+            warn!("mapping check port not started: {e}");
+            None
+        }
+    }
+}
+
 /// Answers the UDP checks arriving at `socket` (mapping answers name no
 /// other port), counting mapping answers in `sent`, until the task is
 /// aborted.
-pub(crate) async fn serve(socket: tokio::net::UdpSocket, sent: IntCounter) {
+async fn serve(socket: tokio::net::UdpSocket, sent: IntCounter) {
     let mut checker = Checker::new(Instant::now(), 0);
     let mut buf = [0u8; RECV_BUF];
     loop {

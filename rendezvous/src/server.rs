@@ -204,7 +204,9 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
         let tcp = self.start_tcp();
-        let mapping = self.start_mapping();
+        let mapping = self.mapping.take().and_then(|socket| {
+            crate::mapping::start(socket, self.state.metrics.mapping_checks(true))
+        });
         let expiry = self
             .state
             .relay
@@ -228,10 +230,7 @@ impl Server {
             expiry.abort();
         }
         if let Some(mapping) = mapping {
-            mapping.abort();
-            // Its socket is closed once the task is gone: a server started
-            // next on these ports finds them free.
-            let _ = mapping.await;
+            mapping.end().await;
         }
         // Peers are told to spread their return, so the next server is not
         // met by all of them in one second (`Limits::reconnect_rate`).
@@ -256,21 +255,6 @@ impl Server {
             Ok(listener) => Some(tokio::spawn(crate::tcp::serve(listener, peers, acceptor))),
             Err(e) => {
                 warn!("TCP listener not started: {e}");
-                None
-            }
-        }
-    }
-
-    /// Starts answering on the mapping check port, when there is one.
-    fn start_mapping(&mut self) -> Option<tokio::task::JoinHandle<()>> {
-        let socket = self.mapping.take()?;
-        match tokio::net::UdpSocket::from_std(socket) {
-            Ok(socket) => {
-                let sent = self.state.metrics.mapping_checks(true);
-                Some(tokio::spawn(crate::mapping::serve(socket, sent)))
-            }
-            Err(e) => {
-                warn!("mapping check port not started: {e}");
                 None
             }
         }

@@ -239,3 +239,15 @@ fn the_flag_moves_or_turns_off_the_port_and_a_taken_one_is_an_error() {
     let ev = off.wait_for(Duration::from_secs(20), "listening");
     assert!(ev.get("mapping_addr").is_none(), "{ev}");
 }
+
+#[tokio::test]
+async fn a_stopped_server_has_let_go_of_the_mapping_port() {
+    let mut server = TestServer::start().await;
+    let at = server.mapping_addr.unwrap();
+    assert!(
+        std::net::UdpSocket::bind(at).is_err(),
+        "not held while running"
+    );
+    server.stop().await;
+    std::net::UdpSocket::bind(at).expect("free once stopped");
+}
