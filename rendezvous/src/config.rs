@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::mapping::{MappingPort, MappingPortError};
 pub use crate::ratelimit::{Rate, RateError};
 use crate::relay::RelayConfig;
 pub use crate::store::StoreChoice;
@@ -36,6 +37,11 @@ pub struct Config {
     /// Where the name bindings live (default: embedded, `names.redb` in
     /// the data dir; `--store postgres://…`: PostgreSQL, shared by nodes).
     pub store: StoreChoice,
+    /// The mapping check port: a second UDP socket answering UDP checks,
+    /// so peers learn whether their NAT maps per destination (default
+    /// [`MappingPort::Auto`]: the listen port + 1, best effort;
+    /// `--mapping-port PORT|off`).
+    pub mapping_port: MappingPort,
 }
 
 /// Limits and timings (see each field for its default and why).
@@ -239,6 +245,7 @@ impl Config {
             relay: Some(RelayConfig::default()),
             tcp: Some(TcpConfig::default()),
             store: StoreChoice::Embedded,
+            mapping_port: MappingPort::Auto,
         }
     }
 }

@@ -33,6 +33,15 @@ pub enum ServerError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The mapping check port asked for (`--mapping-port PORT`) could not
+    /// be bound.
+    #[error("cannot listen on {addr} for the mapping check port (--mapping-port): {source}; choose another port, or --mapping-port off")]
+    MappingBind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// TLS or QUIC configuration failed.
     #[error("configuration: {0}")]
     Config(String),

@@ -28,6 +28,10 @@
 //! - [`ratelimit`]: per-source token buckets (pure).
 //! - [`relay`]: the relay's allocation table and per-datagram checks (pure),
 //!   and its driver (the shared table, allocation, expiry).
+//! - `checks`: what a UDP check request gets (pure): plain or mapping
+//!   answer, within a per-socket rate budget.
+//! - [`mapping`]: the mapping check port (a second UDP socket answering
+//!   checks, so peers can tell a symmetric NAT from a cone).
 //! - [`socket`]: the socket quinn sees: UDP with relay frames and UDP checks
 //!   taken out, and the TCP peers' tunnels at virtual addresses.
 //! - [`tcp`]: the TCP listener (TLS + WebSocket tunnels) and its peers.
@@ -53,6 +57,7 @@
 
 pub mod admission;
 pub mod broker;
+mod checks;
 mod cids;
 pub mod cluster;
 pub mod config;
@@ -61,6 +66,7 @@ mod counted;
 pub mod error;
 mod handlers;
 pub mod http;
+pub mod mapping;
 pub mod metrics;
 pub mod offers;
 pub mod presence;
@@ -76,6 +82,6 @@ pub mod tcp;
 mod transport;
 pub mod watchers;
 
-pub use config::{Config, Limits, Rate, RateError, StoreChoice};
+pub use config::{Config, Limits, MappingPort, Rate, RateError, StoreChoice};
 pub use error::ServerError;
 pub use server::{load_identity, load_identity_file, MetricsHandle, Server, Tables};

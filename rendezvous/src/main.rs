@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use rendezvous::cluster::ClusterConfig;
 use rendezvous::relay::{ByteRate, RelayConfig};
 use rendezvous::store::PgStore;
-use rendezvous::{Config, Limits, Rate, Server, StoreChoice};
+use rendezvous::{Config, Limits, MappingPort, Rate, Server, StoreChoice};
 
 /// Rendezvous server: peers register names, find each other and get introduced
 /// for direct, end-to-end authenticated QUIC calls.
@@ -82,6 +82,13 @@ struct Cli {
     /// The relay on the same port, for calls with no direct path: on or off.
     #[arg(long, env = "RENDEZVOUS_RELAY", value_enum, default_value_t = OnOff::On)]
     relay: OnOff,
+    /// The mapping check port: a second UDP port answering UDP checks, so
+    /// peers learn whether their NAT maps per destination (a symmetric NAT
+    /// needs a birthday attempt to go direct). A port number (on the
+    /// --listen IP; must be free), or `off`. Default: the --listen port + 1
+    /// when free (a warning and none when not).
+    #[arg(long, env = "RENDEZVOUS_MAPPING_PORT", value_name = "PORT|off", value_parser = parse_mapping_port)]
+    mapping_port: Option<MappingPort>,
     /// Rate of each direction of a relayed call, bytes per second (suffixes
     /// KiB, MiB, GiB), or `off` for none.
     #[arg(long, env = "RENDEZVOUS_RELAY_RATE", default_value = "10MiB", value_parser = parse_relay_rate)]
@@ -184,6 +191,12 @@ enum Command {
 /// non-finite rates are refused).
 fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse().map_err(|e: rendezvous::RateError| e.to_string())
+}
+
+/// A `--mapping-port`: a port, `auto` or `off`.
+fn parse_mapping_port(s: &str) -> Result<MappingPort, String> {
+    s.parse()
+        .map_err(|e: rendezvous::mapping::MappingPortError| e.to_string())
 }
 
 /// A `--tcp-listen`: an address, or off.
@@ -328,6 +341,7 @@ async fn serve(cli: Cli, data_dir: PathBuf, store: StoreChoice) -> anyhow::Resul
         rate: cli.relay_rate.0,
         ..RelayConfig::default()
     });
+    config.mapping_port = cli.mapping_port.unwrap_or_default();
     match cli.tcp_listen {
         Some(TcpListen::Off) => config.tcp = None,
         Some(TcpListen::At(addr)) => {
@@ -348,6 +362,7 @@ async fn serve(cli: Cli, data_dir: PathBuf, store: StoreChoice) -> anyhow::Resul
         None => None,
     };
     let tcp_addr = server.tcp_addr();
+    let mapping_addr = server.mapping_addr();
     let fingerprint = server.fingerprint();
     if let Some(metrics_addr) = cli.metrics {
         let listener = rendezvous::http::bind(metrics_addr)
@@ -363,6 +378,9 @@ async fn serve(cli: Cli, data_dir: PathBuf, store: StoreChoice) -> anyhow::Resul
         }
         if let Some(node) = &node {
             event["node"] = node.clone().into();
+        }
+        if let Some(mapping) = mapping_addr {
+            event["mapping_addr"] = mapping.to_string().into();
         }
         if let Some(rate) = relay_rate {
             // `relay_rate`: bytes per second per direction of a call; null: none.
@@ -381,6 +399,12 @@ async fn serve(cli: Cli, data_dir: PathBuf, store: StoreChoice) -> anyhow::Resul
             }
             Some(None) => eprintln!("relay on, no rate limit"),
             None => eprintln!("relay off"),
+        }
+        match mapping_addr {
+            Some(mapping) => eprintln!("mapping check on {mapping} (UDP; open it too)"),
+            None => {
+                eprintln!("mapping check port off (peers behind symmetric NATs stay on the relay)")
+            }
         }
         if let Some(node) = &node {
             eprintln!("node {node} of a cluster (bus joined)");

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::admission::Admission;
+use crate::checks::Checker;
 use crate::config::{Config, StoreChoice};
 use crate::connection::serve_connection;
 use crate::counted::Counted;
@@ -38,6 +39,11 @@ pub struct Server {
     tcp: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     /// The cluster bus key's secret, derived from the server key.
     bus_secret: [u8; 32],
+    /// The mapping check port's socket until [`Server::run`] serves it;
+    /// `None` when there is none.
+    mapping: Option<std::net::UdpSocket>,
+    /// Where the mapping check port is bound.
+    mapping_addr: Option<SocketAddr>,
 }
 
 /// The server's key file inside its data dir.
@@ -84,8 +90,18 @@ impl Server {
         let limits = config.limits.clone();
         let relay = config.relay.clone().map(|c| Arc::new(Relay::new(c)));
         let tcp_peers = config.tcp.clone().map(TcpPeers::new);
+        // Bindings never change: the ones seen are answered without the store.
+        let store: Arc<dyn NameStore> = Arc::new(crate::store::CachedStore::new(store));
+        let mut state = State::new(limits, store);
+        state.relay = relay.clone();
+        state.tcp = tcp_peers.clone();
+        let state = Arc::new(state);
         let (udp, tcp_listener) = bind_sockets(&config)?;
-        let endpoint = make_endpoint(&identity, &config, udp, relay.clone(), tcp_peers.clone())?;
+        let mapping = crate::mapping::bind(config.listen, config.mapping_port)?;
+        let mapping_addr = mapping.as_ref().and_then(|s| s.local_addr().ok());
+        let checks = Checker::new(Instant::now(), mapping_addr.map_or(0, |a| a.port()));
+        let checks = (checks, state.metrics.mapping_checks(false));
+        let endpoint = make_endpoint(&identity, &config, udp, relay.clone(), tcp_peers, checks)?;
         let tcp = match tcp_listener {
             Some(listener) => {
                 let tls = common::tls::tunnel_server_config(&identity)
@@ -111,18 +127,14 @@ impl Server {
             },
             None => info!("relay off"),
         }
-        // Bindings never change: the ones seen are answered without the store.
-        let store: Arc<dyn NameStore> = Arc::new(crate::store::CachedStore::new(store));
-        let mut state = State::new(limits, store);
-        state.relay = relay;
-        state.tcp = tcp_peers;
-        let state = Arc::new(state);
         Ok(Self {
             endpoint,
             state,
             fingerprint: identity.fingerprint(),
             tcp,
             bus_secret: identity.derive_secret("rdv cluster bus v1"),
+            mapping,
+            mapping_addr,
         })
     }
 
@@ -167,6 +179,12 @@ impl Server {
         self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// Where the mapping check port listens (UDP); `None` when it is off
+    /// or (by default) could not be bound ([`crate::Config::mapping_port`]).
+    pub fn mapping_addr(&self) -> Option<SocketAddr> {
+        self.mapping_addr
+    }
+
     /// The relay's limits; `None` when the relay is off.
     pub fn relay_config(&self) -> Option<&RelayConfig> {
         self.state.relay.as_deref().map(Relay::config)
@@ -186,6 +204,9 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let sweeper = tokio::spawn(sweep_rates(self.state.clone()));
         let tcp = self.start_tcp();
+        let mapping = self.mapping.take().and_then(|socket| {
+            crate::mapping::start(socket, self.state.metrics.mapping_checks(true))
+        });
         let expiry = self
             .state
             .relay
@@ -207,6 +228,9 @@ impl Server {
         }
         if let Some(expiry) = expiry {
             expiry.abort();
+        }
+        if let Some(mapping) = mapping {
+            mapping.end().await;
         }
         // Peers are told to spread their return, so the next server is not
         // met by all of them in one second (`Limits::reconnect_rate`).

@@ -12,7 +12,9 @@
 //! segmentation-offload (GSO) transmit when their sizes allow (all equal
 //! but a shorter last one), which saves a system call per frame. A full
 //! send buffer drops them (counted per frame: QUIC's loss recovery at the
-//! two ends handles it). A UDP check ([`check`]) gets its answer at once.
+//! two ends handles it). A UDP check ([`check`]) gets its answer at once
+//! ([`crate::checks`]; a mapping check's names the other check port,
+//! [`crate::mapping`]).
 //! Every other datagram — QUIC, or
 //! junk quinn drops itself — goes on to quinn, the batch compacted in place
 //! by [`filter_batch`] (pure, unit-tested) so quinn never sees a relay frame.
@@ -40,10 +42,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use common::relay_frame;
 use common::tunnel::check;
+use prometheus::IntCounter;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tracing::debug;
 
+use crate::checks::Checker;
 use crate::relay::driver::Relay;
 use crate::relay::table::Action;
 use crate::tcp::{is_virtual, TcpPeers};
@@ -52,56 +56,6 @@ use crate::tcp::{is_virtual, TcpPeers};
 /// yields (waking itself at once): a flood of frames must not keep the
 /// endpoint's task from its connections.
 const MAX_ALL_RELAY_ROUNDS: usize = 16;
-
-/// UDP check answers per second, all sources together (each answer is
-/// smaller than its request: this only bounds the work).
-const CHECKS_PER_SECOND: u32 = 2_000;
-
-/// UDP check answers per second to one source (a peer sends one a minute):
-/// one sender cannot spend the global budget alone.
-const CHECKS_PER_SOURCE: u8 = 10;
-
-/// Slots the per-source counts share, by a keyed hash of the source (4 KiB:
-/// 100,000 peers on TCP checking once a minute fill ~0.4 a slot a second).
-const CHECK_SLOTS: usize = 4096;
-
-/// The UDP checks answered in the current second: in all, and per source
-/// (an IPv6 /64 is one), sources sharing [`CHECK_SLOTS`] counters by a
-/// keyed hash so the table has a fixed size. Sans-IO.
-pub(crate) struct CheckBudget {
-    window: Instant,
-    total: u32,
-    per_slot: [u8; CHECK_SLOTS],
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl CheckBudget {
-    pub(crate) fn new(now: Instant) -> Self {
-        Self {
-            window: now,
-            total: 0,
-            per_slot: [0; CHECK_SLOTS],
-            hasher: std::collections::hash_map::RandomState::new(),
-        }
-    }
-
-    /// Whether a check from `ip` at `now` may be answered (and counts it).
-    pub(crate) fn allow(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
-        use std::hash::BuildHasher;
-        if now.saturating_duration_since(self.window) >= std::time::Duration::from_secs(1) {
-            self.window = now;
-            self.total = 0;
-            self.per_slot = [0; CHECK_SLOTS];
-        }
-        let slot = self.hasher.hash_one(crate::ratelimit::source_key(ip)) as usize % CHECK_SLOTS;
-        if self.total >= CHECKS_PER_SECOND || self.per_slot[slot] >= CHECKS_PER_SOURCE {
-            return false;
-        }
-        self.total += 1;
-        self.per_slot[slot] += 1;
-        true
-    }
-}
 
 /// quinn's socket with the relay's frames taken out of every receive, and
 /// the TCP peers' tunnels.
@@ -115,16 +69,23 @@ pub(crate) struct ServerSocket {
     from_tunnels: Mutex<Vec<(SocketAddr, Bytes)>>,
     /// Whether the next receive looks at the tunnels first.
     tunnels_first: AtomicBool,
-    checks: Mutex<CheckBudget>,
+    /// UDP checks: what each gets, within this socket's rates.
+    checks: Mutex<Checker>,
+    /// Mapping answers sent from this socket.
+    mapping_sent: IntCounter,
 }
 
 impl ServerSocket {
     /// Wraps `inner` (from [`quinn::Runtime::wrap_udp_socket`]); relay
-    /// frames go to `relay` (dropped without one), tunnels come from `tcp`.
+    /// frames go to `relay` (dropped without one), tunnels come from `tcp`,
+    /// UDP checks are answered as `checks` says (counting mapping answers
+    /// in `mapping_sent`).
     pub(crate) fn new(
         inner: Arc<dyn AsyncUdpSocket>,
         relay: Option<Arc<Relay>>,
         tcp: Option<Arc<TcpPeers>>,
+        checks: Checker,
+        mapping_sent: IntCounter,
     ) -> Self {
         Self {
             inner,
@@ -133,7 +94,8 @@ impl ServerSocket {
             outbox: Mutex::new(Outbox::default()),
             from_tunnels: Mutex::new(Vec::new()),
             tunnels_first: AtomicBool::new(false),
-            checks: Mutex::new(CheckBudget::new(Instant::now())),
+            checks: Mutex::new(checks),
+            mapping_sent,
         }
     }
 
@@ -185,30 +147,29 @@ impl ServerSocket {
         out.frames = 0;
     }
 
-    /// Answers a UDP check from `from`, within the rates ([`CheckBudget`]).
+    /// Answers a UDP check from `from`, as the [`Checker`] says (within
+    /// the rates; a flagged request gets a mapping answer naming the other
+    /// port, an unflagged one the plain answer).
     fn answer_check(&self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Some(nonce) = check::parse_request(bytes) else {
-            return;
-        };
-        let from_ip = common::candidates::canonical(from).ip();
-        if !self
+        let answer = self
             .checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .allow(now, from_ip)
-        {
+            .handle(now, from, bytes);
+        let Some(answer) = answer else {
             return;
-        }
-        let answer = check::answer(nonce, common::candidates::canonical(from));
+        };
         let transmit = Transmit {
             destination: from,
             ecn: None,
-            contents: &answer,
+            contents: answer.bytes(),
             segment_size: None,
             src_ip: None,
         };
-        if let Err(e) = self.inner.try_send(&transmit) {
-            debug!(%from, "UDP check answer not sent: {e}");
+        match self.inner.try_send(&transmit) {
+            Ok(()) if answer.is_mapping() => self.mapping_sent.inc(),
+            Ok(()) => {}
+            Err(e) => debug!(%from, "UDP check answer not sent: {e}"),
         }
     }
 

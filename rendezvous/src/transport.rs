@@ -30,9 +30,11 @@ use std::sync::Arc;
 
 use common::tls::{self, ClientKeyPolicy};
 use common::Identity;
+use prometheus::IntCounter;
 use quinn::crypto::rustls::QuicServerConfig;
 use tracing::{info, warn};
 
+use crate::checks::Checker;
 use crate::cids::KeyedCids;
 use crate::config::{Config, Limits};
 use crate::error::ServerError;
@@ -155,13 +157,16 @@ fn bind_udp(
 }
 
 /// The server's endpoint, listening on `socket`; with `relay`, its
-/// socket hands relay frames to it first; with `tcp`, it carries tunnels.
+/// socket hands relay frames to it first; with `tcp`, it carries tunnels;
+/// UDP checks get what `checks` says (mapping answers counted in the
+/// second).
 pub(crate) fn make_endpoint(
     identity: &Identity,
     config: &Config,
     socket: std::net::UdpSocket,
     relay: Option<Arc<Relay>>,
     tcp: Option<Arc<TcpPeers>>,
+    checks: (Checker, IntCounter),
 ) -> Result<quinn::Endpoint, ServerError> {
     let tls = tls::server_config(identity, ClientKeyPolicy::AnyKey, tls::SERVER_ALPN)
         .map_err(|e| cfg_err(&e))?;
@@ -180,7 +185,7 @@ pub(crate) fn make_endpoint(
     };
     let runtime = Arc::new(quinn::TokioRuntime);
     let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
-    let udp = Arc::new(ServerSocket::new(inner, relay, tcp));
+    let udp = Arc::new(ServerSocket::new(inner, relay, tcp, checks.0, checks.1));
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(identity, &config.limits),
         Some(server_config),

@@ -32,6 +32,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its TCP listener (for peers without UDP); `None` when off.
     pub tcp_addr: Option<SocketAddr>,
+    /// Its mapping check port (UDP); `None` when off or not bound.
+    pub mapping_addr: Option<SocketAddr>,
     pub fingerprint: Fingerprint,
     pub data_dir: PathBuf,
     /// The running server's counters and table sizes (let go by `stop`,
@@ -143,6 +145,7 @@ impl TestServer {
     fn run(server: rendezvous::Server, data_dir: PathBuf) -> Self {
         let addr = server.local_addr().expect("addr");
         let tcp_addr = server.tcp_addr();
+        let mapping_addr = server.mapping_addr();
         let fingerprint = server.fingerprint();
         let metrics = server.metrics_handle();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -152,6 +155,7 @@ impl TestServer {
         Self {
             addr,
             tcp_addr,
+            mapping_addr,
             fingerprint,
             data_dir,
             metrics: Some(metrics),

@@ -62,6 +62,9 @@ pub struct Metrics {
     /// One child of `rendezvous_errors_total` per kind, in [`ERROR_KINDS`]
     /// order, so counting an error needs no label lookup.
     errors: Vec<IntCounter>,
+    /// Mapping answers sent, `port="main"` then `port="other"` (the
+    /// mapping check port).
+    mapping_checks: Vec<IntCounter>,
     relay: RelayMetrics,
     tcp: TcpMetrics,
     connected_peers: IntGauge,
@@ -254,6 +257,13 @@ impl Default for Metrics {
                 "Malformed or unexpected frames.",
             ),
             errors: errors_vec(&r),
+            mapping_checks: labelled(
+                &r,
+                "rendezvous_mapping_checks_total",
+                "Mapping check answers sent (UDP checks asking whether the NAT maps per destination), by the port that answered: main, or other (the mapping check port).",
+                "port",
+                &["main", "other"],
+            ),
             relay: RelayMetrics::new(&r),
             tcp: TcpMetrics::new(&r),
             registry: r,
@@ -286,6 +296,15 @@ impl Metrics {
     fn error_counter(&self, kind: ErrorKind) -> Option<&IntCounter> {
         let i = ERROR_KINDS.iter().position(|k| *k == kind)?;
         self.errors.get(i)
+    }
+
+    /// The counter of mapping answers the main port (`other: false`) or
+    /// the mapping check port (`other: true`) sends.
+    pub(crate) fn mapping_checks(&self, other: bool) -> IntCounter {
+        self.mapping_checks
+            .get(usize::from(other))
+            .cloned()
+            .unwrap_or_else(unnamed_counter)
     }
 
     /// Copies the TCP side's counters in (before [`Metrics::render`]).
@@ -346,6 +365,10 @@ mod tests {
         assert!(text.contains("rendezvous_connected_peers 0"));
         assert!(text.contains("rendezvous_errors_total{kind=\"not_found\"} 1"));
         assert!(text.contains("rendezvous_errors_total{kind=\"rate_limited\"} 0"));
+        m.mapping_checks(true).inc();
+        let text = m.render(&Registry::<()>::default());
+        assert!(text.contains("rendezvous_mapping_checks_total{port=\"main\"} 0"));
+        assert!(text.contains("rendezvous_mapping_checks_total{port=\"other\"} 1"));
         for name in [
             "rendezvous_online_names",
             "rendezvous_connections_total",
