@@ -79,18 +79,18 @@ mod udp;
 mod watch;
 
 pub use call::{Call, Path, PathStatus};
+pub use common::probe::Mapping;
 pub use common::{ErrorKind, Fingerprint, PeerMessage};
 pub use config::{default_config_dir, Limits, PeerConfig, Timing, Transport, TransportMode};
 pub use endpoint::endpoint_config;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use listener::Listener;
+pub use path::BirthdayStats;
 pub use peer::{CallOptions, LookupInfo, Peer};
 pub use policy::Policy;
 pub use proxy::ProxyConfig;
 pub use server_list::{ServerList, ServerListError};
-pub use watch::{PresenceUpdate, Watcher};
-pub use common::probe::Mapping;
-pub use path::BirthdayStats;
 /// Most extra sockets birthday attempts keep open at once (all calls).
 pub use udp::MAX_EXTRA as MAX_BIRTHDAY_SOCKETS;
+pub use watch::{PresenceUpdate, Watcher};

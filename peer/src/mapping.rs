@@ -141,7 +141,10 @@ mod tests {
         let mut rx = checks.expect(server, [1; 16]);
         let ans = check::mapping_answer([1; 16], seen, 7701);
         let stranger: SocketAddr = "192.0.2.2:7700".parse().expect("addr");
-        assert!(!checks.take_answer(stranger, &ans), "not from the server asked");
+        assert!(
+            !checks.take_answer(stranger, &ans),
+            "not from the server asked"
+        );
         assert!(!checks.take_answer(server, &check::mapping_answer([2; 16], seen, 1)));
         assert!(checks.take_answer(server, &ans));
         assert_eq!(rx.try_recv().ok(), Some((seen, Some(7701))));

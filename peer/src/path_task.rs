@@ -284,14 +284,11 @@ impl Task {
     /// A birthday attempt's hard side: opens the sockets, gives them to the
     /// call, and sends one ping from each toward the other side.
     fn open_sockets(&mut self, count: usize, to: SocketAddr, ping: common::probe::Ping) {
-        let ids = self.socket.open_extra(count);
-        self.router.add_extra(self.virtual_addr, &ids);
         let Some(bytes) = self.router.seal(self.virtual_addr, &Probe::Ping(ping)) else {
             return;
         };
-        for id in &ids {
-            self.socket.send_raw_via(Some(*id), to, &bytes);
-        }
+        let ids = self.socket.open_extra(count, to, &bytes);
+        self.router.add_extra(self.virtual_addr, &ids);
         self.extra = ids.len();
         debug!(peer = %self.peer, sockets = ids.len(), %to, "birthday: sockets open");
     }

@@ -389,10 +389,13 @@ impl Router {
     /// close.
     pub(crate) fn drop_extra(&self, virtual_addr: SocketAddr, keep_chosen: bool) -> Vec<u32> {
         let mut routes = self.lock();
-        let keep = routes.calls.get(&virtual_addr).and_then(|e| match e.table.chosen() {
-            Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).copied(),
-            _ => None,
-        });
+        let keep = routes
+            .calls
+            .get(&virtual_addr)
+            .and_then(|e| match e.table.chosen() {
+                Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).copied(),
+                _ => None,
+            });
         let closing: Vec<u32> = routes
             .extra
             .iter()
@@ -583,7 +586,13 @@ impl Router {
     /// Classifies one datagram that came in on extra socket `id`: QUIC or
     /// a probe of the call that owns it, from one of its paths; anything
     /// else is dropped.
-    pub(crate) fn recv_extra(&self, now: Instant, id: u32, from: SocketAddr, bytes: &[u8]) -> Inbound {
+    pub(crate) fn recv_extra(
+        &self,
+        now: Instant,
+        id: u32,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Inbound {
         let from = canonical(from);
         let mut routes = self.lock();
         let Some(&owner) = routes.extra.get(&id) else {
@@ -595,8 +604,7 @@ impl Router {
                 _ => Inbound::Consumed,
             },
             Some(_) if probe::is_probe(bytes) => {
-                let is_owners = probe::peek_call_id(bytes)
-                    .and_then(|c| routes.by_probe.get(&c))
+                let is_owners = probe::peek_call_id(bytes).and_then(|c| routes.by_probe.get(&c))
                     == Some(&owner);
                 if is_owners {
                     routes.probe_on(now, Route::Direct(from), bytes, Some(id));

@@ -111,10 +111,11 @@ impl PathSocket {
     }
 
     /// Opens up to `count` extra UDP sockets on the main socket's address
-    /// (any port), for a birthday attempt; returns their ids (fewer when
-    /// the limit [`MAX_EXTRA`] or the system's runs out: the attempt makes
+    /// (any port), for a birthday attempt, and sends `first` (a sealed
+    /// ping) from each to `to` at once; returns their ids (fewer when the
+    /// limit [`MAX_EXTRA`] or the system's runs out: the attempt makes
     /// do). Needs the tokio runtime.
-    pub(crate) fn open_extra(&self, count: usize) -> Vec<u32> {
+    pub(crate) fn open_extra(&self, count: usize, to: SocketAddr, first: &[u8]) -> Vec<u32> {
         let ip = match self.inner.local_addr() {
             Ok(a) => a.ip(),
             Err(e) => {
@@ -127,8 +128,15 @@ impl PathSocket {
         let mut opened = Vec::with_capacity(count);
         let room = MAX_EXTRA.saturating_sub(lock(&self.extra).len());
         for _ in 0..count.min(room) {
-            let bound = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
-                .and_then(|s| quinn::Runtime::wrap_udp_socket(&runtime, s));
+            // Sent on the plain socket: a socket just registered with the
+            // reactor is not known to be writable yet (quinn's send would
+            // say "would block").
+            let bound = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|s| {
+                if let Err(e) = s.send_to(first, self.family(to)) {
+                    tracing::debug!(%to, "birthday ping not sent: {e}");
+                }
+                quinn::Runtime::wrap_udp_socket(&runtime, s)
+            });
             match bound {
                 Ok(sock) => {
                     let id = self.next_extra.fetch_add(1, Ordering::Relaxed);
@@ -151,11 +159,6 @@ impl PathSocket {
     /// Closes these extra sockets.
     pub(crate) fn close_extra(&self, ids: &[u32]) {
         lock(&self.extra).retain(|(id, _)| !ids.contains(id));
-    }
-
-    /// How many extra sockets are open.
-    pub(crate) fn extra_count(&self) -> usize {
-        lock(&self.extra).len()
     }
 
     fn extra_socket(&self, id: u32) -> Option<Arc<dyn AsyncUdpSocket>> {
@@ -511,7 +514,9 @@ impl AsyncUdpSocket for PathSocket {
                 if !via_tunnel && local.is_none() {
                     self.tunnel.note_udp(m.addr);
                     let bytes = &bufs[i][..m.len];
-                    if self.tunnel.take_answer(m.addr, bytes) || self.mapping.take_answer(m.addr, bytes) {
+                    if self.tunnel.take_answer(m.addr, bytes)
+                        || self.mapping.take_answer(m.addr, bytes)
+                    {
                         continue;
                     }
                 }

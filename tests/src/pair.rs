@@ -303,7 +303,8 @@ impl Pair {
         self.sides[i].opened.push(count);
         if let Some(nat) = &mut self.sides[i].nat {
             if !nat.unreachable {
-                nat.ports.extend((0..count).map(|_| rng.gen_range(1024..=65535)));
+                nat.ports
+                    .extend((0..count).map(|_| rng.gen_range(1024..=65535)));
             }
         }
     }

@@ -192,7 +192,10 @@ impl PathTable {
     fn relayed(&self) -> bool {
         self.mode == PathMode::Auto
             && self.chosen == Some(Route::Relay)
-            && !self.paths.iter().any(|c| c.route != Route::Relay && c.usable())
+            && !self
+                .paths
+                .iter()
+                .any(|c| c.route != Route::Relay && c.usable())
     }
 
     /// The birthday's next probe at `now`: a note or a guessed ping (its
@@ -440,7 +443,12 @@ fn per_probe(rate: u32) -> Duration {
 
 impl super::candidate::Candidate {
     /// A pong to a guessed ping came from here: validated with this RTT.
-    pub(super) fn validated_by(&mut self, rtt: Duration, nonce: common::probe::Nonce, now: Instant) {
+    pub(super) fn validated_by(
+        &mut self,
+        rtt: Duration,
+        nonce: common::probe::Nonce,
+        now: Instant,
+    ) {
         if matches!(self.origin, Origin::Reflexive { .. }) {
             self.origin = Origin::Birthday;
         }
