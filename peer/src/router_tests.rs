@@ -75,6 +75,7 @@ fn before_a_choice_packets_go_every_vetted_way_and_other_addresses_pass() {
         Some(Targets {
             direct: smallvec::smallvec![a(CALLEE)],
             relay: true,
+            via: None,
         })
     );
     assert_eq!(r.targets(a(SERVER)), None, "the server link passes through");
@@ -198,6 +199,7 @@ fn two_calls_between_the_same_two_sockets_do_not_share_an_address() {
         Some(Targets {
             direct: smallvec::smallvec![],
             relay: true,
+            via: None,
         }),
         "the second does without it"
     );
@@ -213,6 +215,7 @@ fn after_the_handshake_packets_follow_the_way_in_until_a_path_is_chosen() {
         Some(Targets {
             direct: smallvec::smallvec![a(CALLEE)],
             relay: false,
+            via: None,
         })
     );
 }
@@ -310,4 +313,149 @@ fn initials_are_kept_only_briefly_and_only_a_few() {
         assert_eq!(r.recv(now, from, &quic(0xC0)), Inbound::Consumed);
     }
     assert!(r.lock().deferred.len() <= DEFERRED_INITIALS);
+}
+
+/// The cone side of a birthday attempt, driven to its guesses: the
+/// relay validated (a pong over it), the call settled there, and the
+/// symmetric side's note in. Returns the guessed pings sent.
+fn spraying() -> (Router, SocketAddr, Instant, Vec<Outgoing>) {
+    let r = Router::new(false);
+    r.set_mapping(Mapping::Cone);
+    let now = Instant::now();
+    let (v, _) = r.register(spec(), PathConfig::default(), now);
+    let key = ProbeKey::new(&[5; 32]);
+    let relay_ping = drain_sends(&r, v, now)
+        .into_iter()
+        .find(|o| o.to == a(SERVER))
+        .expect("a ping to the relay");
+    let Ok(Probe::Ping(ping)) = Probe::decode(&relay_ping.bytes()[HEADER_LEN..], &key) else {
+        panic!("not a ping");
+    };
+    let pong = Probe::Pong(common::probe::Pong {
+        call_id: 42,
+        tx: ping.tx,
+        observed: None,
+        nonce: [3; 8],
+    });
+    let framed = frame_from(Party::Callee, 9, &pong.encode(&key));
+    assert_eq!(r.recv(now, a(SERVER), &framed), Inbound::Consumed);
+    let later = now + std::time::Duration::from_millis(200);
+    drain_sends(&r, v, later);
+    assert_eq!(
+        r.path(v).and_then(|p| p.0),
+        Some(Route::Relay),
+        "on the relay"
+    );
+    let note = Probe::Note(common::probe::Note {
+        call_id: 42,
+        tx: [8; 8],
+        mapping: Mapping::Symmetric,
+        round: 1,
+        heard: true,
+    });
+    let framed = frame_from(Party::Callee, 9, &note.encode(&key));
+    assert_eq!(r.recv(later, a(SERVER), &framed), Inbound::Consumed);
+    let soon = later + std::time::Duration::from_millis(50);
+    let guesses: Vec<Outgoing> = drain_sends(&r, v, soon)
+        .into_iter()
+        .filter(|o| o.to.ip() == a(CALLEE).ip() && o.to != a(CALLEE))
+        .collect();
+    (r, v, soon, guesses)
+}
+
+#[test]
+fn a_birthday_guess_is_validated_only_by_its_own_pong_under_the_call_key() {
+    let (r, v, now, guesses) = spraying();
+    assert!(
+        (40..=60).contains(&guesses.len()),
+        "~1,000 a second for 50 ms: {}",
+        guesses.len()
+    );
+    let key = ProbeKey::new(&[5; 32]);
+    let hit = &guesses[0];
+    let Ok(Probe::Ping(ping)) = Probe::decode(hit.bytes(), &key) else {
+        panic!("a guess is a ping");
+    };
+    let answer = Probe::Pong(common::probe::Pong {
+        call_id: 42,
+        tx: ping.tx,
+        observed: Some(a("203.0.113.9:5000")),
+        nonce: [4; 8],
+    });
+    // A stranger at the guessed port, without the call's key.
+    let forged = answer.encode(&ProbeKey::new(&[9; 32]));
+    assert_eq!(r.recv(now, hit.to, &forged), Inbound::Consumed);
+    // The right pong from another port of the same IP.
+    let elsewhere = SocketAddr::new(hit.to.ip(), hit.to.port() ^ 1);
+    assert_eq!(
+        r.recv(now, elsewhere, &answer.encode(&key)),
+        Inbound::Consumed
+    );
+    drain_sends(&r, v, now);
+    assert_eq!(
+        r.path(v).and_then(|p| p.0),
+        Some(Route::Relay),
+        "nothing validated"
+    );
+    // The pong from where the guess went: the call moves there.
+    assert_eq!(r.recv(now, hit.to, &answer.encode(&key)), Inbound::Consumed);
+    let mut switched = None;
+    for _ in 0..100 {
+        match r.poll(v, now) {
+            Polled::Action(Action::Switch { to, reason }) => switched = Some((to, reason)),
+            Polled::Idle(_) | Polled::Gone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        switched,
+        Some((Route::Direct(hit.to), crate::path::SwitchReason::Birthday))
+    );
+}
+
+#[test]
+fn an_extra_socket_takes_only_its_calls_packets_and_answers_from_itself() {
+    let (r, v, now) = router();
+    r.add_extra(v, &[7]);
+    let key = ProbeKey::new(&[5; 32]);
+    let ping = Probe::Ping(Ping {
+        call_id: 42,
+        tx: [2; 8],
+        nonce: [0; 8],
+    });
+    // A socket of no call drops everything.
+    assert_eq!(
+        r.recv_extra(now, 8, a(CALLEE), &ping.encode(&key)),
+        Inbound::Consumed
+    );
+    assert!(drain_sends(&r, v, now)
+        .iter()
+        .all(|o| o.bytes()[0] != common::probe::PONG));
+    // A valid ping on the call's socket: its pong leaves from that socket,
+    // and so do the call's packets to that address from now on.
+    assert_eq!(
+        r.recv_extra(now, 7, a(CALLEE), &ping.encode(&key)),
+        Inbound::Consumed
+    );
+    let pongs: Vec<Outgoing> = drain_sends(&r, v, now)
+        .into_iter()
+        .filter(|o| o.bytes()[0] == common::probe::PONG)
+        .collect();
+    assert_eq!(pongs.len(), 1);
+    assert_eq!((pongs[0].to, pongs[0].via), (a(CALLEE), Some(7)));
+    // QUIC from a stranger on it is dropped; the call's peer's passes.
+    assert_eq!(
+        r.recv_extra(now, 7, a("203.0.113.5:1"), &quic(0x40)),
+        Inbound::Consumed
+    );
+    assert_eq!(
+        r.recv_extra(now, 7, a(CALLEE), &quic(0x40)),
+        Inbound::Quic(v)
+    );
+    // Closed with the attempt: nothing more gets in on it.
+    assert_eq!(r.drop_extra(v, false), vec![7]);
+    assert_eq!(
+        r.recv_extra(now, 7, a(CALLEE), &quic(0x40)),
+        Inbound::Consumed
+    );
 }
