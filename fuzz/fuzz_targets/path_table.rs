@@ -6,7 +6,10 @@
 //! passed vetting when announced nor pinged us first; an address that
 //! pinged us but never echoed our nonce gets pongs only (no pings, no
 //! data), at most one pong per ping; at most 4 such addresses get anything;
-//! the chosen path is always a route the table may send data on.
+//! the chosen path is always a route the table may send data on. Birthday
+//! attempts (this side's mapping from the first byte, notes from the
+//! fuzzer): guessed pings go only to the IP of an announced address, only
+//! after a note that says the other side is symmetric, at most the budget.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::candidates::is_observed_candidate;
-use common::probe::{Ping, Pong};
+use common::probe::{Mapping, Note, Ping, Pong};
 use libfuzzer_sys::fuzz_target;
 use peer::path::{Action, PathConfig, PathMode, PathParams, PathTable, Route};
 use rand::SeedableRng;
@@ -58,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
         t0,
         rand::rngs::StdRng::seed_from_u64(u64::from(head)),
     );
+    let mine = [Mapping::Unknown, Mapping::Cone, Mapping::Symmetric][usize::from(head >> 5) % 3];
+    table.set_mapping(t0, mine);
     let mut now = t0;
+    let mut symmetric_note = false;
+    let mut guesses = 0u32;
     // Addresses that may get pings/data: vetted announcements (and, in
     // relay mode, none). Unannounced senders: pongs only until proven.
     let vetted = |a: &SocketAddr| mode != PathMode::Relay && is_observed_candidate(*a, false);
@@ -74,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Route::Direct(addr(x))
         };
-        match kind % 5 {
+        match kind % 6 {
             0 => {
                 let a = addr(x);
                 table.candidates_added(now, &[a]);
@@ -112,6 +119,20 @@ fuzz_target!(|data: &[u8]| {
                 };
                 table.pong_received(now, from, &pong);
             }
+            3 => {
+                let mapping = [Mapping::Unknown, Mapping::Cone, Mapping::Symmetric][usize::from(y) % 3];
+                symmetric_note |= mapping == Mapping::Symmetric;
+                table.note_received(
+                    now,
+                    &Note {
+                        call_id: 1,
+                        tx: [x; 8],
+                        mapping,
+                        round: y >> 4,
+                        heard: x & 1 == 1,
+                    },
+                );
+            }
             _ => now += Duration::from_millis(u64::from(x) * 20 + u64::from(y)),
         }
         while let Some(action) = table.poll(now) {
@@ -119,10 +140,21 @@ fuzz_target!(|data: &[u8]| {
                 Action::SendPing { to, ping } => {
                     last_tx = ping.tx;
                     if let Route::Direct(a) = to {
-                        assert!(
-                            announced.contains(&a) || pinged_us.contains_key(&a),
-                            "pinged {a}, never vetted nor heard from"
-                        );
+                        let known = announced.contains(&a) || pinged_us.contains_key(&a);
+                        if !known {
+                            guesses += 1;
+                            assert!(
+                                mine == Mapping::Cone
+                                    && symmetric_note
+                                    && announced.iter().any(|b| b.ip() == a.ip()),
+                                "pinged {a}, never vetted nor heard from, and no birthday guess"
+                            );
+                            // One attempt's budget per retry interval.
+                            let cfg = PathConfig::default();
+                            let rounds = 1 + (now - t0).as_secs() / cfg.birthday_retry.as_secs();
+                            let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
+                            assert!(guesses <= cfg.birthday_budget.saturating_mul(rounds));
+                        }
                         assert!(mode != PathMode::Relay, "relay mode pinged {a}");
                     }
                 }
@@ -139,12 +171,24 @@ fuzz_target!(|data: &[u8]| {
                 Action::Switch { to, .. } => {
                     if let Route::Direct(a) = to {
                         assert!(mode != PathMode::Relay);
-                        assert!(announced.contains(&a) || pinged_us.contains_key(&a));
+                        assert!(
+                            announced.contains(&a)
+                                || pinged_us.contains_key(&a)
+                                || (guesses > 0 && announced.iter().any(|b| b.ip() == a.ip()))
+                        );
                     } else {
                         assert!(mode != PathMode::Direct, "direct mode chose the relay");
                     }
                 }
-                Action::Nudge | Action::GiveUp { .. } => {}
+                Action::OpenSockets { to, count, .. } => {
+                    assert_eq!(mine, Mapping::Symmetric, "only the symmetric side opens sockets");
+                    assert!(count <= PathConfig::default().birthday_sockets);
+                    assert!(announced.contains(&to), "opened toward {to}, never vetted");
+                }
+                Action::SendNote { .. }
+                | Action::BirthdayEnded { .. }
+                | Action::Nudge
+                | Action::GiveUp { .. } => {}
             }
         }
         let strangers = pongs_to.keys().filter(|a| !announced.contains(a)).count();

@@ -358,8 +358,13 @@ impl Router {
 
     /// This peer's NAT mapping (from the server's check ports): every
     /// call's table hears of it, and new ones start with it.
+    /// An `Unknown` answer (a lost check, a server without the second
+    /// port) does not undo a known one.
     pub(crate) fn set_mapping(&self, mapping: Mapping) {
         let mut routes = self.lock();
+        if mapping == Mapping::Unknown || routes.mapping == mapping {
+            return;
+        }
         routes.mapping = mapping;
         let now = Instant::now();
         for e in routes.calls.values_mut() {

@@ -69,6 +69,8 @@ pub(crate) struct PathSocket {
     next_extra: AtomicU32,
     /// Whether a receive polls the extra sockets before the main one.
     extra_first: AtomicBool,
+    /// Whether any extra socket is open.
+    extra_open: AtomicBool,
     /// The receiver, woken when extra sockets open (their readiness is
     /// registered only once polled).
     extra_waker: Mutex<Option<std::task::Waker>>,
@@ -106,6 +108,7 @@ impl PathSocket {
             extra: Mutex::new(Vec::new()),
             next_extra: AtomicU32::new(1),
             extra_first: AtomicBool::new(false),
+            extra_open: AtomicBool::new(false),
             extra_waker: Mutex::new(None),
         }
     }
@@ -149,7 +152,11 @@ impl PathSocket {
                 }
             }
         }
-        lock(&self.extra).extend(opened);
+        {
+            let mut extra = lock(&self.extra);
+            extra.extend(opened);
+            self.extra_open.store(!extra.is_empty(), Ordering::Release);
+        }
         if let Some(w) = lock(&self.extra_waker).take() {
             w.wake();
         }
@@ -158,7 +165,9 @@ impl PathSocket {
 
     /// Closes these extra sockets.
     pub(crate) fn close_extra(&self, ids: &[u32]) {
-        lock(&self.extra).retain(|(id, _)| !ids.contains(id));
+        let mut extra = lock(&self.extra);
+        extra.retain(|(id, _)| !ids.contains(id));
+        self.extra_open.store(!extra.is_empty(), Ordering::Release);
     }
 
     fn extra_socket(&self, id: u32) -> Option<Arc<dyn AsyncUdpSocket>> {
@@ -209,19 +218,25 @@ impl PathSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<(usize, u32)> {
-        let socks: Vec<(u32, Arc<dyn AsyncUdpSocket>)> = lock(&self.extra).clone();
-        for (id, sock) in socks {
+        // Polling does not call back into this wrapper: the lock is held
+        // only for this loop.
+        for (id, sock) in lock(&self.extra).iter() {
             match sock.poll_recv(cx, bufs, meta) {
-                Poll::Ready(Ok(n)) => return Poll::Ready((n, id)),
+                Poll::Ready(Ok(n)) => return Poll::Ready((n, *id)),
                 Poll::Ready(Err(e)) => tracing::trace!(id, "extra socket: {e}"),
                 Poll::Pending => {}
             }
         }
+        Poll::Pending
+    }
+
+    /// Keeps the receiver's waker, for extra sockets that open while it
+    /// waits.
+    fn park_for_extra(&self, cx: &Context<'_>) {
         let mut waker = lock(&self.extra_waker);
         if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             *waker = Some(cx.waker().clone());
         }
-        Poll::Pending
     }
 
     /// Sends one transmit: into the tunnel if it goes to the tunnel's
@@ -413,7 +428,9 @@ impl PathSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<(usize, bool, Option<u32>)>> {
-        let extra_first = self.extra_first.fetch_xor(true, Ordering::Relaxed);
+        // No extra sockets (nearly always): no lock on the way.
+        let any = self.extra_open.load(Ordering::Acquire);
+        let extra_first = any && self.extra_first.fetch_xor(true, Ordering::Relaxed);
         if extra_first {
             if let Poll::Ready((n, id)) = self.poll_extra(cx, bufs, meta) {
                 return Poll::Ready(Ok((n, false, Some(id))));
@@ -422,11 +439,12 @@ impl PathSocket {
         if let Poll::Ready(r) = self.poll_sources(cx, bufs, meta) {
             return Poll::Ready(r.map(|(n, t)| (n, t, None)));
         }
-        if !extra_first {
+        if any && !extra_first {
             if let Poll::Ready((n, id)) = self.poll_extra(cx, bufs, meta) {
                 return Poll::Ready(Ok((n, false, Some(id))));
             }
         }
+        self.park_for_extra(cx);
         Poll::Pending
     }
 }

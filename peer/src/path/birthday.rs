@@ -120,7 +120,8 @@ pub(super) struct Birthday {
     /// The round whose attempt was made or skipped.
     done_round: u8,
     attempt: Option<Attempt>,
-    /// When the next round starts (after a failed attempt).
+    /// When the next round may start (after an attempt, failed or not: a
+    /// call that falls back to the relay later tries again).
     retry_at: Option<Instant>,
     /// The last attempt's numbers.
     pub(super) last: Option<BirthdayStats>,
@@ -161,7 +162,11 @@ impl PathTable {
     pub fn note_received(&mut self, now: Instant, note: &Note) {
         let running = self.birthday.attempt.is_some();
         let b = &mut self.birthday;
-        if note.round > b.round && !running {
+        // A new round from the other side only when ours may start too:
+        // notes cannot make this side attempt more often than its retry
+        // interval allows.
+        let may_start = b.retry_at.is_none_or(|t| t <= now);
+        if note.round > b.round && !running && may_start {
             b.round = note.round;
             b.theirs = None;
             b.they_heard = false;
@@ -429,9 +434,7 @@ impl PathTable {
             direct,
         };
         self.birthday.last = Some(stats);
-        if !direct {
-            self.birthday.retry_at = Some(now + self.cfg.birthday_retry);
-        }
+        self.birthday.retry_at = Some(now + self.cfg.birthday_retry);
         self.actions.push_back(Action::BirthdayEnded { stats });
     }
 }
