@@ -82,10 +82,14 @@ fn a_symmetric_and_a_cone_nat_move_from_the_relay_to_direct() {
     for (caller_nat, callee_nat) in [(Nat::Symmetric, Nat::Cone), (Nat::Cone, Nat::Symmetric)] {
         let callee = lab.site(callee_nat, 1);
         let caller = lab.site(caller_nat, 1);
-        let (mut listener, _reg) = lab.listen("alice", &callee.hosts[0], &[]);
         let mut times = vec![];
         for t in 0..TRIES {
+            // A fresh listener (a fresh socket) per try: the pinholes an
+            // attempt's guesses leave in the cone's NAT (for its UDP
+            // timeout) could let the next try's mappings in without one.
+            let (mut listener, _reg) = lab.listen("alice", &callee.hosts[0], &[]);
             times.push(one_try(&lab, &caller, t));
+            listener.kill();
         }
         let moved: Vec<Duration> = times.iter().flatten().copied().collect();
         println!(
@@ -97,13 +101,11 @@ fn a_symmetric_and_a_cone_nat_move_from_the_relay_to_direct() {
         );
         assert!(
             moved.len() >= MUST_MOVE,
-            "{} → {}: only {}/{TRIES} moved in time: {times:?}\n{}",
+            "{} → {}: only {}/{TRIES} moved in time: {times:?}",
             caller_nat.as_str(),
             callee_nat.as_str(),
             moved.len(),
-            listener.log()
         );
-        listener.kill();
     }
 }
 

@@ -4,9 +4,11 @@
 //! the same run — RTT(A,S) + RTT(S,B) + RTT(A,B) — and median ÷ floor
 //! (goal ≤ 1.2; relayed pairs: 2 × (RTT(A,S) + RTT(S,B))), then path
 //! switches in one ping session ([`switches`]), then fresh `peer call`
-//! processes as a user runs them ([`fresh`]). Prints markdown tables.
+//! processes as a user runs them ([`fresh`]), then birthday attempts
+//! between a symmetric NAT and a cone ([`birthday`]). Prints markdown
+//! tables.
 //!
-//! `cargo run --release -p tests --bin lab-bench [-- --calls N] [--fresh-only]`, as root
+//! `cargo run --release -p tests --bin lab-bench [-- --calls N] [--fresh-only | --birthday-only]`, as root
 //! (see `tests/LAB.md`). Not a test: it prints why and exits 1 when the
 //! machine cannot run the lab.
 
@@ -23,6 +25,8 @@ use std::time::Duration;
 
 use tests::lab::{Host, Lab, Nat};
 
+#[path = "lab-bench/birthday.rs"]
+mod birthday;
 #[path = "lab-bench/fresh.rs"]
 mod fresh;
 #[path = "lab-bench/switches.rs"]
@@ -175,6 +179,19 @@ fn main() -> ExitCode {
     ];
     // `--fresh-only`: just the fresh-call table (a quicker run).
     let fresh_only = std::env::args().any(|a| a == "--fresh-only");
+    // `--birthday-only`: just the birthday table.
+    let birthday_only = std::env::args().any(|a| a == "--birthday-only");
+    if birthday_only {
+        let Some(mut lab) = Lab::new("lab-bench") else {
+            return ExitCode::FAILURE;
+        };
+        lab.with_delay(Duration::from_millis(20));
+        lab.start_server();
+        eprintln!("lab-bench: birthday attempts, {calls} each way");
+        let rows = birthday::measure(&mut lab, calls);
+        birthday::print(&rows);
+        return ExitCode::SUCCESS;
+    }
     let topologies = if fresh_only {
         &topologies[..0]
     } else {
@@ -210,11 +227,21 @@ fn main() -> ExitCode {
     eprintln!("lab-bench: fresh calls, {calls} of each kind");
     let fresh = fresh::measure(&mut lab, calls);
     drop(lab);
+    let birthdays = (!fresh_only).then(|| {
+        let mut lab = Lab::new("lab-bench")?;
+        lab.with_delay(Duration::from_millis(20));
+        lab.start_server();
+        eprintln!("lab-bench: birthday attempts, {calls} each way");
+        Some(birthday::measure(&mut lab, calls))
+    });
     if let Some(switches) = switches {
         print_table(&rows);
         switches::print(&switches);
     }
     fresh::print(&fresh);
+    if let Some(Some(rows)) = birthdays {
+        birthday::print(&rows);
+    }
     ExitCode::SUCCESS
 }
 
