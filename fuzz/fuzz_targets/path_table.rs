@@ -120,7 +120,8 @@ fuzz_target!(|data: &[u8]| {
                 table.pong_received(now, from, &pong);
             }
             3 => {
-                let mapping = [Mapping::Unknown, Mapping::Cone, Mapping::Symmetric][usize::from(y) % 3];
+                let mapping =
+                    [Mapping::Unknown, Mapping::Cone, Mapping::Symmetric][usize::from(y) % 3];
                 symmetric_note |= mapping == Mapping::Symmetric;
                 table.note_received(
                     now,
@@ -181,7 +182,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Action::OpenSockets { to, count, .. } => {
-                    assert_eq!(mine, Mapping::Symmetric, "only the symmetric side opens sockets");
+                    assert_eq!(
+                        mine,
+                        Mapping::Symmetric,
+                        "only the symmetric side opens sockets"
+                    );
                     assert!(count <= PathConfig::default().birthday_sockets);
                     assert!(announced.contains(&to), "opened toward {to}, never vetted");
                 }
