@@ -354,12 +354,18 @@ impl ProbeKeys {
     /// exported key drops the server's for good (and from then on this
     /// side seals with the exported one too).
     pub fn open(&mut self, bytes: &[u8]) -> Result<Probe, ProbeError> {
+        self.open_keyed(bytes).map(|(p, _)| p)
+    }
+
+    /// [`ProbeKeys::open`], and whether the probe was under the exported
+    /// key (a [`Note`] counts only then: the server never has that key).
+    pub fn open_keyed(&mut self, bytes: &[u8]) -> Result<(Probe, bool), ProbeError> {
         if let Some(exported) = &self.exported {
             match Probe::decode(bytes, exported) {
                 Ok(p) => {
                     self.server_accepted = false;
                     self.seal_exported = true;
-                    return Ok(p);
+                    return Ok((p, true));
                 }
                 Err(ProbeError::BadMac) => {}
                 Err(e) => return Err(e),
@@ -368,7 +374,12 @@ impl ProbeKeys {
         if !self.server_accepted {
             return Err(ProbeError::BadMac);
         }
-        Probe::decode(bytes, &self.server)
+        Probe::decode(bytes, &self.server).map(|p| (p, false))
+    }
+
+    /// Whether outgoing probes are sealed with the exported key now.
+    pub fn seals_exported(&self) -> bool {
+        self.exported.is_some() && self.seal_exported
     }
 }
 

@@ -103,9 +103,9 @@ struct Entry {
     /// Its connection ended: its routes serve the closing packets only,
     /// and its addresses are free for a new call.
     closing: bool,
-    /// Remote addresses last heard (a valid probe) on one of the call's
-    /// extra sockets: packets to them leave from that socket.
-    via: HashMap<SocketAddr, u32>,
+    /// The socket each of the call's direct paths was first heard on (a
+    /// fresh valid probe): packets to it leave from there.
+    via: HashMap<SocketAddr, Via>,
     /// Pings that came in on an extra socket, by transaction id: their
     /// pongs leave from it (newest last, at most [`PONG_VIA`]).
     pong_via: std::collections::VecDeque<(TxId, u32)>,
@@ -113,6 +113,24 @@ struct Entry {
 
 /// Pings on extra sockets remembered for their pongs.
 const PONG_VIA: usize = 64;
+
+/// Which socket a direct path's packets leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The peer's one main socket.
+    Main,
+    /// A birthday attempt's extra socket.
+    Extra(u32),
+}
+
+impl Via {
+    fn extra(self) -> Option<u32> {
+        match self {
+            Self::Main => None,
+            Self::Extra(id) => Some(id),
+        }
+    }
+}
 
 /// How long after the handshake the server's per-call probe key is still
 /// accepted (the two sides finish it about half a round trip apart).
@@ -398,7 +416,7 @@ impl Router {
             .calls
             .get(&virtual_addr)
             .and_then(|e| match e.table.chosen() {
-                Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).copied(),
+                Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).and_then(|v| v.extra()),
                 _ => None,
             });
         let closing: Vec<u32> = routes
@@ -411,7 +429,8 @@ impl Router {
             routes.extra.remove(id);
         }
         if let Some(e) = routes.calls.get_mut(&virtual_addr) {
-            e.via.retain(|_, id| !closing.contains(id));
+            e.via
+                .retain(|_, v| v.extra().is_none_or(|id| !closing.contains(&id)));
             e.pong_via.retain(|(_, id)| !closing.contains(id));
         }
         closing
@@ -487,7 +506,7 @@ impl Router {
             Route::Direct(addr) => {
                 let via = match probe.1 {
                     Probe::Pong(p) => e.pong_via.iter().find(|(tx, _)| *tx == p.tx).map(|v| v.1),
-                    _ => e.via.get(&addr).copied(),
+                    _ => e.via.get(&addr).and_then(|v| v.extra()),
                 };
                 let mut out = Outgoing::new(addr, &bytes);
                 out.via = via;
@@ -543,8 +562,8 @@ impl Router {
         let mut via = None;
         match (e.table.chosen(), e.connected, e.last_in) {
             (Some(r), ..) => {
-                if let Route::Direct(a) = r {
-                    via = e.via.get(&a).copied();
+                if let (Route::Direct(a), false) = (r, e.via.is_empty()) {
+                    via = e.via.get(&a).and_then(|v| v.extra());
                 }
                 add(r)
             }
@@ -754,17 +773,27 @@ impl RelayLink {
 }
 
 impl Entry {
-    /// A valid probe from `addr` came in on `local` (`None`: the main
-    /// socket): `addr` is sent from that socket now, and a ping's pong
-    /// leaves from it.
-    fn heard_on(&mut self, addr: SocketAddr, probe: &Probe, local: Option<u32>) {
-        match local {
-            Some(id) => {
-                self.via.insert(addr, id);
-            }
-            None => {
-                self.via.remove(&addr);
-            }
+    /// A fresh valid probe from `addr`, a path of the call, came in on
+    /// `local` (`None`: the main socket): a ping's pong leaves from that
+    /// socket, and if `addr` has no socket yet (or its socket closed), it
+    /// is sent from this one from now on. The first socket keeps it: a
+    /// second guess that hits another mapping does not move the call off
+    /// the one the other side chose.
+    fn heard_on(
+        &mut self,
+        addr: SocketAddr,
+        probe: &Probe,
+        local: Option<u32>,
+        open: &HashMap<u32, SocketAddr>,
+    ) {
+        let held = match self.via.get(&addr) {
+            Some(Via::Extra(id)) => open.contains_key(id),
+            Some(Via::Main) => true,
+            None => false,
+        };
+        if !held {
+            let via = local.map_or(Via::Main, Via::Extra);
+            self.via.insert(addr, via);
         }
         if let (Probe::Ping(p), Some(id)) = (probe, local) {
             if self.pong_via.len() >= PONG_VIA {
@@ -940,20 +969,34 @@ impl Routes {
         {
             e.keys.forget_server_key();
         }
-        let probe = match e.keys.open(bytes) {
+        let (probe, exported) = match e.keys.open_keyed(bytes) {
             Ok(p) => p,
             Err(err) => {
                 trace!(?from, "dropping a probe: {err}");
                 return;
             }
         };
-        if let Route::Direct(addr) = from {
-            e.heard_on(addr, &probe, local);
+        if e.keys.seals_exported() {
+            e.table.notes_ready();
         }
-        match probe {
+        let taken = match probe {
             Probe::Ping(p) => e.table.ping_received(now, from, &p),
             Probe::Pong(p) => e.table.pong_received(now, from, &p),
-            Probe::Note(n) => e.table.note_received(now, &n),
+            // Only under the key the server never had.
+            Probe::Note(n) if exported => {
+                e.table.note_received(now, &n);
+                false
+            }
+            Probe::Note(_) => {
+                trace!(?from, "dropping a note under the server's key");
+                false
+            }
+        };
+        if let (true, Route::Direct(addr)) = (taken, from) {
+            if local.is_some() {
+                e.table.birthday_heard(now);
+            }
+            e.heard_on(addr, &probe, local, &self.extra);
         }
         e.wake.notify_one();
         if matches!(from, Route::Direct(_)) {

@@ -323,12 +323,13 @@ fn spraying() -> (Router, SocketAddr, Instant, Vec<Outgoing>) {
     r.set_mapping(Mapping::Cone);
     let now = Instant::now();
     let (v, _) = r.register(spec(), PathConfig::default(), now);
-    let key = ProbeKey::new(&[5; 32]);
     let relay_ping = drain_sends(&r, v, now)
         .into_iter()
         .find(|o| o.to == a(SERVER))
         .expect("a ping to the relay");
-    let Ok(Probe::Ping(ping)) = Probe::decode(&relay_ping.bytes()[HEADER_LEN..], &key) else {
+    let server_key = ProbeKey::new(&[5; 32]);
+    let Ok(Probe::Ping(ping)) = Probe::decode(&relay_ping.bytes()[HEADER_LEN..], &server_key)
+    else {
         panic!("not a ping");
     };
     let pong = Probe::Pong(common::probe::Pong {
@@ -337,7 +338,7 @@ fn spraying() -> (Router, SocketAddr, Instant, Vec<Outgoing>) {
         observed: None,
         nonce: [3; 8],
     });
-    let framed = frame_from(Party::Callee, 9, &pong.encode(&key));
+    let framed = frame_from(Party::Callee, 9, &pong.encode(&server_key));
     assert_eq!(r.recv(now, a(SERVER), &framed), Inbound::Consumed);
     let later = now + std::time::Duration::from_millis(200);
     drain_sends(&r, v, later);
@@ -353,7 +354,23 @@ fn spraying() -> (Router, SocketAddr, Instant, Vec<Outgoing>) {
         round: 1,
         heard: true,
     });
+    // A note under the server's per-call key (a lying server's, while
+    // that key is still good for pings) starts nothing.
+    let forged = frame_from(Party::Callee, 9, &note.encode(&server_key));
+    assert_eq!(r.recv(later, a(SERVER), &forged), Inbound::Consumed);
+    let soon = later + std::time::Duration::from_millis(50);
+    assert!(
+        drain_sends(&r, v, soon)
+            .iter()
+            .all(|o| o.to.ip() != a(CALLEE).ip() || o.to == a(CALLEE)),
+        "no guess on a note under the server's key"
+    );
+    // The peer connection is up and the other side's probes come under
+    // the exported key: its note counts.
+    r.connected(v, [7; 32], soon);
+    let key = ProbeKey::new(&[7; 32]);
     let framed = frame_from(Party::Callee, 9, &note.encode(&key));
+    let later = soon;
     assert_eq!(r.recv(later, a(SERVER), &framed), Inbound::Consumed);
     let soon = later + std::time::Duration::from_millis(50);
     let guesses: Vec<Outgoing> = drain_sends(&r, v, soon)
@@ -371,7 +388,7 @@ fn a_birthday_guess_is_validated_only_by_its_own_pong_under_the_call_key() {
         "~1,000 a second for 50 ms: {}",
         guesses.len()
     );
-    let key = ProbeKey::new(&[5; 32]);
+    let key = ProbeKey::new(&[7; 32]);
     let hit = &guesses[0];
     let Ok(Probe::Ping(ping)) = Probe::decode(hit.bytes(), &key) else {
         panic!("a guess is a ping");
@@ -443,6 +460,39 @@ fn an_extra_socket_takes_only_its_calls_packets_and_answers_from_itself() {
         .collect();
     assert_eq!(pongs.len(), 1);
     assert_eq!((pongs[0].to, pongs[0].via), (a(CALLEE), Some(7)));
+    // The triggered ping back (and what follows to that address) leaves
+    // from it too; a later probe on another socket does not move it.
+    let ping2 = Probe::Ping(Ping {
+        call_id: 42,
+        tx: [3; 8],
+        nonce: [0; 8],
+    });
+    r.add_extra(v, &[9]);
+    assert_eq!(
+        r.recv_extra(now, 9, a(CALLEE), &ping2.encode(&key)),
+        Inbound::Consumed
+    );
+    let sent = drain_sends(&r, v, now);
+    let pings: Vec<&Outgoing> = sent
+        .iter()
+        .filter(|o| o.bytes()[0] == common::probe::PING && o.to == a(CALLEE))
+        .collect();
+    assert!(!pings.is_empty(), "{sent:?}");
+    assert!(pings.iter().all(|o| o.via == Some(7)), "{pings:?}");
+    let pong2 = sent
+        .iter()
+        .find(|o| o.bytes()[0] == common::probe::PONG)
+        .expect("the second ping's pong");
+    assert_eq!(pong2.via, Some(9), "a pong leaves where its ping came in");
+    // A replayed ping on yet another socket moves nothing either.
+    r.add_extra(v, &[10]);
+    assert_eq!(
+        r.recv_extra(now, 10, a(CALLEE), &ping2.encode(&key)),
+        Inbound::Consumed
+    );
+    assert!(drain_sends(&r, v, now).iter().all(|o| o.via != Some(10)));
+    r.drop_extra(v, false);
+    r.add_extra(v, &[7]);
     // QUIC from a stranger on it is dropped; the call's peer's passes.
     assert_eq!(
         r.recv_extra(now, 7, a("203.0.113.5:1"), &quic(0x40)),

@@ -78,7 +78,7 @@ pub(crate) struct PathSocket {
 
 /// Most extra sockets open at once, all calls together (each is a file
 /// descriptor and a NAT mapping).
-pub const MAX_EXTRA: usize = 1024;
+pub const MAX_EXTRA: usize = 512;
 
 /// A datagram split out of a mixed receive batch, handed out later.
 struct Held {
@@ -157,8 +157,10 @@ impl PathSocket {
             extra.extend(opened);
             self.extra_open.store(!extra.is_empty(), Ordering::Release);
         }
-        if let Some(w) = lock(&self.extra_waker).take() {
-            w.wake();
+        // Woken, not taken: a receiver parked before the next opening
+        // must hear of that one too.
+        if let Some(w) = lock(&self.extra_waker).as_ref() {
+            w.wake_by_ref();
         }
         ids
     }
@@ -490,7 +492,13 @@ impl AsyncUdpSocket for PathSocket {
                 ..transmit.clone()
             };
             let out = match &via {
-                Some(sock) => sock.try_send(&direct),
+                // quinn waits for the main socket to be writable, not this
+                // one: a full buffer here is a drop (QUIC recovers), not
+                // "would block" (quinn would retry at once, in a loop).
+                Some(sock) => match sock.try_send(&direct) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    other => other,
+                },
                 None => self.out(&direct),
             };
             match out {

@@ -134,6 +134,7 @@ impl Side {
     pub fn symmetric(mut self) -> Self {
         self.nat = Some(SymmetricNat::default());
         self.table.set_mapping(self.starts, Mapping::Symmetric);
+        self.table.notes_ready();
         self
     }
 
@@ -141,6 +142,7 @@ impl Side {
     pub fn restricted_cone(mut self) -> Self {
         self.restricted = true;
         self.table.set_mapping(self.starts, Mapping::Cone);
+        self.table.notes_ready();
         self
     }
 
@@ -236,8 +238,12 @@ impl Pair {
                 continue;
             }
             match p.probe {
-                Probe::Ping(ping) => side.table.ping_received(now, p.from, &ping),
-                Probe::Pong(pong) => side.table.pong_received(now, p.from, &pong),
+                Probe::Ping(ping) => {
+                    side.table.ping_received(now, p.from, &ping);
+                }
+                Probe::Pong(pong) => {
+                    side.table.pong_received(now, p.from, &pong);
+                }
                 Probe::Note(note) => side.table.note_received(now, &note),
             }
         }

@@ -47,7 +47,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::probe::{Mapping, Note, Ping, Pong, TxId};
-use rand::seq::SliceRandom;
 
 use super::candidate::Origin;
 use super::{Action, PathMode, PathState, PathTable, Route, SwitchReason};
@@ -88,6 +87,20 @@ impl Role {
     }
 }
 
+impl Birthday {
+    /// Round `round` begins: nothing heard of it yet, notes from now.
+    fn new_round(&mut self, round: u8, now: Instant) {
+        self.round = round;
+        self.theirs = None;
+        self.they_heard = false;
+        self.notes_sent = 0;
+        self.answers_sent = 0;
+        self.answer_due = false;
+        self.retry_at = None;
+        self.next_note = Some(now);
+    }
+}
+
 /// What one attempt cost and what came of it (in `path_changed` and the
 /// `birthday` event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +128,18 @@ pub(super) struct Birthday {
     theirs: Option<Mapping>,
     /// Whether the other side said it has our note of this round.
     they_heard: bool,
+    /// Notes sent of our own this round, and answers to theirs.
     notes_sent: u32,
+    answers_sent: u32,
     next_note: Option<Instant>,
+    /// A note of theirs wants an answer (it did not say it heard ours, or
+    /// it was their first): sent even when our own notes ran out.
+    answer_due: bool,
+    /// Whether notes may go out: they are sealed with the key exported
+    /// from the peer connection, which the server never sees (a note under
+    /// the server's per-call key is refused, so a lying server cannot
+    /// start an attempt toward an IP of its choosing).
+    notes_ready: bool,
     /// The round whose attempt was made or skipped.
     done_round: u8,
     attempt: Option<Attempt>,
@@ -158,7 +181,14 @@ impl PathTable {
         }
     }
 
-    /// A valid note arrived (over any path).
+    /// Notes may go out from now on: this side seals its probes with the
+    /// key exported from the peer connection (the router says when).
+    pub fn notes_ready(&mut self) {
+        self.birthday.notes_ready = true;
+    }
+
+    /// A valid note arrived (over any path), under the key exported from
+    /// the peer connection (the router refuses one under the server's).
     pub fn note_received(&mut self, now: Instant, note: &Note) {
         let running = self.birthday.attempt.is_some();
         let b = &mut self.birthday;
@@ -167,24 +197,31 @@ impl PathTable {
         // interval allows.
         let may_start = b.retry_at.is_none_or(|t| t <= now);
         if note.round > b.round && !running && may_start {
-            b.round = note.round;
-            b.theirs = None;
-            b.they_heard = false;
-            b.notes_sent = 0;
-            b.retry_at = None;
+            b.new_round(note.round, now);
         }
         if note.round == b.round {
             let new = b.theirs.is_none();
             b.theirs = Some(note.mapping);
             b.they_heard |= note.heard;
-            if (new || !note.heard) && b.mine != Mapping::Unknown {
-                b.next_note = Some(now);
+            if new || !note.heard {
+                b.answer_due = true;
             }
-        } else if note.round < b.round && b.mine != Mapping::Unknown {
+        } else if note.round < b.round {
             // It missed our round: tell it again.
-            b.next_note = Some(now);
+            b.answer_due = true;
         }
         self.maybe_start(now);
+    }
+
+    /// A valid probe came in on one of the hard side's extra sockets: a
+    /// guess hit, and the attempt lasts at least until the path it opened
+    /// could validate.
+    pub fn birthday_heard(&mut self, now: Instant) {
+        if let Some(a) = self.birthday.attempt.as_mut() {
+            if a.role == Role::Open {
+                a.deadline = a.deadline.max(now + OPEN_SLACK);
+            }
+        }
     }
 
     /// The last birthday attempt's numbers, if one was made.
@@ -224,8 +261,17 @@ impl PathTable {
                 .min(a.deadline),
             _ => a.deadline,
         });
-        let retry = b.retry_at.filter(|_| b.attempt.is_none());
-        note.into_iter().chain(attempt).chain(retry).min()
+        // An answer is due at once (the start is in the past).
+        let answer =
+            (b.answer_due && b.answers_sent < MAX_NOTES && self.may_note()).then_some(self.start);
+        // A retry only matters while on the relay (a direct call's past
+        // retry time must not wake the task again and again).
+        let retry = b.retry_at.filter(|_| b.attempt.is_none() && self.relayed());
+        note.into_iter()
+            .chain(answer)
+            .chain(attempt)
+            .chain(retry)
+            .min()
     }
 
     /// A pong from `from` answering one of our guessed pings: the path is
@@ -285,24 +331,44 @@ impl PathTable {
         }
     }
 
-    fn notes_wanted(&self) -> bool {
+    /// Whether a note may go out at all: our mapping known, a round
+    /// begun, the exported key in use, on the relay (or attempting).
+    fn may_note(&self) -> bool {
         let b = &self.birthday;
-        let settled = b.theirs.is_some() && b.they_heard;
         b.mine != Mapping::Unknown
             && b.round > 0
-            && !settled
-            && b.notes_sent < MAX_NOTES
+            && b.notes_ready
             && (self.relayed() || b.attempt.is_some())
     }
 
+    /// Whether a note of our own is wanted: until both sides know of
+    /// each other's, at most [`MAX_NOTES`] a round.
+    fn notes_wanted(&self) -> bool {
+        let b = &self.birthday;
+        let settled = b.theirs.is_some() && b.they_heard;
+        self.may_note() && !settled && b.notes_sent < MAX_NOTES
+    }
+
     fn due_note(&mut self, now: Instant) -> Option<Note> {
-        if !self.notes_wanted() || self.birthday.next_note.is_none_or(|t| t > now) {
+        let answer =
+            self.birthday.answer_due && self.birthday.answers_sent < MAX_NOTES && self.may_note();
+        let own = self.notes_wanted() && self.birthday.next_note.is_some_and(|t| t <= now);
+        if !answer && !own {
             return None;
         }
         let tx = self.fresh_nonce();
         let b = &mut self.birthday;
-        b.notes_sent += 1;
-        b.next_note = Some(now + NOTE_INTERVAL);
+        if answer {
+            b.answer_due = false;
+            b.answers_sent += 1;
+        } else {
+            b.notes_sent += 1;
+            b.next_note = Some(now + NOTE_INTERVAL);
+            if b.notes_sent >= MAX_NOTES && b.theirs.is_none() {
+                // Nobody answered this round: another one later.
+                b.retry_at = Some(now + self.cfg.birthday_retry);
+            }
+        }
         Some(Note {
             call_id: self.call_id,
             tx,
@@ -326,13 +392,9 @@ impl PathTable {
         let b = &mut self.birthday;
         let first = b.round == 0 && b.mine != Mapping::Unknown;
         let retry = b.attempt.is_none() && b.retry_at.is_some_and(|t| t <= now);
-        if relayed && (first || retry) {
-            b.round = b.round.wrapping_add(1).max(1);
-            b.theirs = None;
-            b.they_heard = false;
-            b.notes_sent = 0;
-            b.retry_at = None;
-            b.next_note = Some(now);
+        if relayed && (first || retry) && b.round < u8::MAX {
+            // (After 255 rounds, a day of failed attempts, no more.)
+            b.new_round(b.round + 1, now);
         }
         self.maybe_start(now);
     }
@@ -342,6 +404,11 @@ impl PathTable {
     fn maybe_start(&mut self, now: Instant) {
         let b = &self.birthday;
         let Some(theirs) = b.theirs else { return };
+        // Our own mapping not known yet: wait for it (the round is not
+        // given up; `set_mapping` may come in a moment).
+        if b.mine == Mapping::Unknown {
+            return;
+        }
         if b.attempt.is_some() || b.done_round == b.round || b.round == 0 || !self.relayed() {
             return;
         }
@@ -389,9 +456,17 @@ impl PathTable {
             }
             Role::Spray => {
                 attempt.deadline += SPRAY_SLACK;
-                let mut ports: Vec<u16> = PORTS.filter(|p| *p != target.port()).collect();
-                ports.shuffle(&mut self.rng);
-                ports.truncate(self.cfg.birthday_budget as usize);
+                // Distinct random ports, the one the server saw left out
+                // (it is the hard side's mapping toward the server).
+                let span = usize::from(PORTS.end() - PORTS.start()) + 1;
+                let want = (self.cfg.birthday_budget as usize + 1).min(span);
+                let ports: Vec<u16> = rand::seq::index::sample(&mut self.rng, span, want)
+                    .into_iter()
+                    .filter_map(|i| u16::try_from(i).ok())
+                    .map(|i| PORTS.start() + i)
+                    .filter(|p| *p != target.port())
+                    .take(self.cfg.birthday_budget as usize)
+                    .collect();
                 attempt.ip = Some(target.ip());
                 attempt.ports = ports;
             }
@@ -402,14 +477,15 @@ impl PathTable {
     /// The next guessed ping, when one is due.
     fn spray(&mut self, now: Instant) -> Option<Action> {
         let per = per_probe(self.cfg.birthday_rate);
-        let tx = self.fresh_nonce();
-        let a = self.birthday.attempt.as_mut()?;
+        let a = self.birthday.attempt.as_ref()?;
         let ip = a.ip?;
         let port = *a.ports.get(a.sent as usize)?;
         let due = a.started.checked_add(per * a.sent).unwrap_or(a.deadline);
         if due > now {
             return None;
         }
+        let tx = self.fresh_nonce();
+        let a = self.birthday.attempt.as_mut()?;
         a.sent += 1;
         a.inflight.insert(tx, (port, now));
         Some(Action::SendPing {

@@ -100,11 +100,12 @@ impl PathTable {
 
     /// A valid ping (its MAC checked) arrived from `from`. Answers it with
     /// one pong (paced); an unknown vetted address becomes a peer-reflexive
-    /// candidate; an echo of our nonce proves a peer-reflexive one.
-    pub fn ping_received(&mut self, now: Instant, from: Route, ping: &Ping) {
+    /// candidate; an echo of our nonce proves a peer-reflexive one. Returns
+    /// whether it was taken (not a replay, from a path the table keeps).
+    pub fn ping_received(&mut self, now: Instant, from: Route, ping: &Ping) -> bool {
         let from = canon(from);
         if self.seen_tx.contains(&ping.tx) {
-            return;
+            return false;
         }
         if self.seen_tx.len() >= SEEN_TX {
             self.seen_tx.pop_front();
@@ -114,13 +115,13 @@ impl PathTable {
             Some(i) => i,
             None => match self.reflexive(from, now) {
                 Some(i) => i,
-                None => return,
+                None => return false,
             },
         };
         self.paths[idx].nonce_echoed(&ping.nonce, now);
         self.paths[idx].triggered(now);
         if self.pongs.len() >= self.cfg.max_queued_pongs {
-            return;
+            return true;
         }
         let pong = Pong {
             call_id: self.call_id,
@@ -132,19 +133,22 @@ impl PathTable {
             nonce: self.paths[idx].challenge,
         };
         self.pongs.push_back((from, pong));
+        true
     }
 
     /// A valid pong arrived from `from`. If it answers a ping we sent
     /// there, the path is validated with the RTT measured here, and the
-    /// choice is made again.
-    pub fn pong_received(&mut self, now: Instant, from: Route, pong: &Pong) {
+    /// choice is made again. Returns whether it answered one.
+    pub fn pong_received(&mut self, now: Instant, from: Route, pong: &Pong) -> bool {
         let from = canon(from);
         if self.birthday_pong(now, from, pong) {
-            return;
+            return true;
         }
-        let Some(idx) = self.find(from) else { return };
+        let Some(idx) = self.find(from) else {
+            return false;
+        };
         if self.paths[idx].pong(&pong.tx, pong.nonce, now).is_none() {
-            return;
+            return false;
         }
         if let (Route::Direct(_), Some(addr)) = (from, pong.observed) {
             self.observed = Some(addr);
@@ -153,6 +157,7 @@ impl PathTable {
             self.relay_validated_at = Some(now);
         }
         self.choose(now);
+        true
     }
 
     /// The next thing to do at `now`, if any; call until `None`, then sleep
