@@ -187,3 +187,65 @@ fn with_the_mappings_unreachable_the_attempt_stops_at_its_budget_and_retries_onl
     assert_eq!(p.sides[h].opened.len(), 2, "retried after the interval");
     assert!(on_relay(&p));
 }
+
+#[test]
+fn a_call_that_went_direct_sleeps_past_the_retry_time() {
+    let cfg = PathConfig {
+        birthday_retry: Duration::from_secs(5),
+        ..PathConfig::default()
+    };
+    let (mut p, _) = pair(true, cfg);
+    assert!(p.run_until(Duration::from_secs(5), both_direct));
+    p.run(Duration::from_secs(10));
+    let now = p.now;
+    for s in &mut p.sides {
+        while s.table.poll(now).is_some() {}
+        let next = s.table.next_deadline();
+        assert!(
+            next.is_some_and(|t| t > now),
+            "a deadline in the past would wake the call's task in a loop: {:?}",
+            next.map(|t| t.checked_duration_since(now))
+        );
+    }
+}
+
+#[test]
+fn a_side_that_learns_its_mapping_late_still_makes_the_attempt_with_the_other() {
+    let t0 = Instant::now();
+    let hard = Side::new(
+        params(PathMode::Auto, vec![a(EASY)]),
+        a(HARD_FRESH),
+        a(HARD_FRESH),
+        t0,
+        1,
+    )
+    .symmetric();
+    let mut easy = Side::new(
+        params(PathMode::Auto, vec![a(HARD_AT_SERVER)]),
+        a(EASY),
+        a(EASY),
+        t0,
+        2,
+    );
+    easy.restricted = true;
+    easy.table.notes_ready();
+    let mut p = Pair::new(hard, easy, Net::default(), t0);
+    // The hard side's notes come while the easy side does not know its
+    // NAT yet (its mapping checks are still out).
+    p.run(Duration::from_millis(1500));
+    assert!(on_relay(&p));
+    let now = p.now;
+    p.sides[1]
+        .table
+        .set_mapping(now, common::probe::Mapping::Cone);
+    assert!(
+        p.run_until(Duration::from_secs(4), both_direct),
+        "{:?}",
+        p.sides.iter().map(|s| &s.switches).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        p.sides[0].opened,
+        vec![256],
+        "one attempt, both sides in it"
+    );
+}

@@ -133,8 +133,21 @@ fn two_symmetric_nats_make_no_attempt_and_stay_on_the_relay() {
     lab.start_server();
     let callee = lab.site(Nat::Symmetric, 1);
     let caller = lab.site(Nat::Symmetric, 1);
-    let (listener, _reg) = lab.listen("alice", &callee.hosts[0], &[]);
-    let mut ping = lab.ping("bob", &caller.hosts[0], "alice", 15, &[]);
+    // With the mapping checks' verdicts in the logs: both sides must know
+    // they are symmetric (an unknown side makes no attempt either, which
+    // would pass for the wrong reason).
+    let traced = |who: &str, host, args: &[&str]| {
+        let mut cmd = lab.home(who, host).cmd(Some(who), args);
+        cmd.env("RUST_LOG", "peer::mapping=debug");
+        tests::proc::Proc::spawn(who, cmd)
+    };
+    let mut listener = traced("alice", &callee.hosts[0], &["listen", "--echo"]);
+    listener.wait_for(T, "registered");
+    let mut ping = traced(
+        "bob",
+        &caller.hosts[0],
+        &["ping", "alice", "-c", "15", "-i", "0.2"],
+    );
     let mut watch = Watch::new(&mut ping);
     let connected = watch.expect(T, |e| e["event"] == "connected");
     assert_eq!(connected["path"], "relay");
@@ -150,6 +163,12 @@ fn two_symmetric_nats_make_no_attempt_and_stay_on_the_relay() {
         caller_sockets < 16 && callee_sockets < 16,
         "no extra sockets: caller {caller_sockets}, callee {callee_sockets}"
     );
+    for (who, log) in [("caller", watch.proc.log()), ("callee", listener.log())] {
+        assert!(
+            log.contains("mapping=\"symmetric\""),
+            "the {who} knew it was symmetric:\n{log}"
+        );
+    }
 }
 
 /// Symmetric caller ↔ cone callee with the direct path cut: the attempt
