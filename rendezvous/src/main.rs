@@ -300,8 +300,11 @@ fn run(cli: Cli, store: StoreChoice) -> anyhow::Result<()> {
         println!("{}", identity.fingerprint());
         return Ok(());
     }
+    // Colours only for a person at a terminal: logs piped to a file or
+    // journald stay plain text.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
