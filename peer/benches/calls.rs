@@ -30,6 +30,7 @@
 //! ```text
 //! cargo bench -p peer --bench calls            # 100 calls, 3 × 256 MiB per side
 //! cargo bench -p peer --bench calls -- --quick # 20 calls, 1 × 64 MiB (or BENCH_QUICK=1)
+//! cargo bench -p peer --bench calls -- --forward-only [--quick]  # the CLI pipe and forwarding alone
 //! ```
 //!
 //! The CLI part builds the binaries with `cargo build --release -p
@@ -119,6 +120,9 @@ fn main() -> Result<()> {
         settings.runs,
         settings.bulk / report::MIB
     );
+    if std::env::args().any(|a| a == "--forward-only") {
+        return forward_only(settings);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     // Peers and endpoints dropped outside `block_on` still find the runtime.
     let _entered = runtime.enter();
@@ -178,6 +182,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `--forward-only`: the CLI pipe and forwarded TCP, nothing else (to
+/// work on forwarding without the rest's ~10 minutes).
+fn forward_only(settings: Settings) -> Result<()> {
+    let rates = cli::throughput(settings, &mut |_| Ok(()))?;
+    let mut rows = vec![Row::info(
+        "peer CLI (`peer call` stdin → `peer listen` stdout)",
+        mib_s(rates.pipe),
+    )];
+    forward_rows(&mut rows, rates.pipe, &rates.forwarded);
+    report::print_table(&rows, settings);
+    Ok(())
+}
+
 /// Forwarded TCP (`peer forward` → `listen --forward-to`): one stream
 /// against the CLI pipe, and how evenly 16 at once share one call.
 fn forward_rows(rows: &mut Vec<Row>, pipe: f64, forwarded: &Result<forward::Forwarded>) {
@@ -201,6 +218,16 @@ fn forward_rows(rows: &mut Vec<Row>, pipe: f64, forwarded: &Result<forward::Forw
             forward::STREAMS
         ),
         format!("{}, {}", mib_s(mean), mib_s(mean * f.each.len() as f64)),
+    ));
+    let mut sorted = f.each.clone();
+    sorted.sort_by(f64::total_cmp);
+    let each: Vec<String> = sorted
+        .iter()
+        .map(|r| format!("{:.0}", r / report::MIB as f64))
+        .collect();
+    rows.push(Row::info(
+        "each forwarded stream's rate, slowest first, MiB/s",
+        each.join(", "),
     ));
     // Each within 2× of the mean, both ways: the worse of max ÷ mean and mean ÷ min.
     rows.push(Row::at_most(

@@ -71,6 +71,10 @@ pub fn throughput(
             .stdout(Stdio::null());
         Ok(cmd)
     };
+    // Forwarding's peers are up all along; its single-stream runs take
+    // turns with the pipe's, so both see the same load.
+    let mut forwarding = crate::forward::Forwarding::start(&peer);
+    let mut one = 0f64;
     let mut best = 0f64;
     for _ in 0..settings.runs {
         raw_again(settings.bulk)?;
@@ -99,8 +103,18 @@ pub fn throughput(
             bail!("peer call exited with {status}:\n{}", caller.log());
         }
         listener.stop();
+        if let Ok(f) = &forwarding {
+            match f.one(settings.bulk) {
+                Ok(rate) => one = one.max(rate),
+                Err(e) => forwarding = Err(e),
+            }
+        }
     }
-    let forwarded = crate::forward::measure(settings, &peer);
+    let forwarded = forwarding.and_then(|f| {
+        let each = f.shared(settings.bulk);
+        f.stop();
+        Ok(crate::forward::Forwarded { one, each: each? })
+    });
     server.stop();
     Ok(CliRates {
         pipe: best,

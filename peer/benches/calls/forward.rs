@@ -14,7 +14,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::{Proc, RUN_LIMIT, START_LIMIT};
-use crate::Settings;
 
 /// Streams at once in the sharing run.
 pub const STREAMS: usize = 16;
@@ -27,41 +26,63 @@ pub struct Forwarded {
     pub each: Vec<f64>,
 }
 
-/// Runs both measurements; `peer(name, args)` is a `peer` command as the
-/// CLI pipe's runs use.
-pub fn measure(
-    settings: Settings,
-    peer: &dyn Fn(&str, &[&str]) -> Result<Command>,
-) -> Result<Forwarded> {
-    let sink = Sink::start()?;
-    let target = sink.addr.to_string();
-    let mut listener = Proc::spawn(
-        "peer listen --forward-to",
-        peer(
-            "carol",
-            &["listen", "--forward-to", &target, "--accept-any"],
-        )?
-        .stdin(Stdio::null()),
-    )?;
-    listener.wait("registered", START_LIMIT)?;
-    let mut forward = Proc::spawn(
-        "peer forward",
-        peer("dave", &["forward", "127.0.0.1:0", "carol"])?.stdin(Stdio::null()),
-    )?;
-    let (_, ev) = forward.wait("forwarding", START_LIMIT)?;
-    let addr: SocketAddr = ev["local_addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("forwarding event without local_addr: {ev}"))?
-        .parse()?;
-    forward.wait("connected", START_LIMIT)?;
-    let mut one = 0f64;
-    for _ in 0..settings.runs {
-        one = one.max(push(&sink, addr, &[settings.bulk])?[0]);
+/// `peer forward` → `peer listen --forward-to` → a sink, started once and
+/// measured run by run (interleaved with the CLI pipe's runs).
+pub struct Forwarding {
+    sink: Sink,
+    addr: SocketAddr,
+    listener: Proc,
+    forward: Proc,
+}
+
+impl Forwarding {
+    /// Starts the sink and both peers and waits for the call; `peer(name,
+    /// args)` is a `peer` command as the CLI pipe's runs use.
+    pub fn start(peer: &dyn Fn(&str, &[&str]) -> Result<Command>) -> Result<Self> {
+        let sink = Sink::start()?;
+        let target = sink.addr.to_string();
+        let mut listener = Proc::spawn(
+            "peer listen --forward-to",
+            peer(
+                "carol",
+                &["listen", "--forward-to", &target, "--accept-any"],
+            )?
+            .stdin(Stdio::null()),
+        )?;
+        listener.wait("registered", START_LIMIT)?;
+        let mut forward = Proc::spawn(
+            "peer forward",
+            peer("dave", &["forward", "127.0.0.1:0", "carol"])?.stdin(Stdio::null()),
+        )?;
+        let (_, ev) = forward.wait("forwarding", START_LIMIT)?;
+        let addr: SocketAddr = ev["local_addr"]
+            .as_str()
+            .ok_or_else(|| anyhow!("forwarding event without local_addr: {ev}"))?
+            .parse()?;
+        forward.wait("connected", START_LIMIT)?;
+        Ok(Self {
+            sink,
+            addr,
+            listener,
+            forward,
+        })
     }
-    let each = push(&sink, addr, &[settings.bulk; STREAMS])?;
-    forward.stop();
-    listener.stop();
-    Ok(Forwarded { one, each })
+
+    /// One forwarded stream of `bulk` bytes alone: its rate.
+    pub fn one(&self, bulk: u64) -> Result<f64> {
+        Ok(push(&self.sink, self.addr, &[bulk])?[0])
+    }
+
+    /// [`STREAMS`] streams of `bulk` bytes each at once: each one's rate.
+    pub fn shared(&self, bulk: u64) -> Result<Vec<f64>> {
+        push(&self.sink, self.addr, &[bulk; STREAMS])
+    }
+
+    /// Stops both peers.
+    pub fn stop(mut self) {
+        self.forward.stop();
+        self.listener.stop();
+    }
 }
 
 /// Sends `sizes[i]` bytes on stream `i`, all at once; returns each
