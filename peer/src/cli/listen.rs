@@ -136,9 +136,11 @@ struct Bytes {
 }
 
 async fn serve_call(call: Call, mode: Mode, out: Out) {
-    if matches!(mode, Mode::Forward(_)) {
-        peer::forward::prepare_call(&call);
-    }
+    // The turns its forwarded streams take at its send buffer.
+    let turns = match mode {
+        Mode::Forward(_) => peer::forward::prepare_call(&call),
+        _ => peer::forward::Turns::default(),
+    };
     let call = Arc::new(call);
     let bytes = Arc::new(Bytes::default());
     let mut streams = JoinSet::new();
@@ -146,10 +148,15 @@ async fn serve_call(call: Call, mode: Mode, out: Out) {
         match stream {
             Ok((purpose, send, recv)) => {
                 let (call, mode, bytes) = (call.clone(), mode.clone(), bytes.clone());
+                let turns = turns.clone();
                 streams.spawn(async move {
-                    if let Err(e) =
-                        serve_stream(&call, purpose, send, recv, &mode, &bytes, out).await
-                    {
+                    let stream = Stream {
+                        purpose,
+                        send,
+                        recv,
+                        turns,
+                    };
+                    if let Err(e) = serve_stream(&call, stream, &mode, &bytes, out).await {
                         debug!(peer = %call.peer, "stream ended with an error: {e}");
                     }
                 });
@@ -165,15 +172,27 @@ async fn serve_call(call: Call, mode: Mode, out: Out) {
     });
 }
 
+/// One stream of a call, with the call's turns at its send buffer.
+struct Stream {
+    purpose: PeerMessage,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    turns: peer::forward::Turns,
+}
+
 async fn serve_stream(
     call: &Call,
-    purpose: PeerMessage,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    stream: Stream,
     mode: &Mode,
     bytes: &Bytes,
     out: Out,
 ) -> Result<()> {
+    let Stream {
+        purpose,
+        mut send,
+        mut recv,
+        turns,
+    } = stream;
     let add = |s: u64, r: u64| {
         bytes.sent.fetch_add(s, Ordering::Relaxed);
         bytes.received.fetch_add(r, Ordering::Relaxed);
@@ -224,7 +243,7 @@ async fn serve_stream(
         }
         (purpose @ (PeerMessage::Forward | PeerMessage::Pipe), Mode::Forward(target)) => {
             let connect = peer::forward::ForwardConfig::default().connect_timeout;
-            match peer::forward::serve_target(&purpose, send, recv, target, connect).await {
+            match peer::forward::serve_target(&purpose, send, recv, target, connect, &turns).await {
                 Ok((s, r)) => add(s, r),
                 Err(e) => {
                     warn!(peer = %call.peer, "forwarding to {target}: {e}");

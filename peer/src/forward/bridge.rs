@@ -8,6 +8,7 @@
 //! The two sides hand each other pieces without copies, at most
 //! [`QUEUE`] in flight each way, so a stalled reader stalls only its own
 //! stream (QUIC flow control per stream, TCP's window on the other side).
+//! The streams of one call take turns at its send buffer ([`Turns`]).
 
 use std::io::IoSlice;
 use std::sync::OnceLock;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::turns::Turns;
 use super::FORWARD_ABORTED;
 use crate::error::{Error, Result};
 
@@ -70,12 +72,14 @@ fn io_runtime() -> Option<tokio::runtime::Handle> {
 /// `(bytes to the stream, bytes from the stream)`. On an error in either
 /// direction both are cut: the stream is reset and stopped with
 /// [`FORWARD_ABORTED`], and the TCP connection is reset (no FIN that
-/// would look like a clean end).
+/// would look like a clean end). `turns` is the call's ([`super::prepare_call`]).
 pub async fn bridge(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     tcp: TcpStream,
+    turns: &Turns,
 ) -> Result<(u64, u64)> {
+    let mut writer = turns.writer();
     let (up_tx, mut up_rx) = mpsc::channel::<Piece<Bytes>>(QUEUE);
     let (down_tx, down_rx) = mpsc::channel::<Piece<Vec<Bytes>>>(QUEUE);
     // Registered again with the reactor of the runtime that runs it.
@@ -98,7 +102,7 @@ pub async fn bridge(
                 match up_rx.recv().await {
                     Some(Piece::Data(piece)) => {
                         sent += piece.len() as u64;
-                        send.write_chunk(piece).await.map_err(proto)?;
+                        writer.write(send, piece).await.map_err(proto)?;
                     }
                     Some(Piece::End) => break,
                     // The TCP side failed; it says why.

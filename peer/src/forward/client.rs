@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{bridge, prepare_call, verdict, ForwardConfig, Opening, Redial, Verdict};
+use super::{bridge, prepare_call, verdict, ForwardConfig, Opening, Redial, Turns, Verdict};
 use crate::{Call, Event, Peer};
 
 type Streams = (quinn::SendStream, quinn::RecvStream);
@@ -37,8 +37,11 @@ struct Inner {
     admission: Arc<Semaphore>,
 }
 
+/// The kept call and the turns its streams take at its send buffer.
+type Kept = (Arc<Call>, Turns);
+
 struct Slot {
-    call: Option<Arc<Call>>,
+    call: Option<Kept>,
     redial: Redial,
     last_error: Option<String>,
 }
@@ -64,15 +67,15 @@ impl Forwarder {
     }
 
     /// The call to use now: the kept one if it is up, else a new one
-    /// (after the backoff). A failure is reported as an `error` event and
-    /// returned as its message.
-    pub async fn connect(&self) -> Result<Arc<Call>, String> {
+    /// (after the backoff), with the [`Turns`] its streams share. A
+    /// failure is reported as an `error` event and returned as its message.
+    pub async fn connect(&self) -> Result<(Arc<Call>, Turns), String> {
         let inner = &self.inner;
         let seen = inner.attempts.load(Ordering::SeqCst);
         let mut slot = inner.slot.lock().await;
-        if let Some(call) = &slot.call {
+        if let Some((call, turns)) = &slot.call {
             if call.connection.close_reason().is_none() {
-                return Ok(call.clone());
+                return Ok((call.clone(), turns.clone()));
             }
             debug!(peer = %inner.name, "the forwarded call ended; calling again");
             slot.call = None;
@@ -90,12 +93,12 @@ impl Forwarder {
             .await
         {
             Ok(call) => {
-                prepare_call(&call);
+                let turns = prepare_call(&call);
                 slot.redial.connected();
                 slot.last_error = None;
                 let call = Arc::new(call);
-                slot.call = Some(call.clone());
-                Ok(call)
+                slot.call = Some((call.clone(), turns.clone()));
+                Ok((call, turns))
             }
             Err(e) => {
                 warn!(peer = %inner.name, "calling for forwarding failed: {e}");
@@ -111,7 +114,11 @@ impl Forwarder {
     /// Drops `call` if it is still the kept one, so the next connection calls again.
     async fn lost(&self, call: &Arc<Call>) {
         let mut slot = self.inner.slot.lock().await;
-        if slot.call.as_ref().is_some_and(|c| Arc::ptr_eq(c, call)) {
+        if slot
+            .call
+            .as_ref()
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, call))
+        {
             slot.call = None;
         }
         call.close();
@@ -164,8 +171,8 @@ impl Forwarder {
             return None;
         };
         for _ in 0..2 {
-            let call = match self.connect().await {
-                Ok(call) => call,
+            let (call, turns) = match self.connect().await {
+                Ok(kept) => kept,
                 Err(why) => {
                     self.fail(&client, "no_call", why);
                     return None;
@@ -174,7 +181,7 @@ impl Forwarder {
             let (opening, streams) = open(&call, self.inner.config.answer_timeout).await;
             match (verdict(opening), streams) {
                 (Verdict::Serve, Some((send, recv))) => {
-                    return match bridge(send, recv, tcp).await {
+                    return match bridge(send, recv, tcp, &turns).await {
                         Ok(bytes) => Some(bytes),
                         Err(e) => {
                             debug!(%client, "forwarded connection cut: {e}");

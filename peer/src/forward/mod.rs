@@ -33,6 +33,7 @@
 mod bridge;
 mod client;
 mod redial;
+mod turns;
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ use tokio::net::TcpStream;
 pub use bridge::bridge;
 pub use client::Forwarder;
 pub use redial::{verdict, Opening, Redial, Verdict};
+pub use turns::{Turns, Writer, QUANTUM};
 
 use crate::error::{Error, Result};
 use crate::{Call, CallOptions};
@@ -97,10 +99,12 @@ impl Default for ForwardConfig {
 }
 
 /// Gives a call the connection window forwarding needs
-/// ([`CALL_RECEIVE_WINDOW`]); both ends call it.
-pub fn prepare_call(call: &Call) {
+/// ([`CALL_RECEIVE_WINDOW`]) and returns the [`Turns`] its bridged streams
+/// share; both ends call it once per call.
+pub fn prepare_call(call: &Call) -> Turns {
     call.connection
         .set_receive_window(CALL_RECEIVE_WINDOW.into());
+    Turns::default()
 }
 
 /// The listener's side of one stream: connects to `target` and bridges.
@@ -114,6 +118,7 @@ pub async fn serve_target(
     mut recv: quinn::RecvStream,
     target: &str,
     connect_timeout: Duration,
+    turns: &Turns,
 ) -> Result<(u64, u64)> {
     let context = || format!("connecting to the forward target {target}");
     let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await;
@@ -137,5 +142,5 @@ pub async fn serve_target(
             .await
             .map_err(|e| Error::Protocol(e.to_string()))?;
     }
-    bridge(send, recv, tcp).await
+    bridge(send, recv, tcp, turns).await
 }
