@@ -111,6 +111,11 @@ pub fn throughput(
         }
     }
     let forwarded = forwarding.and_then(|f| {
+        // One stream alone, to profile it: no sharing run.
+        if std::env::var_os("BENCH_FORWARD_ONE").is_some() {
+            f.stop();
+            return Ok(crate::forward::Forwarded { one, each: vec![] });
+        }
         let each = f.shared(settings.bulk);
         f.stop();
         Ok(crate::forward::Forwarded { one, each: each? })

@@ -22,7 +22,7 @@ pub const STREAMS: usize = 16;
 pub struct Forwarded {
     /// One forwarded stream alone (best of the runs).
     pub one: f64,
-    /// Each of [`STREAMS`] streams at once.
+    /// Each of [`STREAMS`] streams at once (none with `BENCH_FORWARD_ONE`).
     pub each: Vec<f64>,
 }
 
