@@ -200,14 +200,7 @@ impl PathSocket {
         let Some(sock) = via.and_then(|id| self.extra_socket(id)) else {
             return self.send_raw(to, bytes);
         };
-        let transmit = Transmit {
-            destination: self.family(to),
-            ecn: None,
-            contents: bytes,
-            segment_size: None,
-            src_ip: None,
-        };
-        if let Err(e) = sock.try_send(&transmit) {
+        if let Err(e) = sock.try_send(&self.single(to, bytes)) {
             tracing::debug!(%to, "probe not sent from an extra socket: {e}");
         }
     }
@@ -261,15 +254,19 @@ impl PathSocket {
 
     /// Sends one small datagram as it is (probes, relay-wrapped probes).
     pub(crate) fn send_raw(&self, to: SocketAddr, bytes: &[u8]) {
-        let transmit = Transmit {
+        if let Err(e) = self.out(&self.single(to, bytes)) {
+            tracing::debug!(%to, "probe not sent: {e}");
+        }
+    }
+
+    /// One datagram of `bytes` to `to`, as it is.
+    fn single<'a>(&self, to: SocketAddr, bytes: &'a [u8]) -> Transmit<'a> {
+        Transmit {
             destination: self.family(to),
             ecn: None,
             contents: bytes,
             segment_size: None,
             src_ip: None,
-        };
-        if let Err(e) = self.out(&transmit) {
-            tracing::debug!(%to, "probe not sent: {e}");
         }
     }
 
