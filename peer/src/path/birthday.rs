@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use common::probe::{Mapping, Note, Ping, Pong, TxId};
 
 use super::candidate::Origin;
-use super::{Action, PathMode, PathState, PathTable, Route, SwitchReason};
+use super::{Action, PathMode, PathTable, Route, SwitchReason};
 
 /// Gap between notes of one round.
 pub const NOTE_INTERVAL: Duration = Duration::from_millis(250);
@@ -253,17 +253,12 @@ impl PathTable {
     pub(super) fn birthday_deadline(&self) -> Option<Instant> {
         let b = &self.birthday;
         let note = b.next_note.filter(|_| self.notes_wanted());
-        let attempt = b.attempt.as_ref().map(|a| match a.ip {
-            Some(_) if (a.sent as usize) < a.ports.len() => a
-                .started
-                .checked_add(per_probe(self.cfg.birthday_rate) * a.sent)
-                .unwrap_or(a.deadline)
-                .min(a.deadline),
-            _ => a.deadline,
+        let attempt = b.attempt.as_ref().map(|a| {
+            a.next_guess_at(self.cfg.birthday_rate)
+                .map_or(a.deadline, |t| t.min(a.deadline))
         });
         // An answer is due at once (the start is in the past).
-        let answer =
-            (b.answer_due && b.answers_sent < MAX_NOTES && self.may_note()).then_some(self.start);
+        let answer = self.answer_wanted().then_some(self.start);
         // A retry only matters while on the relay (a direct call's past
         // retry time must not wake the task again and again).
         let retry = b.retry_at.filter(|_| b.attempt.is_none() && self.relayed());
@@ -287,13 +282,11 @@ impl PathTable {
         if attempt.ip != Some(addr.ip()) {
             return false;
         }
-        match attempt.inflight.get(&pong.tx) {
-            Some((port, _)) if *port == addr.port() => {}
+        let sent = match attempt.inflight.get(&pong.tx) {
+            Some(&(port, sent)) if port == addr.port() => sent,
             _ => return false,
-        }
-        let Some((_, sent)) = attempt.inflight.remove(&pong.tx) else {
-            return false;
         };
+        attempt.inflight.remove(&pong.tx);
         let rtt = now.saturating_duration_since(sent);
         let idx = match self.paths.iter().position(|c| c.route == from) {
             Some(i) => i,
@@ -349,9 +342,15 @@ impl PathTable {
         self.may_note() && !settled && b.notes_sent < MAX_NOTES
     }
 
+    /// Whether an answer to a note of theirs is wanted (its own budget
+    /// of [`MAX_NOTES`] a round).
+    fn answer_wanted(&self) -> bool {
+        let b = &self.birthday;
+        b.answer_due && b.answers_sent < MAX_NOTES && self.may_note()
+    }
+
     fn due_note(&mut self, now: Instant) -> Option<Note> {
-        let answer =
-            self.birthday.answer_due && self.birthday.answers_sent < MAX_NOTES && self.may_note();
+        let answer = self.answer_wanted();
         let own = self.notes_wanted() && self.birthday.next_note.is_some_and(|t| t <= now);
         if !answer && !own {
             return None;
@@ -412,23 +411,21 @@ impl PathTable {
         if b.attempt.is_some() || b.done_round == b.round || b.round == 0 || !self.relayed() {
             return;
         }
-        let role = match (b.mine, theirs) {
+        // This round's attempt is made now or not at all.
+        let mine = b.mine;
+        self.birthday.done_round = self.birthday.round;
+        let role = match (mine, theirs) {
             (Mapping::Symmetric, Mapping::Cone) => Role::Open,
             (Mapping::Cone, Mapping::Symmetric) => Role::Spray,
-            _ => {
-                self.birthday.done_round = b.round;
-                return;
-            }
+            _ => return,
         };
         // The other side's observed address: the first one the server gave.
         let Some(target) = self.paths.iter().find_map(|c| match (c.route, c.origin) {
             (Route::Direct(a), Origin::Vetted) => Some(a),
             _ => None,
         }) else {
-            self.birthday.done_round = b.round;
             return;
         };
-        self.birthday.done_round = b.round;
         let mut attempt = Attempt {
             role,
             started: now,
@@ -476,14 +473,11 @@ impl PathTable {
 
     /// The next guessed ping, when one is due.
     fn spray(&mut self, now: Instant) -> Option<Action> {
-        let per = per_probe(self.cfg.birthday_rate);
         let a = self.birthday.attempt.as_ref()?;
-        let ip = a.ip?;
-        let port = *a.ports.get(a.sent as usize)?;
-        let due = a.started.checked_add(per * a.sent).unwrap_or(a.deadline);
-        if due > now {
+        if a.next_guess_at(self.cfg.birthday_rate)? > now {
             return None;
         }
+        let (ip, port) = (a.ip?, a.ports[a.sent as usize]);
         let tx = self.fresh_nonce();
         let a = self.birthday.attempt.as_mut()?;
         a.sent += 1;
@@ -515,27 +509,18 @@ impl PathTable {
     }
 }
 
-/// The gap between two guessed pings at `rate` a second.
-fn per_probe(rate: u32) -> Duration {
-    Duration::from_secs(1) / rate.max(1)
-}
-
-impl super::candidate::Candidate {
-    /// A pong to a guessed ping came from here: validated with this RTT.
-    pub(super) fn validated_by(
-        &mut self,
-        rtt: Duration,
-        nonce: common::probe::Nonce,
-        now: Instant,
-    ) {
-        if matches!(self.origin, Origin::Reflexive { .. }) {
-            self.origin = Origin::Birthday;
+impl Attempt {
+    /// When the easy side's next guess is due at `rate` a second; `None`
+    /// on the hard side or once every port was tried.
+    fn next_guess_at(&self, rate: u32) -> Option<Instant> {
+        if self.ip.is_none() || self.sent as usize >= self.ports.len() {
+            return None;
         }
-        self.state = PathState::Validated {
-            rtt,
-            last_pong: now,
-        };
-        self.echo = nonce;
-        self.next_ping = Some(now);
+        let per = Duration::from_secs(1) / rate.max(1);
+        Some(
+            self.started
+                .checked_add(per * self.sent)
+                .unwrap_or(self.deadline),
+        )
     }
 }

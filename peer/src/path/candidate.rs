@@ -146,6 +146,19 @@ impl Candidate {
         Some(sample)
     }
 
+    /// A pong to a guessed ping came from here: validated with this RTT.
+    pub(super) fn validated_by(&mut self, rtt: Duration, nonce: Nonce, now: Instant) {
+        if matches!(self.origin, Origin::Reflexive { .. }) {
+            self.origin = Origin::Birthday;
+        }
+        self.state = PathState::Validated {
+            rtt,
+            last_pong: now,
+        };
+        self.echo = nonce;
+        self.next_ping = Some(now);
+    }
+
     /// When this path fails if no pong comes first.
     pub(super) fn fail_at(&self, cfg: &PathConfig) -> Option<Instant> {
         match self.state {
