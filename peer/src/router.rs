@@ -416,7 +416,7 @@ impl Router {
             .calls
             .get(&virtual_addr)
             .and_then(|e| match e.table.chosen() {
-                Some(Route::Direct(a)) if keep_chosen => e.via.get(&a).and_then(|v| v.extra()),
+                Some(Route::Direct(a)) if keep_chosen => e.extra_for(a),
                 _ => None,
             });
         let closing: Vec<u32> = routes
@@ -506,7 +506,7 @@ impl Router {
             Route::Direct(addr) => {
                 let via = match probe.1 {
                     Probe::Pong(p) => e.pong_via.iter().find(|(tx, _)| *tx == p.tx).map(|v| v.1),
-                    _ => e.via.get(&addr).and_then(|v| v.extra()),
+                    _ => e.extra_for(addr),
                 };
                 let mut out = Outgoing::new(addr, &bytes);
                 out.via = via;
@@ -562,8 +562,8 @@ impl Router {
         let mut via = None;
         match (e.table.chosen(), e.connected, e.last_in) {
             (Some(r), ..) => {
-                if let (Route::Direct(a), false) = (r, e.via.is_empty()) {
-                    via = e.via.get(&a).and_then(|v| v.extra());
+                if let Route::Direct(a) = r {
+                    via = e.extra_for(a);
                 }
                 add(r)
             }
@@ -628,9 +628,7 @@ impl Router {
                 _ => Inbound::Consumed,
             },
             Some(_) if probe::is_probe(bytes) => {
-                let is_owners = probe::peek_call_id(bytes).and_then(|c| routes.by_probe.get(&c))
-                    == Some(&owner);
-                if is_owners {
+                if routes.probe_of(bytes, owner) {
                     routes.probe_on(now, Route::Direct(from), bytes, Some(id));
                 }
                 Inbound::Consumed
@@ -674,7 +672,7 @@ impl Router {
         let payload = frame.payload;
         if probe::is_probe(payload) {
             // Only this call's probes ride this call's relay frames.
-            if probe::peek_call_id(payload).and_then(|id| routes.by_probe.get(&id)) == Some(&v) {
+            if routes.probe_of(payload, v) {
                 routes.probe(now, Route::Relay, payload);
             }
             return Inbound::Consumed;
@@ -773,6 +771,15 @@ impl RelayLink {
 }
 
 impl Entry {
+    /// The extra socket packets to `addr` leave from (`None`: the main
+    /// one). Calls without extra sockets, nearly all, do no lookup.
+    fn extra_for(&self, addr: SocketAddr) -> Option<u32> {
+        if self.via.is_empty() {
+            return None;
+        }
+        self.via.get(&addr).and_then(|v| v.extra())
+    }
+
     /// A fresh valid probe from `addr`, a path of the call, came in on
     /// `local` (`None`: the main socket): a ping's pong leaves from that
     /// socket, and if `addr` has no socket yet (or its socket closed), it
@@ -946,6 +953,12 @@ impl Routes {
     /// Whether some call still waits for its connection.
     fn awaiting_connection(&self) -> bool {
         self.held > 0 || self.unconnected > 0
+    }
+
+    /// Whether `bytes` names the probe key of the call at `virtual_addr`
+    /// (its MAC is checked later, under that call's keys).
+    fn probe_of(&self, bytes: &[u8], virtual_addr: SocketAddr) -> bool {
+        probe::peek_call_id(bytes).and_then(|id| self.by_probe.get(&id)) == Some(&virtual_addr)
     }
 
     /// A probe from `from` on the main socket (see [`Routes::probe_on`]).
