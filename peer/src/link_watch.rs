@@ -131,7 +131,7 @@ impl Watch {
     async fn udp_works(&self) -> bool {
         let asked = async { self.udp.udp_check(self.addr).await.await };
         match tokio::time::timeout(CHECK_WAIT, asked).await {
-            Ok(Ok(seen)) => {
+            Ok(Ok((seen, _))) => {
                 debug!(server = self.link.server(), %seen, "the UDP check was answered");
                 true
             }

@@ -6,8 +6,9 @@
 //! ([`crate::path::birthday`]): only a symmetric side and a cone side
 //! make one.
 //!
-//! [`MappingChecks`] holds the requests waiting for their answers (the
-//! socket wrapper hands it every check answer that comes over UDP);
+//! [`CheckAnswers`] holds the requests waiting for their answers, these
+//! and the plain UDP checks of a link on TCP ([`PathSocket::udp_check`]):
+//! the socket wrapper hands it every check answer that comes over UDP.
 //! [`detect`] asks and tells the router. An older server answers the main
 //! port's request plainly (no other port): the mapping stays unknown, and
 //! no attempt is made.
@@ -24,7 +25,8 @@ use tokio::sync::oneshot;
 use crate::router::Router;
 use crate::udp::PathSocket;
 
-/// Most checks waiting at once (two per server link, a few links).
+/// Most checks waiting at once (two per server link, a few links, and a
+/// link's plain check).
 const MAX_WAITING: usize = 8;
 
 /// How long one check waits for its answer before it is sent again.
@@ -33,23 +35,30 @@ const CHECK_WAIT: Duration = Duration::from_millis(400);
 /// Times a check is sent before the mapping is left unknown.
 const CHECK_TRIES: u32 = 3;
 
-/// What an answer says: the address seen and the server's other port.
-type Answer = (SocketAddr, Option<u16>);
+/// What an answer says: the address seen and the server's other port
+/// (`None` in a plain answer).
+pub(crate) type CheckAnswer = (SocketAddr, Option<u16>);
 
 struct Waiting {
     server: SocketAddr,
     nonce: [u8; 16],
-    answer: oneshot::Sender<Answer>,
+    answer: oneshot::Sender<CheckAnswer>,
 }
 
-/// Mapping checks waiting for their answers.
+/// UDP checks waiting for their answers (at most [`MAX_WAITING`], the
+/// oldest dropped).
 #[derive(Default)]
-pub(crate) struct MappingChecks {
+pub(crate) struct CheckAnswers {
     waiting: Mutex<Vec<Waiting>>,
 }
 
-impl MappingChecks {
-    fn expect(&self, server: SocketAddr, nonce: [u8; 16]) -> oneshot::Receiver<Answer> {
+impl CheckAnswers {
+    /// Waits for the answer to a check with `nonce` sent to `server`.
+    pub(crate) fn expect(
+        &self,
+        server: SocketAddr,
+        nonce: [u8; 16],
+    ) -> oneshot::Receiver<CheckAnswer> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         waiting.retain(|w| !w.answer.is_closed());
@@ -116,13 +125,16 @@ async fn ask_both(socket: &PathSocket, server: SocketAddr) -> Mapping {
 }
 
 /// One check to `server`, sent up to [`CHECK_TRIES`] times.
-async fn ask(socket: &PathSocket, server: SocketAddr) -> Option<Answer> {
+async fn ask(socket: &PathSocket, server: SocketAddr) -> Option<CheckAnswer> {
     for _ in 0..CHECK_TRIES {
         let nonce: [u8; 16] = rand::random();
-        let answer = socket.mapping.expect(server, nonce);
+        let answer = socket.checks.expect(server, nonce);
         let request = check::mapping_request(nonce);
-        socket.send_udp_only(server, &request);
-        if let Ok(Ok(a)) = tokio::time::timeout(CHECK_WAIT, answer).await {
+        let answered = async {
+            socket.send_check(server, &request).await;
+            answer.await
+        };
+        if let Ok(Ok(a)) = tokio::time::timeout(CHECK_WAIT, answered).await {
             return Some(a);
         }
     }
@@ -135,7 +147,7 @@ mod tests {
 
     #[test]
     fn answers_are_taken_by_nonce_and_server_only() {
-        let checks = MappingChecks::default();
+        let checks = CheckAnswers::default();
         let server: SocketAddr = "192.0.2.1:7700".parse().expect("addr");
         let seen: SocketAddr = "198.51.100.9:4000".parse().expect("addr");
         let mut rx = checks.expect(server, [1; 16]);

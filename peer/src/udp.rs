@@ -62,8 +62,8 @@ pub(crate) struct PathSocket {
     pub(crate) tunnel: TunnelSlot,
     /// Which source a receive polls first (flips every time).
     tunnel_first: AtomicBool,
-    /// Mapping checks waiting for their answers.
-    pub(crate) mapping: crate::mapping::MappingChecks,
+    /// UDP checks (plain and mapping) waiting for their answers.
+    pub(crate) checks: crate::mapping::CheckAnswers,
     /// Extra sockets of birthday attempts, by id.
     extra: Mutex<Vec<(u32, Arc<dyn AsyncUdpSocket>)>>,
     next_extra: AtomicU32,
@@ -104,7 +104,7 @@ impl PathSocket {
             held: Mutex::new(VecDeque::new()),
             tunnel: TunnelSlot::default(),
             tunnel_first: AtomicBool::new(false),
-            mapping: Default::default(),
+            checks: Default::default(),
             extra: Mutex::new(Vec::new()),
             next_extra: AtomicU32::new(1),
             extra_first: AtomicBool::new(false),
@@ -179,21 +179,6 @@ impl PathSocket {
             .map(|(_, s)| s.clone())
     }
 
-    /// Sends one datagram straight out of the UDP socket (never the
-    /// tunnel: a mapping check asks about UDP).
-    pub(crate) fn send_udp_only(&self, to: SocketAddr, bytes: &[u8]) {
-        let transmit = Transmit {
-            destination: self.family(to),
-            ecn: None,
-            contents: bytes,
-            segment_size: None,
-            src_ip: None,
-        };
-        if let Err(e) = self.inner.try_send(&transmit) {
-            tracing::debug!(%to, "not sent: {e}");
-        }
-    }
-
     /// Sends one small datagram from extra socket `via` (the main socket
     /// when `None` or when it is closed).
     pub(crate) fn send_raw_via(&self, via: Option<u32>, to: SocketAddr, bytes: &[u8]) {
@@ -260,7 +245,7 @@ impl PathSocket {
     }
 
     /// One datagram of `bytes` to `to`, as it is.
-    fn single<'a>(&self, to: SocketAddr, bytes: &'a [u8]) -> Transmit<'a> {
+    pub(crate) fn single<'a>(&self, to: SocketAddr, bytes: &'a [u8]) -> Transmit<'a> {
         Transmit {
             destination: self.family(to),
             ecn: None,
@@ -313,7 +298,7 @@ impl PathSocket {
         if released.is_empty() {
             return;
         }
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&self.held);
         for (addr, bytes) in released {
             if held.len() < MAX_HELD {
                 held.push_back(Held {
@@ -328,7 +313,7 @@ impl PathSocket {
 
     /// Hands out held datagrams into free slots; returns how many.
     fn fill_held(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], from: usize) -> usize {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&self.held);
         let mut k = from;
         while k < bufs.len().min(meta.len()) {
             let Some(h) = held.pop_front() else {
@@ -395,7 +380,7 @@ impl PathSocket {
                 Inbound::Relayed(_) => return 0,
             }
         }
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&self.held);
         for (seg, verdict) in buf[..m.len].chunks(stride).zip(verdicts) {
             if held.len() >= MAX_HELD {
                 break;
@@ -537,9 +522,7 @@ impl AsyncUdpSocket for PathSocket {
                 if !via_tunnel && local.is_none() {
                     self.tunnel.note_udp(m.addr);
                     let bytes = &bufs[i][..m.len];
-                    if self.tunnel.take_answer(m.addr, bytes)
-                        || self.mapping.take_answer(m.addr, bytes)
-                    {
+                    if self.checks.take_answer(m.addr, bytes) {
                         continue;
                     }
                 }

@@ -1,4 +1,4 @@
-//! The socket's optional tunnel to one server, and its UDP check waiter
+//! The socket's optional tunnel to one server, and its UDP check
 //! (issue 11, DESIGN §6 "No UDP at all").
 //!
 //! When UDP to the server gets no answer, the server link falls back to a
@@ -10,8 +10,9 @@
 //! demultiplexing applies ([`crate::udp`]).
 //!
 //! The UDP check (`common::tunnel::check`) asks, straight from the UDP
-//! socket, whether UDP gets through again; its answer is taken here by
-//! nonce ([`TunnelSlot::expect_answer`], [`TunnelSlot::take_answer`]).
+//! socket, whether UDP gets through again ([`PathSocket::udp_check`]); its
+//! answer is taken by nonce, with the mapping checks' answers
+//! ([`crate::mapping::CheckAnswers`]).
 //!
 //! Also the wrapper's tunnel-side I/O: receiving from both sources
 //! ([`PathSocket::poll_sources`]) and sending the check.
@@ -19,16 +20,18 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
-use super::PathSocket;
+use super::{lock, PathSocket};
 
 use bytes::Bytes;
 use common::candidates::canonical;
 use common::tunnel::{check, Tunnel};
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::RecvMeta;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::mapping::CheckAnswer;
 
 /// The installed tunnel: where it goes and how to send into it.
 struct Route {
@@ -38,14 +41,7 @@ struct Route {
     id: u64,
 }
 
-/// A check request waiting for its answer.
-struct Waiter {
-    server: SocketAddr,
-    nonce: [u8; 16],
-    answer: oneshot::Sender<SocketAddr>,
-}
-
-/// The tunnel (at most one) and the check waiter (see the module docs).
+/// The tunnel (at most one; see the module docs).
 #[derive(Default)]
 pub(crate) struct TunnelSlot {
     /// Whether a tunnel is installed: no lock on the hot path without one.
@@ -54,7 +50,6 @@ pub(crate) struct TunnelSlot {
     inbox: Mutex<Option<mpsc::Receiver<Bytes>>>,
     /// The receiver's waker while no tunnel delivers: installing one wakes it.
     parked: Mutex<Option<Waker>>,
-    waiter: Mutex<Option<Waiter>>,
     next_id: AtomicU64,
     /// The id of the last tunnel removed because UDP works again (so the
     /// other links on it follow to UDP instead of reconnecting).
@@ -64,10 +59,6 @@ pub(crate) struct TunnelSlot {
     watching: AtomicBool,
     watched: Mutex<Option<SocketAddr>>,
     heard: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TunnelSlot {
@@ -272,44 +263,6 @@ impl TunnelSlot {
         }
         Poll::Ready(k)
     }
-
-    /// Waits for the answer to a check request with `nonce` sent to
-    /// `server` (replacing any earlier waiter).
-    pub(crate) fn expect_answer(
-        &self,
-        server: SocketAddr,
-        nonce: [u8; 16],
-    ) -> oneshot::Receiver<SocketAddr> {
-        let (tx, rx) = oneshot::channel();
-        *lock(&self.waiter) = Some(Waiter {
-            server: canonical(server),
-            nonce,
-            answer: tx,
-        });
-        rx
-    }
-
-    /// Whether `bytes` from `from` (over UDP) is the awaited check answer;
-    /// if so it is handed to the waiter. Anything else is left alone.
-    pub(crate) fn take_answer(&self, from: SocketAddr, bytes: &[u8]) -> bool {
-        if bytes.first() != Some(&check::ANSWER) {
-            return false;
-        }
-        let Some((nonce, seen)) = check::parse_answer(bytes) else {
-            return false;
-        };
-        let mut waiter = lock(&self.waiter);
-        let ours = waiter
-            .as_ref()
-            .is_some_and(|w| w.nonce == nonce && w.server == canonical(from));
-        if !ours {
-            return false;
-        }
-        if let Some(w) = waiter.take() {
-            let _ = w.answer.send(seen);
-        }
-        true
-    }
 }
 
 impl Drop for TunnelSlot {
@@ -321,23 +274,22 @@ impl Drop for TunnelSlot {
 impl PathSocket {
     /// Sends a UDP check request to `server` straight out of the UDP
     /// socket (never the tunnel: the question is whether UDP works) and
-    /// returns where its answer will come: the address the server saw.
+    /// returns where its answer will come: the address the server saw
+    /// (and the server's other port, if it named one).
     /// Waits for the socket to be writable if it is not (the caller bounds
     /// it in time).
-    pub(crate) async fn udp_check(
-        &self,
-        server: SocketAddr,
-    ) -> tokio::sync::oneshot::Receiver<SocketAddr> {
+    pub(crate) async fn udp_check(&self, server: SocketAddr) -> oneshot::Receiver<CheckAnswer> {
         let nonce: [u8; 16] = rand::random();
-        let answer = self.tunnel.expect_answer(server, nonce);
-        let request = common::tunnel::check::request(nonce);
-        let transmit = Transmit {
-            destination: self.family(server),
-            ecn: None,
-            contents: &request,
-            segment_size: None,
-            src_ip: None,
-        };
+        let answer = self.checks.expect(server, nonce);
+        self.send_check(server, &check::request(nonce)).await;
+        answer
+    }
+
+    /// Sends check `request` to `server` straight out of the UDP socket,
+    /// waiting for it to be writable if it is not (the caller bounds it in
+    /// time).
+    pub(crate) async fn send_check(&self, server: SocketAddr, request: &[u8]) {
+        let transmit = self.single(server, request);
         let mut poller = self.inner.clone().create_io_poller();
         loop {
             match self.inner.try_send(&transmit) {
@@ -356,7 +308,6 @@ impl PathSocket {
                 Ok(()) => break,
             }
         }
-        answer
     }
 
     /// Receives from the UDP socket or the tunnel (alternating which goes
