@@ -291,7 +291,7 @@ impl PathTable {
         let idx = match self.paths.iter().position(|c| c.route == from) {
             Some(i) => i,
             None => {
-                let challenge = self.fresh_nonce();
+                let challenge = self.nonce();
                 self.paths.push(super::candidate::Candidate::new(
                     from,
                     Origin::Birthday,
@@ -355,7 +355,7 @@ impl PathTable {
         if !answer && !own {
             return None;
         }
-        let tx = self.fresh_nonce();
+        let tx = self.nonce();
         let b = &mut self.birthday;
         if answer {
             b.answer_due = false;
@@ -442,7 +442,7 @@ impl PathTable {
                 attempt.sockets = u32::try_from(self.cfg.birthday_sockets).unwrap_or(u32::MAX);
                 let ping = Ping {
                     call_id: self.call_id,
-                    tx: self.fresh_nonce(),
+                    tx: self.nonce(),
                     nonce: [0; 8],
                 };
                 self.actions.push_back(Action::OpenSockets {
@@ -478,7 +478,7 @@ impl PathTable {
             return None;
         }
         let (ip, port) = (a.ip?, a.ports[a.sent as usize]);
-        let tx = self.fresh_nonce();
+        let tx = self.nonce();
         let a = self.birthday.attempt.as_mut()?;
         a.sent += 1;
         a.inflight.insert(tx, (port, now));

@@ -276,11 +276,8 @@ impl PathTable {
         self.paths.iter().filter(|c| f(c)).count()
     }
 
-    pub(super) fn fresh_nonce(&mut self) -> Nonce {
-        self.nonce()
-    }
-
-    fn nonce(&mut self) -> Nonce {
+    /// Eight fresh random bytes (a transaction id or a challenge).
+    pub(super) fn nonce(&mut self) -> Nonce {
         let mut n = [0; 8];
         self.rng.fill_bytes(&mut n);
         n
